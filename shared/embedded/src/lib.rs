@@ -1,0 +1,722 @@
+//! The embedded default: every port on one SQLite database in a data directory.
+//!
+//! Durability: WAL with `synchronous=FULL`, so a command is acknowledged only after its
+//! transaction is on disk; a command's events are inserted in one transaction, so they are all
+//! stored or none are. The events table is append-only: triggers refuse UPDATE and DELETE, and
+//! no code path issues either.
+
+mod writer;
+
+use async_trait::async_trait;
+use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
+use chronicle_kernel::{
+    AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
+    IdempotencyRecord, Metadata, ModelRef, ReadModelStore, ReadRange, Snapshot, SnapshotStore,
+    StoreError, StreamId,
+};
+use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
+use r2d2_sqlite::SqliteConnectionManager;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use writer::{backend, Writer};
+
+pub const DB_FILE: &str = "chronicle.db";
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY,
+    event_id       TEXT    NOT NULL UNIQUE,
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL CHECK (version > 0),
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data           TEXT    NOT NULL,
+    metadata       TEXT    NOT NULL,
+    recorded_at    TEXT    NOT NULL,
+    UNIQUE (aggregate_type, aggregate_id, version)
+);
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+CREATE TABLE IF NOT EXISTS idempotency (
+    key            TEXT PRIMARY KEY,
+    fingerprint    TEXT NOT NULL,
+    aggregate_type TEXT NOT NULL,
+    aggregate_id   TEXT NOT NULL,
+    response       TEXT NOT NULL,
+    recorded_at    TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots (
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    state_version  INTEGER NOT NULL,
+    state          TEXT    NOT NULL,
+    taken_at       TEXT    NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS read_models (
+    projection TEXT    NOT NULL,
+    generation INTEGER NOT NULL,
+    key        TEXT    NOT NULL,
+    version    INTEGER NOT NULL,
+    body       TEXT    NOT NULL,
+    PRIMARY KEY (projection, generation, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS read_model_index (
+    projection TEXT    NOT NULL,
+    generation INTEGER NOT NULL,
+    field      TEXT    NOT NULL,
+    value      TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    PRIMARY KEY (projection, generation, field, value, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS projections (
+    projection        TEXT PRIMARY KEY,
+    active_generation INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    projection TEXT    NOT NULL,
+    generation INTEGER NOT NULL,
+    position   INTEGER NOT NULL,
+    PRIMARY KEY (projection, generation)
+) WITHOUT ROWID;
+"#;
+
+const EVENT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, version, \
+    event_type, schema_version, data, metadata, recorded_at";
+
+/// Every Chronicle port on one SQLite database.
+pub struct EmbeddedStore {
+    dir: PathBuf,
+    writer: Writer,
+    readers: r2d2::Pool<SqliteConnectionManager>,
+    head: watch::Sender<u64>,
+}
+
+fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
+    c.busy_timeout(Duration::from_secs(10))?;
+    c.execute_batch("PRAGMA synchronous = FULL; PRAGMA cache_size = -65536;")
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Arc<Self>, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| backend(format!("creating {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let mut conn = Connection::open(&path)
+            .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
+        init_connection(&mut conn).map_err(backend)?;
+        // WAL: readers never block the writer; FULL: a commit is on disk before it is answered.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(backend)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(backend(format!(
+                "{} refused WAL mode ({mode})",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(backend)?;
+        let head: i64 = conn
+            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
+        let (head, _) = watch::channel(head as u64);
+        let manager = SqliteConnectionManager::file(&path).with_init(init_connection);
+        let readers = r2d2::Pool::builder()
+            .max_size(8)
+            .build(manager)
+            .map_err(backend)?;
+        Ok(Arc::new(Self {
+            dir,
+            writer: Writer::spawn(conn, head.clone()),
+            readers,
+            head,
+        }))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Finishes queued writes and stops the writer; later writes fail.
+    pub fn close(&self) {
+        self.writer.close();
+    }
+
+    /// Runs a read on a pooled connection off the async threads.
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(backend)?;
+            f(&conn)
+        })
+        .await
+        .map_err(backend)?
+    }
+
+    /// Reads every stored event in feed order, calling `f` on each; for bulk replay.
+    pub fn scan_events(
+        &self,
+        mut f: impl FnMut(u64, EventEnvelope) -> Result<(), StoreError>,
+    ) -> Result<u64, StoreError> {
+        let conn = self.readers.get().map_err(backend)?;
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events ORDER BY position"
+            ))
+            .map_err(backend)?;
+        let mut rows = stmt.query([]).map_err(backend)?;
+        let mut n = 0;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let (pos, env) = event_from_row(row)?;
+            f(pos, env)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn event_from_row(row: &Row<'_>) -> Result<(u64, EventEnvelope), StoreError> {
+    let get_str = |i: usize| -> Result<&str, StoreError> {
+        row.get_ref(i)
+            .and_then(|v| v.as_str().map_err(Into::into))
+            .map_err(backend)
+    };
+    let position: i64 = row.get(0).map_err(backend)?;
+    let version: i64 = row.get(4).map_err(backend)?;
+    let schema_version: i64 = row.get(6).map_err(backend)?;
+    let env = EventEnvelope {
+        event_id: get_str(1)?.parse().map_err(|e| corrupt("event_id", e))?,
+        aggregate_type: get_str(2)?.to_owned(),
+        aggregate_id: get_str(3)?.to_owned(),
+        version: version as u64,
+        event_type: get_str(5)?.to_owned(),
+        schema_version: u32::try_from(schema_version).map_err(|e| corrupt("schema_version", e))?,
+        data: serde_json::from_str(get_str(7)?).map_err(|e| corrupt("data", e))?,
+        metadata: serde_json::from_str::<Metadata>(get_str(8)?)
+            .map_err(|e| corrupt("metadata", e))?,
+        recorded_at: parse_timestamp(get_str(9)?).map_err(|e| corrupt("recorded_at", e))?,
+    };
+    Ok((position as u64, env))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn append_in(conn: &Connection, req: &AppendRequest) -> Result<(), AppendError> {
+    let stream = &req.stream;
+    if let Some(idem) = &req.idempotency {
+        let taken = conn
+            .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
+            .and_then(|mut s| s.exists([&idem.key]))
+            .map_err(backend)?;
+        if taken {
+            return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
+        }
+    }
+    let actual: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE(MAX(version), 0) FROM events \
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+        )
+        .and_then(|mut s| {
+            s.query_row(params![stream.aggregate_type, stream.aggregate_id], |r| {
+                r.get(0)
+            })
+        })
+        .map_err(backend)?;
+    if actual as u64 != req.expected_version {
+        return Err(AppendError::Conflict {
+            stream: stream.to_string(),
+            expected: req.expected_version,
+            actual: actual as u64,
+        });
+    }
+    let mut insert = conn
+        .prepare_cached(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        ))
+        .map_err(backend)?;
+    for (i, e) in req.events.iter().enumerate() {
+        if e.aggregate_type != stream.aggregate_type
+            || e.aggregate_id != stream.aggregate_id
+            || e.version != req.expected_version + 1 + i as u64
+        {
+            return Err(StoreError::Invalid(format!(
+                "event {} v{} does not continue {stream} at version {}",
+                e.stream(),
+                e.version,
+                req.expected_version + 1 + i as u64
+            ))
+            .into());
+        }
+        if !e.data.is_object() {
+            return Err(StoreError::Invalid("event data must be a JSON object".into()).into());
+        }
+        let metadata = serde_json::to_string(&e.metadata).map_err(backend)?;
+        insert
+            .execute(params![
+                e.event_id.to_string(),
+                e.aggregate_type,
+                e.aggregate_id,
+                to_i64(e.version),
+                e.event_type,
+                e.schema_version,
+                e.data.to_string(),
+                metadata,
+                format_timestamp(&e.recorded_at),
+            ])
+            .map_err(backend)?;
+    }
+    if let Some(idem) = &req.idempotency {
+        conn.prepare_cached(
+            "INSERT INTO idempotency (key, fingerprint, aggregate_type, aggregate_id, response, recorded_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                idem.key,
+                idem.fingerprint,
+                idem.stream.aggregate_type,
+                idem.stream.aggregate_id,
+                idem.response.to_string(),
+                format_timestamp(&idem.recorded_at),
+            ])
+        })
+        .map_err(backend)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn append(&self, request: AppendRequest) -> Result<(), AppendError> {
+        if request.events.is_empty() {
+            return Err(StoreError::Invalid("an append needs at least one event".into()).into());
+        }
+        self.writer
+            .write(move |conn| append_in(conn, &request))
+            .await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: ReadRange,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let stream = stream.clone();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+                     AND version >= ?3 AND version <= ?4 ORDER BY version LIMIT ?5"
+                ))
+                .map_err(backend)?;
+            let mut rows = stmt
+                .query(params![
+                    stream.aggregate_type,
+                    stream.aggregate_id,
+                    to_i64(range.from_version),
+                    range.to_version.map_or(i64::MAX, to_i64),
+                    range.limit.map_or(-1, |l| to_i64(l as u64)),
+                ])
+                .map_err(backend)?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().map_err(backend)? {
+                out.push(event_from_row(row)?.1);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        let stream = stream.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![stream.aggregate_type, stream.aggregate_id], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .map(|v| v as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT fingerprint, aggregate_type, aggregate_id, response, recorded_at \
+                     FROM idempotency WHERE key = ?1",
+                )
+                .and_then(|mut s| {
+                    s.query_row([&key], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, String>(4)?,
+                        ))
+                    })
+                    .optional()
+                })
+                .map_err(backend)?;
+            let Some((fingerprint, t, id, response, at)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(IdempotencyRecord {
+                key,
+                fingerprint,
+                stream: StreamId::new(t, id),
+                response: serde_json::from_str(&response).map_err(|e| corrupt("response", e))?,
+                recorded_at: parse_timestamp(&at).map_err(|e| corrupt("recorded_at", e))?,
+            }))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl EventFeed for EmbeddedStore {
+    async fn read_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ))
+                .map_err(backend)?;
+            let mut rows = stmt
+                .query(params![to_i64(after), to_i64(limit as u64)])
+                .map_err(backend)?;
+            let mut out = Vec::with_capacity(limit.min(4096));
+            while let Some(row) = rows.next().map_err(backend)? {
+                let (position, event) = event_from_row(row)?;
+                out.push(FeedEvent { position, event });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn feed_head(&self) -> Result<u64, StoreError> {
+        self.read(|conn| {
+            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn wait_for_events(&self, after: u64, timeout: Duration) {
+        let mut rx = self.head.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|h| *h > after)).await;
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for EmbeddedStore {
+    async fn latest(
+        &self,
+        stream: &StreamId,
+        max_version: Option<u64>,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let stream = stream.clone();
+        self.read(move |conn| {
+            let row = conn
+                .prepare_cached(
+                    "SELECT version, state_version, state, taken_at FROM snapshots \
+                     WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version <= ?3 \
+                     ORDER BY version DESC LIMIT 1",
+                )
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![
+                            stream.aggregate_type,
+                            stream.aggregate_id,
+                            max_version.map_or(i64::MAX, to_i64)
+                        ],
+                        |r| {
+                            Ok((
+                                r.get::<_, i64>(0)?,
+                                r.get::<_, i64>(1)?,
+                                r.get::<_, String>(2)?,
+                                r.get::<_, String>(3)?,
+                            ))
+                        },
+                    )
+                    .optional()
+                })
+                .map_err(backend)?;
+            let Some((version, state_version, state, taken_at)) = row else {
+                return Ok(None);
+            };
+            Ok(Some(Snapshot {
+                stream,
+                version: version as u64,
+                state_version: u32::try_from(state_version)
+                    .map_err(|e| corrupt("state_version", e))?,
+                state: serde_json::from_str(&state).map_err(|e| corrupt("snapshot", e))?,
+                taken_at: parse_timestamp(&taken_at).map_err(|e| corrupt("taken_at", e))?,
+            }))
+        })
+        .await
+    }
+
+    async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT OR REPLACE INTO snapshots \
+                     (aggregate_type, aggregate_id, version, state_version, state, taken_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        snapshot.stream.aggregate_type,
+                        snapshot.stream.aggregate_id,
+                        to_i64(snapshot.version),
+                        snapshot.state_version,
+                        snapshot.state.to_string(),
+                        format_timestamp(&snapshot.taken_at),
+                    ])
+                })
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await
+    }
+}
+
+/// The generation a model reference points at, resolving "active" inside the same query.
+const GENERATION: &str =
+    "COALESCE(?2, (SELECT active_generation FROM projections WHERE projection = ?1), 1)";
+
+fn generation_param(model: &ModelRef) -> Option<i64> {
+    model.generation.map(to_i64)
+}
+
+fn doc_from_row(r: &Row<'_>) -> rusqlite::Result<(String, i64, String)> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+}
+
+fn to_doc((key, version, body): (String, i64, String)) -> Result<Doc, StoreError> {
+    Ok(Doc {
+        key,
+        version: version as u64,
+        body: serde_json::from_str(&body).map_err(|e| corrupt("read model", e))?,
+    })
+}
+
+fn resolve_generation(conn: &Connection, model: &ModelRef) -> Result<i64, StoreError> {
+    conn.prepare_cached(&format!("SELECT {GENERATION}"))
+        .and_then(|mut s| {
+            s.query_row(params![model.projection, generation_param(model)], |r| {
+                r.get(0)
+            })
+        })
+        .map_err(backend)
+}
+
+#[async_trait]
+impl ReadModelStore for EmbeddedStore {
+    async fn active_generation(&self, projection: &str) -> Result<u64, StoreError> {
+        let model = ModelRef::active(projection);
+        self.read(move |conn| resolve_generation(conn, &model).map(|g| g as u64))
+            .await
+    }
+
+    async fn get(&self, model: &ModelRef, key: &str) -> Result<Option<Doc>, StoreError> {
+        let (model, key) = (model.clone(), key.to_owned());
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT key, version, body FROM read_models \
+                 WHERE projection = ?1 AND generation = {GENERATION} AND key = ?3"
+            ))
+            .and_then(|mut s| {
+                s.query_row(
+                    params![model.projection, generation_param(&model), key],
+                    doc_from_row,
+                )
+                .optional()
+            })
+            .map_err(backend)?
+            .map(to_doc)
+            .transpose()
+        })
+        .await
+    }
+
+    async fn find(
+        &self,
+        model: &ModelRef,
+        field: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<Doc>, StoreError> {
+        let (model, field, value) = (model.clone(), field.to_owned(), value.to_owned());
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT r.key, r.version, r.body FROM read_model_index i \
+                     JOIN read_models r ON r.projection = i.projection \
+                       AND r.generation = i.generation AND r.key = i.key \
+                     WHERE i.projection = ?1 AND i.generation = {GENERATION} \
+                       AND i.field = ?3 AND i.value = ?4 ORDER BY i.key LIMIT ?5"
+                ))
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        model.projection,
+                        generation_param(&model),
+                        field,
+                        value,
+                        to_i64(limit as u64)
+                    ],
+                    doc_from_row,
+                )
+                .map_err(backend)?;
+            rows.map(|r| r.map_err(backend).and_then(to_doc)).collect()
+        })
+        .await
+    }
+
+    async fn apply(
+        &self,
+        model: &ModelRef,
+        writes: Vec<DocWrite>,
+        checkpoint: Option<u64>,
+    ) -> Result<usize, StoreError> {
+        let model = model.clone();
+        self.writer
+            .write(move |conn| {
+                let generation = resolve_generation(conn, &model)?;
+                let p = &model.projection;
+                let mut applied = 0;
+                for w in &writes {
+                    let changed = conn
+                        .prepare_cached(
+                            "INSERT INTO read_models (projection, generation, key, version, body) \
+                             VALUES (?1, ?2, ?3, ?4, ?5) \
+                             ON CONFLICT (projection, generation, key) DO UPDATE \
+                             SET version = excluded.version, body = excluded.body \
+                             WHERE excluded.version > read_models.version",
+                        )
+                        .and_then(|mut s| {
+                            s.execute(params![p, generation, w.key, to_i64(w.version), w.body.to_string()])
+                        })
+                        .map_err(backend)?;
+                    if changed == 0 {
+                        continue; // an older or equal version: a duplicate or replay
+                    }
+                    applied += 1;
+                    conn.prepare_cached(
+                        "DELETE FROM read_model_index WHERE projection = ?1 AND generation = ?2 AND key = ?3",
+                    )
+                    .and_then(|mut s| s.execute(params![p, generation, w.key]))
+                    .map_err(backend)?;
+                    for (field, value) in &w.index {
+                        conn.prepare_cached(
+                            "INSERT OR IGNORE INTO read_model_index (projection, generation, field, value, key) \
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                        )
+                        .and_then(|mut s| s.execute(params![p, generation, field, value, w.key]))
+                        .map_err(backend)?;
+                    }
+                }
+                if let Some(position) = checkpoint {
+                    conn.prepare_cached(
+                        "INSERT INTO checkpoints (projection, generation, position) VALUES (?1, ?2, ?3) \
+                         ON CONFLICT (projection, generation) DO UPDATE SET position = excluded.position \
+                         WHERE excluded.position > checkpoints.position",
+                    )
+                    .and_then(|mut s| s.execute(params![p, generation, to_i64(position)]))
+                    .map_err(backend)?;
+                }
+                Ok(applied)
+            })
+            .await
+    }
+
+    async fn checkpoint(&self, model: &ModelRef) -> Result<u64, StoreError> {
+        let model = model.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT position FROM checkpoints WHERE projection = ?1 AND generation = {GENERATION}"
+            ))
+            .and_then(|mut s| {
+                s.query_row(params![model.projection, generation_param(&model)], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()
+            })
+            .map(|p| p.unwrap_or(0) as u64)
+            .map_err(backend)
+        })
+        .await
+    }
+
+    async fn activate(&self, projection: &str, generation: u64) -> Result<(), StoreError> {
+        let projection = projection.to_owned();
+        self.writer
+            .write(move |conn| {
+                conn.execute(
+                    "INSERT INTO projections (projection, active_generation) VALUES (?1, ?2) \
+                     ON CONFLICT (projection) DO UPDATE SET active_generation = excluded.active_generation",
+                    params![projection, to_i64(generation)],
+                )
+                .map(|_| ())
+                .map_err(backend)
+            })
+            .await
+    }
+
+    async fn drop_generation(&self, projection: &str, generation: u64) -> Result<(), StoreError> {
+        let projection = projection.to_owned();
+        self.writer
+            .write(move |conn| {
+                let active = resolve_generation(conn, &ModelRef::active(&projection))?;
+                if active == to_i64(generation) {
+                    return Err(StoreError::Invalid(format!(
+                        "generation {generation} of {projection} is active"
+                    )));
+                }
+                for table in ["read_models", "read_model_index", "checkpoints"] {
+                    conn.execute(
+                        &format!("DELETE FROM {table} WHERE projection = ?1 AND generation = ?2"),
+                        params![projection, to_i64(generation)],
+                    )
+                    .map_err(backend)?;
+                }
+                Ok(())
+            })
+            .await
+    }
+}

@@ -1,0 +1,442 @@
+//! Command handling: load (snapshot + later events), decide, append with the expected version.
+
+use crate::aggregate::{Aggregate, DomainError, DomainEvent, Refusal};
+use crate::envelope::{self, EventEnvelope, Metadata, StreamId};
+use crate::error::Error;
+use crate::ports::{
+    AppendError, AppendRequest, EventStore, IdempotencyRecord, ReadRange, Snapshot, SnapshotStore,
+    StoreError,
+};
+use crate::schema::EventSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use uuid::Uuid;
+
+#[derive(Clone, Debug)]
+pub struct HandlerConfig {
+    /// Take a snapshot each time a stream crosses a multiple of this many events (0: never).
+    pub snapshot_every: u64,
+    /// Reload-and-retry rounds after a conflict when the client gave no expected version.
+    pub max_retries: u32,
+    /// Aggregate states kept in memory between commands (0 disables the cache).
+    pub cache_capacity: usize,
+    /// A command producing more events than this is refused, never split.
+    pub max_events_per_command: usize,
+    /// Whether the handler writes snapshots itself (off when a separate snapshotter does).
+    pub inline_snapshots: bool,
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 100,
+            max_retries: 8,
+            cache_capacity: 100_000,
+            max_events_per_command: 99,
+            inline_snapshots: true,
+        }
+    }
+}
+
+/// Per-command options that come from the transport (HTTP headers).
+#[derive(Clone, Debug, Default)]
+pub struct CommandOptions {
+    pub expected_version: Option<u64>,
+    pub idempotency_key: Option<String>,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+/// What a command produced; exactly what a repeat with the same idempotency key returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub aggregate_id: String,
+    pub version: u64,
+    pub events: Vec<EventEnvelope>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandOutcome {
+    pub result: CommandResult,
+    /// True when this is the stored result of an earlier identical command.
+    pub replayed: bool,
+}
+
+/// Runs commands for one aggregate type against an event store and a snapshot store.
+pub struct CommandHandler<A: Aggregate, E, S> {
+    events: Arc<E>,
+    snapshots: Arc<S>,
+    schema: Arc<EventSchema>,
+    config: HandlerConfig,
+    cache: Mutex<HashMap<String, (u64, A)>>,
+    /// Commands for one aggregate in this process take turns instead of conflicting;
+    /// striped so memory stays bounded. Other processes are still handled by the version check.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+}
+
+const STRIPES: usize = 1024;
+
+impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
+    pub fn new(events: Arc<E>, snapshots: Arc<S>, config: HandlerConfig) -> Self {
+        Self {
+            events,
+            snapshots,
+            schema: Arc::new(A::schema()),
+            config,
+            cache: Mutex::new(HashMap::new()),
+            stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }
+    }
+
+    pub fn schema(&self) -> &Arc<EventSchema> {
+        &self.schema
+    }
+
+    pub fn events(&self) -> &Arc<E> {
+        &self.events
+    }
+
+    fn stream(id: &str) -> StreamId {
+        StreamId::new(A::TYPE, id)
+    }
+
+    /// Upcasts a stored envelope and decodes it into the domain's event type.
+    pub fn decode(&self, env: EventEnvelope) -> Result<(EventEnvelope, A::Event), Error> {
+        let env = self.schema.upcast(env)?;
+        let event = A::Event::from_data(&env.event_type, &env.data).map_err(|e| {
+            Error::Decode(format!(
+                "{}/{} v{} `{}`: {e}",
+                env.aggregate_type, env.aggregate_id, env.version, env.event_type
+            ))
+        })?;
+        Ok((env, event))
+    }
+
+    /// State and version of an aggregate, as of `max_version` when given; served from the
+    /// cache, then the newest usable snapshot, then the events after it.
+    pub async fn load(&self, id: &str, max_version: Option<u64>) -> Result<(A, u64), Error> {
+        let stream = Self::stream(id);
+        let cached = match max_version {
+            None => self.cache_get(id),
+            Some(_) => None,
+        };
+        let (mut state, mut version) = match cached {
+            Some(hit) => hit,
+            None => self.from_snapshot(&stream, max_version).await?,
+        };
+        let mut range = ReadRange::from(version + 1);
+        if let Some(max) = max_version {
+            if max <= version {
+                return Ok((state, version));
+            }
+            range = range.to(max);
+        }
+        for env in self.events.read_stream(&stream, range).await? {
+            if env.version != version + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "{stream}: expected version {} but read {}",
+                    version + 1,
+                    env.version
+                ))
+                .into());
+            }
+            version = env.version;
+            let (_, event) = self.decode(env)?;
+            state.evolve(&event);
+        }
+        if max_version.is_none() {
+            self.cache_put(id, version, &state);
+        }
+        Ok((state, version))
+    }
+
+    async fn from_snapshot(
+        &self,
+        stream: &StreamId,
+        max_version: Option<u64>,
+    ) -> Result<(A, u64), Error> {
+        let Some(snap) = self.snapshots.latest(stream, max_version).await? else {
+            return Ok((A::default(), 0));
+        };
+        if snap.state_version != A::STATE_VERSION {
+            // An older state shape: rebuild from events rather than guess.
+            tracing::debug!(%stream, found = snap.state_version, "ignoring snapshot of another state version");
+            return Ok((A::default(), 0));
+        }
+        match serde_json::from_value::<A>(snap.state) {
+            Ok(state) => Ok((state, snap.version)),
+            Err(e) => {
+                tracing::warn!(%stream, version = snap.version, error = %e, "ignoring undecodable snapshot");
+                Ok((A::default(), 0))
+            }
+        }
+    }
+
+    fn cache_get(&self, id: &str) -> Option<(A, u64)> {
+        if self.config.cache_capacity == 0 {
+            return None;
+        }
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(id).map(|(v, s)| (s.clone(), *v))
+    }
+
+    fn cache_put(&self, id: &str, version: u64, state: &A) {
+        if self.config.cache_capacity == 0 {
+            return;
+        }
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= self.config.cache_capacity && !cache.contains_key(id) {
+            // Bounded memory matters more than which entry goes: evict an arbitrary one.
+            if let Some(k) = cache.keys().next().cloned() {
+                cache.remove(&k);
+            }
+        }
+        cache.insert(id.to_owned(), (version, state.clone()));
+    }
+
+    fn cache_forget(&self, id: &str) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.remove(id);
+    }
+
+    /// Identifies a command for idempotency: same aggregate and same body.
+    pub fn fingerprint(id: &str, command: &A::Command) -> Result<String, Error> {
+        let body = serde_json::to_vec(command)
+            .map_err(|e| Error::invalid("invalid_command", e.to_string()))?;
+        let mut h = Sha256::new();
+        h.update(A::TYPE.as_bytes());
+        h.update([0]);
+        h.update(id.as_bytes());
+        h.update([0]);
+        h.update(&body);
+        Ok(hex::encode(h.finalize()))
+    }
+
+    async fn replay_idempotent(
+        &self,
+        key: &str,
+        fingerprint: &str,
+    ) -> Result<Option<CommandOutcome>, Error> {
+        let Some(record) = self.events.idempotency_record(key).await? else {
+            return Ok(None);
+        };
+        if record.fingerprint != fingerprint {
+            return Err(Error::IdempotencyKeyReused {
+                key: key.to_owned(),
+            });
+        }
+        let result = serde_json::from_value(record.response)
+            .map_err(|e| Error::Decode(format!("idempotency record `{key}`: {e}")))?;
+        Ok(Some(CommandOutcome {
+            result,
+            replayed: true,
+        }))
+    }
+
+    /// Validates, decides and appends one command.
+    pub async fn handle(
+        &self,
+        id: &str,
+        command: A::Command,
+        opts: CommandOptions,
+    ) -> Result<CommandOutcome, Error> {
+        A::validate(&command).map_err(|m| Error::invalid("invalid_command", m))?;
+        let fingerprint = match &opts.idempotency_key {
+            Some(key) => {
+                let fp = Self::fingerprint(id, &command)?;
+                if let Some(done) = self.replay_idempotent(key, &fp).await? {
+                    return Ok(done);
+                }
+                Some(fp)
+            }
+            None => None,
+        };
+        let stream = Self::stream(id);
+        let command_id = Uuid::new_v4();
+        let stripe = &self.stripes[stripe_of(id)];
+        let _turn = stripe.lock().await;
+
+        let mut attempt = 0;
+        loop {
+            let (state, version) = self.load(id, None).await?;
+            if let Some(expected) = opts.expected_version {
+                if expected != version {
+                    return Err(Error::Conflict {
+                        stream: stream.to_string(),
+                        expected,
+                        actual: version,
+                    });
+                }
+            }
+            let decided = state.decide(&command).map_err(domain_error)?;
+            if decided.len() > self.config.max_events_per_command {
+                return Err(Error::Rejected {
+                    code: "too_many_events",
+                    message: format!(
+                        "the command would append {} events; at most {} fit in one atomic append",
+                        decided.len(),
+                        self.config.max_events_per_command
+                    ),
+                });
+            }
+            let recorded_at = envelope::now();
+            let metadata = Metadata {
+                command_id: Some(command_id),
+                correlation_id: Some(
+                    opts.correlation_id
+                        .clone()
+                        .unwrap_or_else(|| command_id.to_string()),
+                ),
+                causation_id: opts.causation_id.clone(),
+                idempotency_key: opts.idempotency_key.clone(),
+            };
+            let mut new_state = state;
+            let mut envelopes = Vec::with_capacity(decided.len());
+            for (i, event) in decided.iter().enumerate() {
+                new_state.evolve(event);
+                let event_type = event.event_type();
+                envelopes.push(EventEnvelope {
+                    event_id: Uuid::new_v4(),
+                    aggregate_type: A::TYPE.to_owned(),
+                    aggregate_id: id.to_owned(),
+                    version: version + 1 + i as u64,
+                    event_type: event_type.to_owned(),
+                    schema_version: self.schema.current_version(event_type).ok_or_else(|| {
+                        Error::Decode(format!("event type `{event_type}` is not in the schema"))
+                    })?,
+                    data: event.to_data(),
+                    metadata: metadata.clone(),
+                    recorded_at,
+                });
+            }
+            let new_version = version + envelopes.len() as u64;
+            let result = CommandResult {
+                aggregate_id: id.to_owned(),
+                version: new_version,
+                events: envelopes,
+            };
+            if result.events.is_empty() {
+                // Nothing to record (the command changed nothing): no idempotency record either,
+                // since a repeat is equally harmless.
+                return Ok(CommandOutcome {
+                    result,
+                    replayed: false,
+                });
+            }
+            let idempotency = match (&opts.idempotency_key, &fingerprint) {
+                (Some(key), Some(fp)) => Some(IdempotencyRecord {
+                    key: key.clone(),
+                    fingerprint: fp.clone(),
+                    stream: stream.clone(),
+                    response: serde_json::to_value(&result)
+                        .map_err(|e| Error::Decode(e.to_string()))?,
+                    recorded_at,
+                }),
+                _ => None,
+            };
+            let request = AppendRequest {
+                stream: stream.clone(),
+                expected_version: version,
+                events: result.events.clone(),
+                idempotency,
+            };
+            match self.events.append(request).await {
+                Ok(()) => {
+                    self.cache_put(id, new_version, &new_state);
+                    self.maybe_snapshot(&stream, version, new_version, &new_state)
+                        .await;
+                    return Ok(CommandOutcome {
+                        result,
+                        replayed: false,
+                    });
+                }
+                Err(AppendError::Conflict { actual, .. }) => {
+                    self.cache_forget(id);
+                    if opts.expected_version.is_some() || attempt >= self.config.max_retries {
+                        return Err(Error::Conflict {
+                            stream: stream.to_string(),
+                            expected: version,
+                            actual,
+                        });
+                    }
+                    attempt += 1;
+                    tracing::debug!(%stream, attempt, "version conflict, reloading");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                Err(AppendError::DuplicateIdempotencyKey(key)) => {
+                    // A concurrent twin committed first: answer as it did.
+                    let fp = fingerprint.as_deref().unwrap_or_default();
+                    return match self.replay_idempotent(&key, fp).await? {
+                        Some(done) => Ok(done),
+                        None => Err(StoreError::Corrupt(format!(
+                            "idempotency key `{key}` reported as taken but not found"
+                        ))
+                        .into()),
+                    };
+                }
+                Err(AppendError::Store(e)) => {
+                    // The append may or may not have committed: the cache can't be trusted.
+                    self.cache_forget(id);
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+
+    async fn maybe_snapshot(&self, stream: &StreamId, old: u64, new: u64, state: &A) {
+        let every = self.config.snapshot_every;
+        if !self.config.inline_snapshots || every == 0 || old / every == new / every {
+            return;
+        }
+        let snapshot = match serde_json::to_value(state) {
+            Ok(state) => Snapshot {
+                stream: stream.clone(),
+                version: new,
+                state_version: A::STATE_VERSION,
+                state,
+                taken_at: envelope::now(),
+            },
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "state does not serialize; no snapshot");
+                return;
+            }
+        };
+        // A lost snapshot only costs replay time: log, don't fail the command.
+        if let Err(e) = self.snapshots.save(snapshot).await {
+            tracing::warn!(%stream, version = new, error = %e, "snapshot not saved");
+        }
+    }
+}
+
+fn domain_error<E: DomainError>(e: E) -> Error {
+    match e.refusal() {
+        Refusal::NotFound => Error::NotFound {
+            code: e.code(),
+            message: e.to_string(),
+        },
+        Refusal::Rule => Error::Rejected {
+            code: e.code(),
+            message: e.to_string(),
+        },
+    }
+}
+
+fn stripe_of(id: &str) -> usize {
+    // FNV-1a: stable and cheap; only spreads ids over stripes.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in id.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % STRIPES as u64) as usize
+}
+
+fn backoff(attempt: u32) -> Duration {
+    // Exponential with jitter from the clock's low bits, capped at ~100 ms.
+    let base = 2u64.saturating_pow(attempt.min(6)) * 2;
+    let jitter = u64::from(chrono::Utc::now().timestamp_subsec_micros()) % (base * 500 + 1);
+    Duration::from_micros(base * 500 + jitter)
+}

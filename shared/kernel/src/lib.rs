@@ -1,0 +1,43 @@
+//! Chronicle's event-sourcing kernel. It knows nothing of AWS or SQLite: storage comes in
+//! through the ports in [`ports`], domains through [`aggregate::Aggregate`].
+
+pub mod aggregate;
+pub mod command;
+pub mod envelope;
+pub mod error;
+pub mod ports;
+pub mod projection;
+pub mod schema;
+pub mod service;
+
+pub use aggregate::{Aggregate, DomainError, DomainEvent, Refusal};
+pub use command::{CommandHandler, CommandOptions, CommandOutcome, CommandResult, HandlerConfig};
+pub use envelope::{EventEnvelope, Metadata, StreamId};
+pub use error::Error;
+pub use ports::*;
+pub use projection::{Projection, ProjectionError, ProjectionRunner, StateProjection};
+pub use schema::{EventSchema, UpcastError};
+pub use service::{AggregateService, Chronicle, ChronicleBuilder, StateView};
+
+/// Aggregate ids: 1 to 128 characters from `[A-Za-z0-9._:-]`, safe as a key everywhere.
+pub fn validate_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(Error::invalid(
+            "invalid_id",
+            format!(
+                "an id has 1 to 128 characters, this one has {}",
+                id.chars().count()
+            ),
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(Error::invalid(
+            "invalid_id",
+            format!("an id may contain only A-Z, a-z, 0-9, '.', '_', ':' and '-', not {c:?}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The ports: what the kernel needs from storage. Each has an embedded and an AWS adapter,
+//! and each adapter must pass the same contract suite (`chronicle-testkit`).
+
+use crate::envelope::{EventEnvelope, StreamId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("request refused by the store: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AppendError {
+    /// The optimistic-concurrency check failed: someone else appended first.
+    #[error("version conflict on {stream}: expected version {expected}, actual {actual}")]
+    Conflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// The command's idempotency key is already recorded: nothing was appended.
+    #[error("idempotency key `{0}` is already recorded")]
+    DuplicateIdempotencyKey(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of a command, kept under its idempotency key so a repeat returns it unchanged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub key: String,
+    /// Hash of what the command was (aggregate and body): a reused key with another command differs.
+    pub fingerprint: String,
+    pub stream: StreamId,
+    pub response: Value,
+    #[serde(with = "crate::envelope::rfc3339")]
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// All events of one command, appended atomically iff the stream is at `expected_version`.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub stream: StreamId,
+    pub expected_version: u64,
+    /// Versions `expected_version + 1 ..`, in order.
+    pub events: Vec<EventEnvelope>,
+    pub idempotency: Option<IdempotencyRecord>,
+}
+
+/// Which part of a stream to read; versions are inclusive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadRange {
+    pub from_version: u64,
+    pub to_version: Option<u64>,
+    pub limit: Option<usize>,
+}
+
+impl ReadRange {
+    pub fn all() -> Self {
+        Self::from(1)
+    }
+    pub fn from(from_version: u64) -> Self {
+        Self {
+            from_version: from_version.max(1),
+            to_version: None,
+            limit: None,
+        }
+    }
+    pub fn to(mut self, to_version: u64) -> Self {
+        self.to_version = Some(to_version);
+        self
+    }
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+}
+
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores all of the request's events or none of them.
+    async fn append(&self, request: AppendRequest) -> Result<(), AppendError>;
+    /// The stream's events in version order, as stored (not upcast).
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: ReadRange,
+    ) -> Result<Vec<EventEnvelope>, StoreError>;
+    /// The stream's latest version, 0 if it has no events.
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
+}
+
+/// An event with its position in the store's global order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedEvent {
+    pub position: u64,
+    pub event: EventEnvelope,
+}
+
+/// The store's ordered feed of all events, which projections follow with a checkpoint.
+#[async_trait]
+pub trait EventFeed: Send + Sync + 'static {
+    /// Up to `limit` events with positions greater than `after`, in position order.
+    async fn read_feed(&self, after: u64, limit: usize) -> Result<Vec<FeedEvent>, StoreError>;
+    /// The position of the newest event, 0 if none.
+    async fn feed_head(&self) -> Result<u64, StoreError>;
+    /// Resolves once the feed may hold events after `after`, or when `timeout` passes
+    /// (writers in other processes can't always signal, so callers poll too).
+    async fn wait_for_events(&self, after: u64, timeout: std::time::Duration);
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub stream: StreamId,
+    pub version: u64,
+    /// The aggregate's `STATE_VERSION` when the snapshot was taken.
+    pub state_version: u32,
+    pub state: Value,
+    #[serde(with = "crate::envelope::rfc3339")]
+    pub taken_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait SnapshotStore: Send + Sync + 'static {
+    /// The newest snapshot, or the newest at or before `max_version` when given.
+    async fn latest(
+        &self,
+        stream: &StreamId,
+        max_version: Option<u64>,
+    ) -> Result<Option<Snapshot>, StoreError>;
+    async fn save(&self, snapshot: Snapshot) -> Result<(), StoreError>;
+}
+
+/// A read model: a projection's documents, in one generation. Rebuilds write a new generation
+/// while the active one keeps serving, then switch.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ModelRef {
+    pub projection: String,
+    /// `None`: whichever generation is active.
+    pub generation: Option<u64>,
+}
+
+impl ModelRef {
+    pub fn active(projection: &str) -> Self {
+        Self {
+            projection: projection.to_owned(),
+            generation: None,
+        }
+    }
+    pub fn generation(projection: &str, generation: u64) -> Self {
+        Self {
+            projection: projection.to_owned(),
+            generation: Some(generation),
+        }
+    }
+}
+
+/// A read-model document; `version` is the last applied version of its aggregate.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Doc {
+    pub key: String,
+    pub version: u64,
+    pub body: Value,
+}
+
+/// Writes `body` under `key` only if the stored document's version is lower than `version`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DocWrite {
+    pub key: String,
+    pub version: u64,
+    pub body: Value,
+    /// (field, value) pairs the document can be found by.
+    pub index: Vec<(String, String)>,
+}
+
+#[async_trait]
+pub trait ReadModelStore: Send + Sync + 'static {
+    /// The generation reads go to; 1 before any rebuild.
+    async fn active_generation(&self, projection: &str) -> Result<u64, StoreError>;
+    async fn get(&self, model: &ModelRef, key: &str) -> Result<Option<Doc>, StoreError>;
+    async fn find(
+        &self,
+        model: &ModelRef,
+        field: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<Doc>, StoreError>;
+    /// Applies each write whose version is newer than the stored one, and (when given) moves the
+    /// model's checkpoint, as one unit where the backend allows it. Returns how many were applied.
+    async fn apply(
+        &self,
+        model: &ModelRef,
+        writes: Vec<DocWrite>,
+        checkpoint: Option<u64>,
+    ) -> Result<usize, StoreError>;
+    /// The feed position this model has applied up to, 0 if none.
+    async fn checkpoint(&self, model: &ModelRef) -> Result<u64, StoreError>;
+    /// Makes `generation` the one reads go to.
+    async fn activate(&self, projection: &str, generation: u64) -> Result<(), StoreError>;
+    /// Removes a generation's documents (never the active one).
+    async fn drop_generation(&self, projection: &str, generation: u64) -> Result<(), StoreError>;
+}

@@ -1,0 +1,262 @@
+//! Projections: read models kept up to date from the store's ordered feed, with a durable
+//! checkpoint. Applying an event twice changes nothing: each document remembers the last
+//! version of its aggregate it has applied.
+
+use crate::aggregate::{Aggregate, DomainEvent};
+use crate::envelope::EventEnvelope;
+use crate::ports::{Doc, DocWrite, EventFeed, ModelRef, ReadModelStore, StoreError};
+use crate::schema::{EventSchema, UpcastError};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("projection `{projection}` failed at feed position {position} ({stream} v{version}): {reason}")]
+    Event {
+        projection: String,
+        position: u64,
+        stream: String,
+        version: u64,
+        reason: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A read model with one document per aggregate. `apply` folds one event (already upcast to
+/// the current schema) into the aggregate's document.
+pub trait Projection: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// The aggregate type whose events this projection reads.
+    fn aggregate_type(&self) -> &str;
+    /// Top-level string fields of the document it can be looked up by.
+    fn indexes(&self) -> &[&'static str] {
+        &[]
+    }
+    fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String>;
+}
+
+/// The generic read model every aggregate type gets: its state, folded by `evolve`.
+pub struct StateProjection<A> {
+    name: String,
+    _a: PhantomData<fn() -> A>,
+}
+
+impl<A: Aggregate> Default for StateProjection<A> {
+    fn default() -> Self {
+        Self {
+            name: state_projection_name(A::TYPE),
+            _a: PhantomData,
+        }
+    }
+}
+
+pub fn state_projection_name(aggregate_type: &str) -> String {
+    format!("{aggregate_type}_state")
+}
+
+impl<A: Aggregate> Projection for StateProjection<A> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn aggregate_type(&self) -> &str {
+        A::TYPE
+    }
+    fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String> {
+        let mut state: A = match doc {
+            Some(v) => A::deserialize(v).map_err(|e| format!("stored state: {e}"))?,
+            None => A::default(),
+        };
+        let e = A::Event::from_data(&event.event_type, &event.data)?;
+        state.evolve(&e);
+        serde_json::to_value(&state).map_err(|e| e.to_string())
+    }
+}
+
+/// What one step of a runner did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// Feed events read (of every aggregate type).
+    pub read: usize,
+    /// Documents written.
+    pub written: usize,
+    /// The checkpoint after the step.
+    pub position: u64,
+}
+
+/// Feeds one projection from the event feed into the read-model store.
+pub struct ProjectionRunner {
+    feed: Arc<dyn EventFeed>,
+    store: Arc<dyn ReadModelStore>,
+    projection: Arc<dyn Projection>,
+    schema: Arc<EventSchema>,
+    pub batch_size: usize,
+}
+
+impl ProjectionRunner {
+    pub fn new(
+        feed: Arc<dyn EventFeed>,
+        store: Arc<dyn ReadModelStore>,
+        projection: Arc<dyn Projection>,
+        schema: Arc<EventSchema>,
+    ) -> Self {
+        Self {
+            feed,
+            store,
+            projection,
+            schema,
+            batch_size: 1000,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.projection.name()
+    }
+
+    /// Reads the next batch after the model's checkpoint and applies it, atomically with the
+    /// new checkpoint.
+    pub async fn step(&self, generation: u64) -> Result<Step, ProjectionError> {
+        let model = ModelRef::generation(self.projection.name(), generation);
+        let after = self.store.checkpoint(&model).await?;
+        let batch = self.feed.read_feed(after, self.batch_size).await?;
+        let Some(last) = batch.last().map(|f| f.position) else {
+            return Ok(Step {
+                read: 0,
+                written: 0,
+                position: after,
+            });
+        };
+        let mut docs: HashMap<String, Option<Doc>> = HashMap::new();
+        let mut dirty: Vec<String> = Vec::new();
+        for fe in &batch {
+            let ev = &fe.event;
+            if ev.aggregate_type != self.projection.aggregate_type() {
+                continue;
+            }
+            if !docs.contains_key(&ev.aggregate_id) {
+                let doc = self.store.get(&model, &ev.aggregate_id).await?;
+                docs.insert(ev.aggregate_id.clone(), doc);
+            }
+            let slot = docs.get_mut(&ev.aggregate_id).expect("inserted above");
+            let applied = slot.as_ref().map_or(0, |d| d.version);
+            if ev.version <= applied {
+                continue; // seen already: a replay or a duplicate
+            }
+            let fail = |reason: String| ProjectionError::Event {
+                projection: self.projection.name().to_owned(),
+                position: fe.position,
+                stream: ev.stream().to_string(),
+                version: ev.version,
+                reason,
+            };
+            let upcast = self
+                .schema
+                .upcast(ev.clone())
+                .map_err(|e: UpcastError| fail(e.to_string()))?;
+            let body = self
+                .projection
+                .apply(slot.as_ref().map(|d| &d.body), &upcast)
+                .map_err(fail)?;
+            if slot.is_none() || !dirty.contains(&ev.aggregate_id) {
+                dirty.push(ev.aggregate_id.clone());
+            }
+            *slot = Some(Doc {
+                key: ev.aggregate_id.clone(),
+                version: ev.version,
+                body,
+            });
+        }
+        dirty.sort();
+        dirty.dedup();
+        let writes: Vec<DocWrite> = dirty
+            .into_iter()
+            .filter_map(|k| docs.remove(&k).flatten())
+            .map(|d| DocWrite {
+                index: index_values(self.projection.indexes(), &d.body),
+                key: d.key,
+                version: d.version,
+                body: d.body,
+            })
+            .collect();
+        let written = self.store.apply(&model, writes, Some(last)).await?;
+        Ok(Step {
+            read: batch.len(),
+            written,
+            position: last,
+        })
+    }
+
+    /// Follows the feed until `shutdown` resolves, writing to whichever generation is active.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut failing = false;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let outcome = match self.store.active_generation(self.name()).await {
+                Ok(generation) => self.step(generation).await,
+                Err(e) => Err(e.into()),
+            };
+            let (idle, position) = match outcome {
+                Ok(step) => {
+                    failing = false;
+                    (step.read == 0, step.position)
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::error!(projection = self.name(), error = %e, "projection stalled");
+                    }
+                    failing = true;
+                    (true, u64::MAX)
+                }
+            };
+            if idle {
+                let wait = if failing {
+                    Duration::from_secs(1)
+                } else {
+                    Duration::from_millis(250)
+                };
+                tokio::select! {
+                    _ = self.feed.wait_for_events(position, wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// Builds a new generation from the whole feed while the active one keeps serving, then
+    /// switches reads to it. `progress(processed, total)` is called after every batch.
+    pub async fn rebuild(
+        &self,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<u64, ProjectionError> {
+        let name = self.projection.name();
+        let active = self.store.active_generation(name).await?;
+        let generation = active + 1;
+        self.store.drop_generation(name, generation).await?;
+        loop {
+            let head = self.feed.feed_head().await?;
+            let step = self.step(generation).await?;
+            progress(step.position, head.max(step.position));
+            if step.read == 0 {
+                break;
+            }
+        }
+        self.store.activate(name, generation).await?;
+        self.store.drop_generation(name, active).await?;
+        Ok(generation)
+    }
+}
+
+fn index_values(fields: &[&'static str], body: &Value) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .filter_map(|f| match body.get(*f) {
+            Some(Value::String(s)) => Some(((*f).to_owned(), s.clone())),
+            _ => None,
+        })
+        .collect()
+}

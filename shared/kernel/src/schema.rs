@@ -1,0 +1,118 @@
+//! Schema evolution: current versions per event type, and upcasters chained on read.
+
+use crate::envelope::EventEnvelope;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Turns the data of one schema version into the next one (`from` -> `from + 1`).
+pub type Upcaster = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpcastError {
+    #[error("unknown event type `{event_type}` (stored as {stream} v{version})")]
+    UnknownEventType {
+        event_type: String,
+        stream: String,
+        version: u64,
+    },
+    #[error("event `{event_type}` has schema version {found}, newer than the {current} this build knows (stored as {stream} v{version})")]
+    NewerSchemaVersion {
+        event_type: String,
+        found: u32,
+        current: u32,
+        stream: String,
+        version: u64,
+    },
+    #[error("no upcaster for `{event_type}` from schema version {from}")]
+    MissingUpcaster { event_type: String, from: u32 },
+    #[error("upcasting `{event_type}` from schema version {from} failed: {reason}")]
+    Failed {
+        event_type: String,
+        from: u32,
+        reason: String,
+    },
+}
+
+/// The event types an aggregate knows, their current schema versions and the upcasters
+/// that bring older stored versions up to date.
+#[derive(Clone, Default)]
+pub struct EventSchema {
+    current: HashMap<String, u32>,
+    upcasters: HashMap<(String, u32), Upcaster>,
+}
+
+impl EventSchema {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares an event type and the schema version new events are written with.
+    pub fn event(mut self, event_type: &str, current_version: u32) -> Self {
+        self.current.insert(event_type.to_owned(), current_version);
+        self
+    }
+
+    /// Registers the step from `from_version` to `from_version + 1`.
+    pub fn upcaster(
+        mut self,
+        event_type: &str,
+        from_version: u32,
+        f: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.upcasters
+            .insert((event_type.to_owned(), from_version), Arc::new(f));
+        self
+    }
+
+    pub fn current_version(&self, event_type: &str) -> Option<u32> {
+        self.current.get(event_type).copied()
+    }
+
+    /// Brings a stored envelope to the current shape of its event type, or says why it can't.
+    pub fn upcast(&self, mut env: EventEnvelope) -> Result<EventEnvelope, UpcastError> {
+        let Some(current) = self.current_version(&env.event_type) else {
+            return Err(UpcastError::UnknownEventType {
+                event_type: env.event_type,
+                stream: format!("{}/{}", env.aggregate_type, env.aggregate_id),
+                version: env.version,
+            });
+        };
+        if env.schema_version > current {
+            return Err(UpcastError::NewerSchemaVersion {
+                event_type: env.event_type,
+                found: env.schema_version,
+                current,
+                stream: format!("{}/{}", env.aggregate_type, env.aggregate_id),
+                version: env.version,
+            });
+        }
+        while env.schema_version < current {
+            let from = env.schema_version;
+            let step = self
+                .upcasters
+                .get(&(env.event_type.clone(), from))
+                .ok_or_else(|| UpcastError::MissingUpcaster {
+                    event_type: env.event_type.clone(),
+                    from,
+                })?;
+            let data = std::mem::take(&mut env.data);
+            env.data = step(data).map_err(|reason| UpcastError::Failed {
+                event_type: env.event_type.clone(),
+                from,
+                reason,
+            })?;
+            env.schema_version = from + 1;
+        }
+        Ok(env)
+    }
+}
+
+impl std::fmt::Debug for EventSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventSchema")
+            .field("current", &self.current)
+            .field("upcasters", &self.upcasters.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}

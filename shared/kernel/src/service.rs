@@ -1,0 +1,290 @@
+//! The type-erased layer the HTTP router and the CLI talk to: registering an aggregate type
+//! gives it commands, folded state, time travel, history and its read models, with no new
+//! handler code.
+
+use crate::aggregate::Aggregate;
+use crate::command::{CommandHandler, CommandOptions, CommandOutcome, HandlerConfig};
+use crate::envelope::{EventEnvelope, StreamId};
+use crate::error::Error;
+use crate::ports::{EventFeed, EventStore, ModelRef, ReadModelStore, ReadRange, SnapshotStore};
+use crate::projection::{state_projection_name, Projection, ProjectionRunner, StateProjection};
+use crate::schema::EventSchema;
+use async_trait::async_trait;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// A state as a client sees it, with the version it reflects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StateView {
+    pub version: u64,
+    pub body: Value,
+}
+
+#[async_trait]
+pub trait AggregateService: Send + Sync {
+    fn aggregate_type(&self) -> &'static str;
+    fn schema(&self) -> &Arc<EventSchema>;
+    /// Parses, validates and runs a command given as JSON.
+    async fn execute(
+        &self,
+        id: &str,
+        command: Value,
+        opts: CommandOptions,
+    ) -> Result<CommandOutcome, Error>;
+    /// State folded from the store (snapshot + events), as of `version` when given.
+    async fn state(&self, id: &str, version: Option<u64>) -> Result<StateView, Error>;
+    /// The state read model (eventually consistent).
+    async fn read_model(&self, id: &str) -> Result<StateView, Error>;
+    /// Events in version order; upcast to the current schema unless `raw`.
+    async fn history(
+        &self,
+        id: &str,
+        range: ReadRange,
+        raw: bool,
+    ) -> Result<Vec<EventEnvelope>, Error>;
+}
+
+struct Service<A: Aggregate, E, S> {
+    handler: CommandHandler<A, E, S>,
+    read_models: Arc<dyn ReadModelStore>,
+    state_model: String,
+}
+
+#[async_trait]
+impl<A: Aggregate, E: EventStore, S: SnapshotStore> AggregateService for Service<A, E, S> {
+    fn aggregate_type(&self) -> &'static str {
+        A::TYPE
+    }
+
+    fn schema(&self) -> &Arc<EventSchema> {
+        self.handler.schema()
+    }
+
+    async fn execute(
+        &self,
+        id: &str,
+        command: Value,
+        opts: CommandOptions,
+    ) -> Result<CommandOutcome, Error> {
+        let command: A::Command = serde_json::from_value(command)
+            .map_err(|e| Error::invalid("invalid_command", e.to_string()))?;
+        let span = tracing::info_span!("command", aggregate_type = A::TYPE, aggregate_id = id);
+        self.handler
+            .handle(id, command, opts)
+            .instrument(span)
+            .await
+    }
+
+    async fn state(&self, id: &str, version: Option<u64>) -> Result<StateView, Error> {
+        if version == Some(0) {
+            return Err(Error::invalid(
+                "invalid_version",
+                "version must be 1 or more",
+            ));
+        }
+        let (state, at) = self.handler.load(id, version).await?;
+        if !state.exists() {
+            return Err(not_found(A::TYPE, id));
+        }
+        if let Some(v) = version {
+            if at < v {
+                return Err(Error::not_found(
+                    "version_not_found",
+                    format!("{}/{id} has no version {v}: its latest is {at}", A::TYPE),
+                ));
+            }
+        }
+        Ok(StateView {
+            version: at,
+            body: state.view(id, at),
+        })
+    }
+
+    async fn read_model(&self, id: &str) -> Result<StateView, Error> {
+        let doc = self
+            .read_models
+            .get(&ModelRef::active(&self.state_model), id)
+            .await?
+            .ok_or_else(|| not_found(A::TYPE, id))?;
+        let state: A = serde_json::from_value(doc.body)
+            .map_err(|e| Error::Decode(format!("read model {}: {e}", self.state_model)))?;
+        Ok(StateView {
+            version: doc.version,
+            body: state.view(id, doc.version),
+        })
+    }
+
+    async fn history(
+        &self,
+        id: &str,
+        range: ReadRange,
+        raw: bool,
+    ) -> Result<Vec<EventEnvelope>, Error> {
+        let stream = StreamId::new(A::TYPE, id);
+        let events = self.handler.events().read_stream(&stream, range).await?;
+        if raw {
+            return Ok(events);
+        }
+        events
+            .into_iter()
+            .map(|e| self.handler.schema().upcast(e).map_err(Error::from))
+            .collect()
+    }
+}
+
+fn not_found(aggregate_type: &str, id: &str) -> Error {
+    Error::not_found("not_found", format!("{aggregate_type}/{id} does not exist"))
+}
+
+/// A list read model served at `GET /{aggregate_type}?{field}={value}`.
+#[derive(Clone)]
+pub struct ListModel {
+    pub projection: Arc<dyn Projection>,
+}
+
+/// Everything registered: aggregate services, projections and the ports they run on.
+#[derive(Clone)]
+pub struct Chronicle {
+    aggregates: BTreeMap<&'static str, Arc<dyn AggregateService>>,
+    projections: Vec<Arc<dyn Projection>>,
+    lists: BTreeMap<String, Arc<dyn Projection>>,
+    read_models: Arc<dyn ReadModelStore>,
+    feed: Arc<dyn EventFeed>,
+}
+
+impl Chronicle {
+    pub fn builder<E, S, R, F>(
+        events: Arc<E>,
+        snapshots: Arc<S>,
+        read_models: Arc<R>,
+        feed: Arc<F>,
+        config: HandlerConfig,
+    ) -> ChronicleBuilder<E, S>
+    where
+        E: EventStore,
+        S: SnapshotStore,
+        R: ReadModelStore,
+        F: EventFeed,
+    {
+        ChronicleBuilder {
+            events,
+            snapshots,
+            config,
+            inner: Chronicle {
+                aggregates: BTreeMap::new(),
+                projections: Vec::new(),
+                lists: BTreeMap::new(),
+                read_models,
+                feed,
+            },
+        }
+    }
+
+    pub fn aggregate(&self, aggregate_type: &str) -> Option<&Arc<dyn AggregateService>> {
+        self.aggregates.get(aggregate_type)
+    }
+
+    pub fn aggregate_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.aggregates.keys().copied()
+    }
+
+    pub fn projections(&self) -> &[Arc<dyn Projection>] {
+        &self.projections
+    }
+
+    pub fn read_models(&self) -> &Arc<dyn ReadModelStore> {
+        &self.read_models
+    }
+
+    pub fn feed(&self) -> &Arc<dyn EventFeed> {
+        &self.feed
+    }
+
+    /// A runner for the named projection, with the schema of its aggregate type.
+    pub fn runner(&self, projection: &str) -> Option<ProjectionRunner> {
+        let p = self.projections.iter().find(|p| p.name() == projection)?;
+        let schema = self.aggregates.get(p.aggregate_type())?.schema().clone();
+        Some(ProjectionRunner::new(
+            self.feed.clone(),
+            self.read_models.clone(),
+            p.clone(),
+            schema,
+        ))
+    }
+
+    /// `GET /{aggregate_type}?{field}={value}`: documents of the type's list read model.
+    pub async fn list(
+        &self,
+        aggregate_type: &str,
+        field: &str,
+        value: &str,
+        limit: usize,
+    ) -> Result<Vec<Value>, Error> {
+        let p = self.lists.get(aggregate_type).ok_or_else(|| {
+            Error::not_found(
+                "no_list_model",
+                format!("{aggregate_type} has no list read model"),
+            )
+        })?;
+        if !p.indexes().contains(&field) {
+            return Err(Error::invalid(
+                "invalid_query",
+                format!(
+                    "{aggregate_type} can be listed by {} only",
+                    p.indexes().join(", ")
+                ),
+            ));
+        }
+        let docs = self
+            .read_models
+            .find(&ModelRef::active(p.name()), field, value, limit)
+            .await?;
+        Ok(docs.into_iter().map(|d| d.body).collect())
+    }
+}
+
+pub struct ChronicleBuilder<E, S> {
+    events: Arc<E>,
+    snapshots: Arc<S>,
+    config: HandlerConfig,
+    inner: Chronicle,
+}
+
+impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
+    /// Registers an aggregate type: its commands, state, history and state read model.
+    pub fn aggregate<A: Aggregate>(mut self) -> Self {
+        let state_model = state_projection_name(A::TYPE);
+        let service = Service::<A, E, S> {
+            handler: CommandHandler::new(
+                self.events.clone(),
+                self.snapshots.clone(),
+                self.config.clone(),
+            ),
+            read_models: self.inner.read_models.clone(),
+            state_model,
+        };
+        self.inner.aggregates.insert(A::TYPE, Arc::new(service));
+        self.inner
+            .projections
+            .push(Arc::new(StateProjection::<A>::default()));
+        self
+    }
+
+    /// Adds a projection; with `list: true` it also serves `GET /{aggregate_type}?field=...`.
+    pub fn projection(mut self, projection: impl Projection, list: bool) -> Self {
+        let p: Arc<dyn Projection> = Arc::new(projection);
+        if list {
+            self.inner
+                .lists
+                .insert(p.aggregate_type().to_owned(), p.clone());
+        }
+        self.inner.projections.push(p);
+        self
+    }
+
+    pub fn build(self) -> Chronicle {
+        self.inner
+    }
+}
