@@ -1,1 +1,328 @@
+//! The sample domain: bank accounts, as pure decide/evolve functions.
+//!
+//! Amounts are positive integers in minor units (cents); balances never go below zero and
+//! additions are overflow-checked. `Deposited` carries one real schema evolution: version 1
+//! had no currency (every account then was in EUR), version 2 has one.
 
+mod projection;
+
+pub use projection::AccountsByOwner;
+
+use chronicle_kernel::{Aggregate, DomainError, DomainEvent, EventSchema, Refusal};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The currency of accounts that predate multi-currency support (events `Deposited` v1).
+pub const LEGACY_CURRENCY: &str = "EUR";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Unopened,
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub status: Status,
+    pub owner: String,
+    pub currency: String,
+    pub balance: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", deny_unknown_fields)]
+pub enum AccountCommand {
+    Open {
+        owner: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        currency: Option<String>,
+    },
+    Deposit {
+        amount: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        currency: Option<String>,
+    },
+    Withdraw {
+        amount: u64,
+    },
+    Close,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountEvent {
+    Opened { owner: String, currency: String },
+    Deposited { amount: u64, currency: String },
+    Withdrawn { amount: u64 },
+    Closed,
+}
+
+pub const ACCOUNT_OPENED: &str = "AccountOpened";
+pub const DEPOSITED: &str = "Deposited";
+pub const WITHDRAWN: &str = "Withdrawn";
+pub const ACCOUNT_CLOSED: &str = "AccountClosed";
+
+#[derive(Serialize, Deserialize)]
+struct OpenedData {
+    owner: String,
+    currency: String,
+}
+#[derive(Serialize, Deserialize)]
+struct DepositedData {
+    amount: u64,
+    currency: String,
+}
+#[derive(Serialize, Deserialize)]
+struct WithdrawnData {
+    amount: u64,
+}
+
+impl DomainEvent for AccountEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            AccountEvent::Opened { .. } => ACCOUNT_OPENED,
+            AccountEvent::Deposited { .. } => DEPOSITED,
+            AccountEvent::Withdrawn { .. } => WITHDRAWN,
+            AccountEvent::Closed => ACCOUNT_CLOSED,
+        }
+    }
+
+    fn to_data(&self) -> Value {
+        match self {
+            AccountEvent::Opened { owner, currency } => {
+                json!({"owner": owner, "currency": currency})
+            }
+            AccountEvent::Deposited { amount, currency } => {
+                json!({"amount": amount, "currency": currency})
+            }
+            AccountEvent::Withdrawn { amount } => json!({ "amount": amount }),
+            AccountEvent::Closed => json!({}),
+        }
+    }
+
+    fn from_data(event_type: &str, data: &Value) -> Result<Self, String> {
+        fn de<'a, T: Deserialize<'a>>(data: &'a Value) -> Result<T, String> {
+            T::deserialize(data).map_err(|e| e.to_string())
+        }
+        Ok(match event_type {
+            ACCOUNT_OPENED => {
+                let d: OpenedData = de(data)?;
+                AccountEvent::Opened {
+                    owner: d.owner,
+                    currency: d.currency,
+                }
+            }
+            DEPOSITED => {
+                let d: DepositedData = de(data)?;
+                AccountEvent::Deposited {
+                    amount: d.amount,
+                    currency: d.currency,
+                }
+            }
+            WITHDRAWN => {
+                let d: WithdrawnData = de(data)?;
+                AccountEvent::Withdrawn { amount: d.amount }
+            }
+            ACCOUNT_CLOSED => AccountEvent::Closed,
+            other => return Err(format!("unknown account event type `{other}`")),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    #[error("the account does not exist: open it first")]
+    NotOpened,
+    #[error("the account is already open")]
+    AlreadyOpened,
+    #[error("the account is closed")]
+    Closed,
+    #[error("insufficient funds: the balance is {balance}, the withdrawal {amount}")]
+    InsufficientFunds { balance: u64, amount: u64 },
+    #[error("the deposit would overflow the balance")]
+    Overflow,
+    #[error("the account is in {account}, the deposit in {deposit}")]
+    CurrencyMismatch { account: String, deposit: String },
+}
+
+impl DomainError for AccountError {
+    fn code(&self) -> &'static str {
+        match self {
+            AccountError::NotOpened => "account_not_found",
+            AccountError::AlreadyOpened => "account_already_open",
+            AccountError::Closed => "account_closed",
+            AccountError::InsufficientFunds { .. } => "insufficient_funds",
+            AccountError::Overflow => "balance_overflow",
+            AccountError::CurrencyMismatch { .. } => "currency_mismatch",
+        }
+    }
+
+    fn refusal(&self) -> Refusal {
+        match self {
+            AccountError::NotOpened => Refusal::NotFound,
+            _ => Refusal::Rule,
+        }
+    }
+}
+
+fn valid_currency(c: &str) -> bool {
+    c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "accounts";
+    const STATE_VERSION: u32 = 1;
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+
+    fn schema() -> EventSchema {
+        EventSchema::new()
+            .event(ACCOUNT_OPENED, 1)
+            .event(DEPOSITED, 2)
+            .event(WITHDRAWN, 1)
+            .event(ACCOUNT_CLOSED, 1)
+            .upcaster(DEPOSITED, 1, |mut data| {
+                let obj = data
+                    .as_object_mut()
+                    .ok_or("Deposited v1 data is not an object")?;
+                obj.entry("currency")
+                    .or_insert_with(|| Value::from(LEGACY_CURRENCY));
+                Ok(data)
+            })
+    }
+
+    fn validate(command: &AccountCommand) -> Result<(), String> {
+        match command {
+            AccountCommand::Open { owner, currency } => {
+                if owner.trim().is_empty() || owner.chars().count() > 128 {
+                    return Err("owner must have 1 to 128 characters".into());
+                }
+                if owner.chars().any(char::is_control) {
+                    return Err("owner must not contain control characters".into());
+                }
+                if let Some(c) = currency {
+                    if !valid_currency(c) {
+                        return Err(format!(
+                            "currency must be an ISO 4217 code like EUR, not {c:?}"
+                        ));
+                    }
+                }
+            }
+            AccountCommand::Deposit { amount, currency } => {
+                if *amount == 0 {
+                    return Err("amount must be a positive integer (minor units)".into());
+                }
+                if let Some(c) = currency {
+                    if !valid_currency(c) {
+                        return Err(format!(
+                            "currency must be an ISO 4217 code like EUR, not {c:?}"
+                        ));
+                    }
+                }
+            }
+            AccountCommand::Withdraw { amount } => {
+                if *amount == 0 {
+                    return Err("amount must be a positive integer (minor units)".into());
+                }
+            }
+            AccountCommand::Close => {}
+        }
+        Ok(())
+    }
+
+    fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
+        match (self.status, command) {
+            (Status::Unopened, AccountCommand::Open { owner, currency }) => {
+                Ok(vec![AccountEvent::Opened {
+                    owner: owner.clone(),
+                    currency: currency.clone().unwrap_or_else(|| LEGACY_CURRENCY.into()),
+                }])
+            }
+            (_, AccountCommand::Open { .. }) => Err(AccountError::AlreadyOpened),
+            (Status::Unopened, _) => Err(AccountError::NotOpened),
+            (Status::Closed, _) => Err(AccountError::Closed),
+            (Status::Open, AccountCommand::Deposit { amount, currency }) => {
+                if let Some(c) = currency {
+                    if *c != self.currency {
+                        return Err(AccountError::CurrencyMismatch {
+                            account: self.currency.clone(),
+                            deposit: c.clone(),
+                        });
+                    }
+                }
+                self.balance
+                    .checked_add(*amount)
+                    .ok_or(AccountError::Overflow)?;
+                Ok(vec![AccountEvent::Deposited {
+                    amount: *amount,
+                    currency: self.currency.clone(),
+                }])
+            }
+            (Status::Open, AccountCommand::Withdraw { amount }) => {
+                if *amount > self.balance {
+                    return Err(AccountError::InsufficientFunds {
+                        balance: self.balance,
+                        amount: *amount,
+                    });
+                }
+                Ok(vec![AccountEvent::Withdrawn { amount: *amount }])
+            }
+            (Status::Open, AccountCommand::Close) => Ok(vec![AccountEvent::Closed]),
+        }
+    }
+
+    fn evolve(&mut self, event: &AccountEvent) {
+        match event {
+            AccountEvent::Opened { owner, currency } => {
+                self.status = Status::Open;
+                self.owner = owner.clone();
+                self.currency = currency.clone();
+            }
+            // decide() checked these; saturating keeps evolve total for any stored history.
+            AccountEvent::Deposited { amount, .. } => {
+                self.balance = self.balance.saturating_add(*amount)
+            }
+            AccountEvent::Withdrawn { amount } => {
+                self.balance = self.balance.saturating_sub(*amount)
+            }
+            AccountEvent::Closed => self.status = Status::Closed,
+        }
+    }
+
+    fn exists(&self) -> bool {
+        self.status != Status::Unopened
+    }
+
+    fn view(&self, id: &str, version: u64) -> Value {
+        view(id, self, version)
+    }
+}
+
+/// The JSON clients see for an account.
+pub fn view(id: &str, account: &Account, version: u64) -> Value {
+    json!({
+        "id": id,
+        "owner": account.owner,
+        "balance": account.balance,
+        "currency": account.currency,
+        "status": account.status,
+        "version": version,
+    })
+}
+
+/// Registers the accounts domain: the aggregate (commands, state, history, state read model)
+/// and the accounts-by-owner list read model.
+pub fn register<E, S>(
+    builder: chronicle_kernel::ChronicleBuilder<E, S>,
+) -> chronicle_kernel::ChronicleBuilder<E, S>
+where
+    E: chronicle_kernel::EventStore,
+    S: chronicle_kernel::SnapshotStore,
+{
+    builder
+        .aggregate::<Account>()
+        .projection(AccountsByOwner, true)
+}

@@ -1,1 +1,143 @@
-fn main() {}
+//! `chronicle`: run the API and projectors locally, inspect history and state, rebuild read
+//! models, and benchmark the embedded store.
+
+mod bench;
+mod inspect;
+mod serve;
+
+use anyhow::Context;
+use chronicle_embedded::EmbeddedStore;
+use chronicle_kernel::{Chronicle, HandlerConfig};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "chronicle",
+    version,
+    about = "Event sourcing on one machine or on AWS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct StoreArgs {
+    /// Directory holding the embedded store (created if missing).
+    #[arg(long, env = "CHRONICLE_DATA_DIR", default_value = "./chronicle-data")]
+    data_dir: PathBuf,
+    /// Snapshot every N events of an aggregate (0: never).
+    #[arg(long, env = "CHRONICLE_SNAPSHOT_EVERY", default_value_t = 100)]
+    snapshot_every: u64,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API and run the projectors.
+    Serve {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Address to listen on.
+        #[arg(long, env = "CHRONICLE_ADDR", default_value = "127.0.0.1:8080")]
+        addr: String,
+    },
+    /// Print an aggregate's events.
+    History {
+        #[command(flatten)]
+        store: StoreArgs,
+        aggregate_type: String,
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        from_version: u64,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Events as stored, before upcasting.
+        #[arg(long)]
+        raw: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an aggregate's state folded from its events.
+    State {
+        #[command(flatten)]
+        store: StoreArgs,
+        aggregate_type: String,
+        id: String,
+        /// State as of this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Replay every event into a fresh generation of a read model, then switch reads to it.
+    Rebuild {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Projection name, e.g. accounts_state or accounts_by_owner.
+        projection: String,
+    },
+    /// Measure append throughput and latency, replay time and peak memory.
+    Bench(bench::BenchArgs),
+}
+
+/// Opens the embedded store and registers the sample domain on it.
+pub(crate) fn open(args: &StoreArgs) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
+    let store = EmbeddedStore::open(&args.data_dir)
+        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+    let config = HandlerConfig {
+        snapshot_every: args.snapshot_every,
+        ..HandlerConfig::default()
+    };
+    let chronicle = chronicle_accounts::register(Chronicle::builder(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        config,
+    ))
+    .build();
+    Ok((store, chronicle))
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve { store, addr } => serve::serve(&store, &addr).await,
+            Command::History {
+                store,
+                aggregate_type,
+                id,
+                from_version,
+                limit,
+                raw,
+                json,
+            } => {
+                inspect::history(&store, &aggregate_type, &id, from_version, limit, raw, json).await
+            }
+            Command::State {
+                store,
+                aggregate_type,
+                id,
+                version,
+            } => inspect::state(&store, &aggregate_type, &id, version).await,
+            Command::Rebuild { store, projection } => inspect::rebuild(&store, &projection).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

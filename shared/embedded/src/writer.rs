@@ -30,15 +30,18 @@ where
 {
     fn run(&mut self, conn: &Connection) {
         let Some(f) = self.f.take() else { return };
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = conn
+            .prepare_cached("SAVEPOINT job")
+            .and_then(|mut s| s.execute([]))
+        {
             self.result = Some(Err(backend(e).into()));
             return;
         }
         let r = f(conn);
         let end = if r.is_ok() {
-            conn.execute_batch("RELEASE job")
+            run_cached(conn, "RELEASE job")
         } else {
-            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job"))
         };
         self.result = Some(match end {
             Ok(()) => r,
@@ -62,6 +65,12 @@ where
 pub(crate) struct Writer {
     tx: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn run_cached(conn: &Connection, sql: &str) -> r2d2_sqlite::rusqlite::Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map(|_| ())
 }
 
 pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {

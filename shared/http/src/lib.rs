@@ -1,1 +1,411 @@
+//! Chronicle's HTTP API as one axum `Router`. The local server serves it directly; the Lambda
+//! functions serve the same router through `lambda_http`, so status codes and JSON match.
+//!
+//! Every route is generic over the registered aggregate types: `/{type}/{id}/commands`,
+//! `/{type}/{id}`, `/{type}/{id}/events` and `/{type}?field=value`.
 
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chronicle_kernel::{
+    validate_id, AggregateService, Chronicle, CommandOptions, Error, ReadRange,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Largest accepted request body: a command and its events must fit a DynamoDB item (400 KB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Default and largest page of `GET /{type}/{id}/events`.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+/// Largest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Builds the full API over a registry of aggregates.
+pub fn router(chronicle: Chronicle) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/{aggregate_type}", get(list))
+        .route("/{aggregate_type}/{id}", get(state))
+        .route("/{aggregate_type}/{id}/events", get(history))
+        .route("/{aggregate_type}/{id}/commands", post(command))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(chronicle)
+}
+
+/// An error as the API reports it: `{"error":{"code","message",...}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub extra: Vec<(&'static str, Value)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            extra: Vec::new(),
+        }
+    }
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::IdempotencyKeyReused { .. } | Error::Rejected { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Error::Schema(_) | Error::Decode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Store(chronicle_kernel::StoreError::Invalid(_)) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, code = e.code(), "request failed");
+        }
+        let mut api = ApiError::new(status, e.code(), e.to_string());
+        if let Error::Conflict {
+            expected, actual, ..
+        } = e
+        {
+            api.extra = vec![
+                ("expected_version", json!(expected)),
+                ("actual_version", json!(actual)),
+            ];
+        }
+        api
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = serde_json::Map::new();
+        error.insert("code".into(), json!(self.code));
+        error.insert("message".into(), json!(self.message));
+        for (k, v) in self.extra {
+            error.insert(k.into(), v);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
+}
+
+fn service<'a>(
+    chronicle: &'a Chronicle,
+    aggregate_type: &str,
+) -> Result<&'a Arc<dyn AggregateService>, ApiError> {
+    chronicle.aggregate(aggregate_type).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_aggregate_type",
+            format!(
+                "no aggregate type `{aggregate_type}`; known: {}",
+                chronicle.aggregate_types().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })
+}
+
+/// Query parameters, refusing any the route doesn't know (a typo should not be ignored).
+fn query_params(
+    raw: Option<String>,
+    allowed: &[&str],
+) -> Result<BTreeMap<String, String>, ApiError> {
+    let raw = raw.unwrap_or_default();
+    let pairs: Vec<(String, String)> = serde_urlencoded_pairs(&raw)?;
+    let mut out = BTreeMap::new();
+    for (k, v) in pairs {
+        if !allowed.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "unknown query parameter `{k}`; this route takes: {}",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        if out.insert(k.clone(), v).is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("query parameter `{k}` given twice"),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn serde_urlencoded_pairs(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(
+        &format!("/?{raw}")
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid_query", "malformed query string"))?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+}
+
+fn parse_u64(params: &BTreeMap<String, String>, name: &str) -> Result<Option<u64>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("`{name}` must be a non-negative integer, not {v:?}"),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn parse_bool(params: &BTreeMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(v) => Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`{name}` must be true or false, not {v:?}"),
+        )),
+    }
+}
+
+fn etag(version: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+async fn state(
+    State(chronicle): State<Chronicle>,
+    Path((aggregate_type, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let svc = service(&chronicle, &aggregate_type)?;
+    validate_id(&id)?;
+    let params = query_params(raw, &["consistent", "version"])?;
+    let version = parse_u64(&params, "version")?;
+    let view = if version.is_some() || parse_bool(&params, "consistent")? {
+        svc.state(&id, version).await?
+    } else {
+        svc.read_model(&id).await?
+    };
+    let mut resp = Json(view.body).into_response();
+    resp.headers_mut().insert(header::ETAG, etag(view.version));
+    Ok(resp)
+}
+
+async fn history(
+    State(chronicle): State<Chronicle>,
+    Path((aggregate_type, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    let svc = service(&chronicle, &aggregate_type)?;
+    validate_id(&id)?;
+    let params = query_params(raw, &["from_version", "limit", "raw"])?;
+    let from = parse_u64(&params, "from_version")?.unwrap_or(1);
+    if from == 0 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`from_version` starts at 1",
+        ));
+    }
+    let limit = parse_u64(&params, "limit")?.unwrap_or(DEFAULT_PAGE as u64);
+    if limit == 0 || limit > MAX_PAGE as u64 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("`limit` must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    let raw = parse_bool(&params, "raw")?;
+    let events = svc
+        .history(&id, ReadRange::from(from).limit(limit as usize), raw)
+        .await?;
+    if events.is_empty() && from == 1 {
+        return Err(
+            Error::not_found("not_found", format!("{aggregate_type}/{id} does not exist")).into(),
+        );
+    }
+    let next = match events.last() {
+        Some(last) if events.len() as u64 == limit => Some(last.version + 1),
+        _ => None,
+    };
+    Ok(Json(json!({
+        "aggregate_id": id,
+        "events": events,
+        "next_from_version": next,
+    }))
+    .into_response())
+}
+
+async fn list(
+    State(chronicle): State<Chronicle>,
+    Path(aggregate_type): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    service(&chronicle, &aggregate_type)?;
+    let raw = raw.unwrap_or_default();
+    let mut params = serde_urlencoded_pairs(&raw)?;
+    let limit = match params.iter().position(|(k, _)| k == "limit") {
+        Some(i) => {
+            let (_, v) = params.remove(i);
+            v.parse::<usize>()
+                .ok()
+                .filter(|l| (1..=MAX_PAGE).contains(l))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid_query",
+                        format!("`limit` must be between 1 and {MAX_PAGE}"),
+                    )
+                })?
+        }
+        None => DEFAULT_PAGE,
+    };
+    let [(field, value)] = params.as_slice() else {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "list {aggregate_type} by exactly one field, e.g. /{aggregate_type}?owner=alice"
+            ),
+        ));
+    };
+    let items = chronicle.list(&aggregate_type, field, value, limit).await?;
+    Ok(Json(json!({ aggregate_type: items })).into_response())
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_header", format!("`{name}` must be visible ASCII"))
+            })
+        })
+        .transpose()
+}
+
+fn command_options(headers: &HeaderMap) -> Result<CommandOptions, ApiError> {
+    let expected_version = header_str(headers, "if-match")?
+        .map(|v| {
+            let t = v.trim();
+            let t = t.strip_prefix("W/").unwrap_or(t).trim_matches('"');
+            t.parse::<u64>().map_err(|_| {
+                ApiError::bad_request(
+                    "invalid_header",
+                    format!("`If-Match` must be the expected version (e.g. 3 or \"3\"), not {v:?}"),
+                )
+            })
+        })
+        .transpose()?;
+    let idempotency_key = header_str(headers, "idempotency-key")?
+        .map(|k| {
+            if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY {
+                Err(ApiError::bad_request(
+                    "invalid_header",
+                    format!("`Idempotency-Key` must have 1 to {MAX_IDEMPOTENCY_KEY} characters"),
+                ))
+            } else {
+                Ok(k.to_owned())
+            }
+        })
+        .transpose()?;
+    let short = |name: &str| -> Result<Option<String>, ApiError> {
+        header_str(headers, name)?
+            .map(|v| {
+                if v.is_empty() || v.len() > 256 {
+                    Err(ApiError::bad_request(
+                        "invalid_header",
+                        format!("`{name}` must have 1 to 256 characters"),
+                    ))
+                } else {
+                    Ok(v.to_owned())
+                }
+            })
+            .transpose()
+    };
+    Ok(CommandOptions {
+        expected_version,
+        idempotency_key,
+        correlation_id: short("x-correlation-id")?,
+        causation_id: short("x-causation-id")?,
+    })
+}
+
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = header_str(headers, "content-length")?.and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())
+}
+
+async fn command(
+    State(chronicle): State<Chronicle>,
+    Path((aggregate_type, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let svc = service(&chronicle, &aggregate_type)?;
+    validate_id(&id)?;
+    query_params(raw, &[])?;
+    let opts = command_options(&headers)?;
+    let bytes = read_body(&headers, body).await?;
+    let command: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    if !command.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_command",
+            "a command is a JSON object with a `type`",
+        ));
+    }
+    let outcome = svc.execute(&id, command, opts).await?;
+    let mut resp = Json(&outcome.result).into_response();
+    resp.headers_mut()
+        .insert(header::ETAG, etag(outcome.result.version));
+    if outcome.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}

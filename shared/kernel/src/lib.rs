@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod error;
 pub mod ports;
 pub mod projection;
+pub mod replay;
 pub mod schema;
 pub mod service;
 

@@ -1,0 +1,34 @@
+//! The accounts-by-owner read model: one document per account, found by owner.
+
+use crate::{view, Account};
+use chronicle_kernel::{Aggregate, DomainEvent, EventEnvelope, Projection};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub struct AccountsByOwner;
+
+impl AccountsByOwner {
+    pub const NAME: &'static str = "accounts_by_owner";
+}
+
+impl Projection for AccountsByOwner {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+    fn aggregate_type(&self) -> &str {
+        Account::TYPE
+    }
+    fn indexes(&self) -> &[&'static str] {
+        &["owner"]
+    }
+    fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String> {
+        // The document is the account's view, a superset of its state's fields.
+        let mut account = match doc {
+            Some(d) => Account::deserialize(d).map_err(|e| format!("stored document: {e}"))?,
+            None => Account::default(),
+        };
+        let e = <Account as Aggregate>::Event::from_data(&event.event_type, &event.data)?;
+        account.evolve(&e);
+        Ok(view(&event.aggregate_id, &account, event.version))
+    }
+}

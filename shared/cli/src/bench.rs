@@ -1,0 +1,221 @@
+//! `chronicle bench`: append through the normal command path with concurrent writers (each
+//! command acknowledged only once durable), then replay every account from the stored events.
+
+use anyhow::{bail, Context};
+use chronicle_accounts::{Account, Status};
+use chronicle_kernel::{replay::replay_all, Aggregate, CommandOptions, EventFeed};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    /// Number of accounts.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    /// Events per account: one Open, then alternating Deposit 100 / Withdraw 30.
+    #[arg(long, default_value_t = 100)]
+    events_per_account: usize,
+    /// Concurrent writers.
+    #[arg(long, default_value_t = 32)]
+    writers: usize,
+    /// Where to put the store; must not exist yet. Default: a temporary directory in the
+    /// current directory (same disk as a real data directory), removed afterwards.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Snapshot every N events during the append phase (0: never).
+    #[arg(long, default_value_t = 100)]
+    snapshot_every: u64,
+    /// Print one JSON object instead of a report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn command_for(round: usize) -> serde_json::Value {
+    match round {
+        0 => json!({"type": "Open", "owner": "bench"}),
+        r if r % 2 == 1 => json!({"type": "Deposit", "amount": 100}),
+        _ => json!({"type": "Withdraw", "amount": 30}),
+    }
+}
+
+fn expected_balance(events: usize) -> u64 {
+    let rounds = events.saturating_sub(1);
+    let deposits = rounds.div_ceil(2) as u64;
+    let withdrawals = (rounds / 2) as u64;
+    deposits * 100 - withdrawals * 30
+}
+
+/// Peak resident memory of this process (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Resets the peak so the next phase is measured on its own (Linux 4.0+; best effort).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.accounts == 0 || args.events_per_account == 0 || args.writers == 0 {
+        bail!("--accounts, --events-per-account and --writers must be at least 1");
+    }
+    let (_tmp, dir) = match &args.data_dir {
+        Some(d) if d.exists() => bail!("{} exists; the bench needs a fresh directory", d.display()),
+        Some(d) => (None, d.clone()),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("chronicle-bench-")
+                .tempdir_in(".")
+                .context("creating a temporary data directory")?;
+            let path = tmp.path().to_path_buf();
+            (Some(tmp), path)
+        }
+    };
+    let store_args = crate::StoreArgs {
+        data_dir: dir.clone(),
+        snapshot_every: args.snapshot_every,
+    };
+    let (store, chronicle) = crate::open(&store_args)?;
+    let svc = chronicle
+        .aggregate(Account::TYPE)
+        .context("accounts are registered")?
+        .clone();
+    let total_events = (args.accounts * args.events_per_account) as u64;
+    if !args.json {
+        eprintln!(
+            "append: {} accounts x {} events = {total_events} events, {} writers, data in {}",
+            args.accounts,
+            args.events_per_account,
+            args.writers,
+            dir.display()
+        );
+    }
+
+    // Append: writer w owns accounts w, w + writers, ...; it walks them round by round so its
+    // commands interleave across aggregates like real traffic.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        let svc = svc.clone();
+        let ids: Vec<String> = (w..args.accounts)
+            .step_by(args.writers)
+            .map(|i| format!("acct-{i:06}"))
+            .collect();
+        let rounds = args.events_per_account;
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for round in 0..rounds {
+                let command = command_for(round);
+                for id in &ids {
+                    let t = Instant::now();
+                    svc.execute(id, command.clone(), CommandOptions::default())
+                        .await
+                        .with_context(|| format!("{id} round {round}"))?;
+                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                }
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    let append_secs = started.elapsed().as_secs_f64();
+    let append_peak = peak_rss();
+    drop(svc);
+    drop(chronicle);
+    store.close();
+    drop(store);
+
+    // Replay: a fresh process view of the store, every account folded from every event.
+    let (store, chronicle) = crate::open(&store_args)?;
+    let feed: Arc<dyn EventFeed> = store.clone();
+    let schema = chronicle
+        .aggregate(Account::TYPE)
+        .context("accounts are registered")?
+        .schema()
+        .clone();
+    reset_peak_rss();
+    let started = Instant::now();
+    let (states, read) = replay_all::<Account>(feed, &schema, 10_000).await?;
+    let replay_secs = started.elapsed().as_secs_f64();
+    let replay_peak = peak_rss();
+    store.close();
+
+    // The figures mean nothing if the result is wrong.
+    let want = expected_balance(args.events_per_account);
+    if read != total_events || states.len() != args.accounts {
+        bail!(
+            "replay read {read} events for {} accounts; expected {total_events} for {}",
+            states.len(),
+            args.accounts
+        );
+    }
+    for (id, (version, account)) in &states {
+        if account.balance != want
+            || *version != args.events_per_account as u64
+            || account.status != Status::Open
+        {
+            bail!(
+                "{id}: balance {} at v{version}; expected {want}",
+                account.balance
+            );
+        }
+    }
+
+    let ms = |us: u64| us as f64 / 1000.0;
+    let report = json!({
+        "accounts": args.accounts,
+        "events_per_account": args.events_per_account,
+        "writers": args.writers,
+        "events": total_events,
+        "append_seconds": append_secs,
+        "append_events_per_sec": total_events as f64 / append_secs,
+        "append_p50_ms": ms(hist.value_at_quantile(0.50)),
+        "append_p90_ms": ms(hist.value_at_quantile(0.90)),
+        "append_p99_ms": ms(hist.value_at_quantile(0.99)),
+        "append_p999_ms": ms(hist.value_at_quantile(0.999)),
+        "append_max_ms": ms(hist.max()),
+        "append_peak_rss_bytes": append_peak,
+        "replay_seconds": replay_secs,
+        "replay_events_per_sec": read as f64 / replay_secs,
+        "replay_peak_rss_bytes": replay_peak,
+        "peak_rss_bytes": append_peak.max(replay_peak),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "append  {total_events} events in {append_secs:.2} s = {:.0} events/s durable \
+             (p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms), peak RSS {:.0} MiB",
+            total_events as f64 / append_secs,
+            ms(hist.value_at_quantile(0.50)),
+            ms(hist.value_at_quantile(0.90)),
+            ms(hist.value_at_quantile(0.99)),
+            ms(hist.value_at_quantile(0.999)),
+            ms(hist.max()),
+            mb(append_peak)
+        );
+        println!(
+            "replay  {read} events, {} accounts in {replay_secs:.3} s = {:.0} events/s, peak RSS {:.0} MiB",
+            states.len(),
+            read as f64 / replay_secs,
+            mb(replay_peak)
+        );
+        println!("checked every account's balance ({want}) and version");
+    }
+    Ok(())
+}

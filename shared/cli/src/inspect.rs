@@ -1,0 +1,112 @@
+//! `chronicle history`, `state` and `rebuild`.
+
+use crate::StoreArgs;
+use anyhow::{anyhow, Context};
+use chronicle_kernel::{validate_id, AggregateService, Chronicle, ReadRange};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::sync::Arc;
+
+fn service<'a>(
+    chronicle: &'a Chronicle,
+    aggregate_type: &str,
+) -> anyhow::Result<&'a Arc<dyn AggregateService>> {
+    chronicle.aggregate(aggregate_type).ok_or_else(|| {
+        anyhow!(
+            "no aggregate type `{aggregate_type}`; known: {}",
+            chronicle.aggregate_types().collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+pub(crate) async fn history(
+    args: &StoreArgs,
+    aggregate_type: &str,
+    id: &str,
+    from_version: u64,
+    limit: Option<usize>,
+    raw: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    validate_id(id)?;
+    let (_store, chronicle) = crate::open(args)?;
+    let mut range = ReadRange::from(from_version);
+    range.limit = limit;
+    let events = service(&chronicle, aggregate_type)?
+        .history(id, range, raw)
+        .await?;
+    if events.is_empty() {
+        anyhow::bail!("{aggregate_type}/{id} has no events from version {from_version}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&events)?);
+        return Ok(());
+    }
+    println!(
+        "{:>7}  {:<27}  {:<16}  {:>6}  DATA",
+        "VERSION", "RECORDED AT", "EVENT TYPE", "SCHEMA"
+    );
+    for e in &events {
+        println!(
+            "{:>7}  {:<27}  {:<16}  {:>6}  {}",
+            e.version,
+            chronicle_kernel::envelope::format_timestamp(&e.recorded_at),
+            e.event_type,
+            format!("v{}", e.schema_version),
+            e.data
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn state(
+    args: &StoreArgs,
+    aggregate_type: &str,
+    id: &str,
+    version: Option<u64>,
+) -> anyhow::Result<()> {
+    validate_id(id)?;
+    let (_store, chronicle) = crate::open(args)?;
+    let view = service(&chronicle, aggregate_type)?
+        .state(id, version)
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&view.body)?);
+    Ok(())
+}
+
+pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Result<()> {
+    let (store, chronicle) = crate::open(args)?;
+    let runner = chronicle.runner(projection).ok_or_else(|| {
+        anyhow!(
+            "no projection `{projection}`; known: {}",
+            chronicle
+                .projections()
+                .iter()
+                .map(|p| p.name().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .context("progress bar template")?
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("rebuilding {projection}"));
+    let started = std::time::Instant::now();
+    let generation = runner
+        .rebuild(|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await?;
+    bar.finish_and_clear();
+    println!(
+        "rebuilt {projection} as generation {generation} from {} events in {:.2?}; reads now use it",
+        bar.position(),
+        started.elapsed()
+    );
+    store.close();
+    Ok(())
+}
