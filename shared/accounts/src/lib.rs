@@ -103,26 +103,50 @@ impl DomainEvent for AccountEvent {
     }
 
     fn from_data(event_type: &str, data: &Value) -> Result<Self, String> {
-        fn de<'a, T: Deserialize<'a>>(data: &'a Value) -> Result<T, String> {
-            T::deserialize(data).map_err(|e| e.to_string())
-        }
+        Self::decode(event_type, data)
+    }
+
+    fn from_json(event_type: &str, json: &str) -> Result<Self, String> {
+        Self::decode(event_type, json)
+    }
+}
+
+/// Where event data is decoded from: a parsed `Value` or, on bulk replay, JSON text.
+trait Source {
+    fn get<T: serde::de::DeserializeOwned>(self) -> Result<T, String>;
+}
+
+impl Source for &Value {
+    fn get<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        T::deserialize(self).map_err(|e| e.to_string())
+    }
+}
+
+impl Source for &str {
+    fn get<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        serde_json::from_str(self).map_err(|e| e.to_string())
+    }
+}
+
+impl AccountEvent {
+    fn decode(event_type: &str, src: impl Source) -> Result<Self, String> {
         Ok(match event_type {
             ACCOUNT_OPENED => {
-                let d: OpenedData = de(data)?;
+                let d: OpenedData = src.get()?;
                 AccountEvent::Opened {
                     owner: d.owner,
                     currency: d.currency,
                 }
             }
             DEPOSITED => {
-                let d: DepositedData = de(data)?;
+                let d: DepositedData = src.get()?;
                 AccountEvent::Deposited {
                     amount: d.amount,
                     currency: d.currency,
                 }
             }
             WITHDRAWN => {
-                let d: WithdrawnData = de(data)?;
+                let d: WithdrawnData = src.get()?;
                 AccountEvent::Withdrawn { amount: d.amount }
             }
             ACCOUNT_CLOSED => AccountEvent::Closed,

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{
     AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
-    IdempotencyRecord, Metadata, ModelRef, ReadModelStore, ReadRange, Snapshot, SnapshotStore,
-    StoreError, StreamId,
+    IdempotencyRecord, Metadata, ModelRef, RawEvent, ReadModelStore, ReadRange, Snapshot,
+    SnapshotStore, StoreError, StreamId,
 };
 use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
 use r2d2_sqlite::SqliteConnectionManager;
@@ -25,9 +25,11 @@ use writer::{backend, Writer};
 pub const DB_FILE: &str = "chronicle.db";
 
 const SCHEMA: &str = r#"
+-- event_id is a UUIDv7 made by the kernel; it carries no UNIQUE index because every append
+-- would pay for it and nothing looks events up by id.
 CREATE TABLE IF NOT EXISTS events (
     position       INTEGER PRIMARY KEY,
-    event_id       TEXT    NOT NULL UNIQUE,
+    event_id       TEXT    NOT NULL,
     aggregate_type TEXT    NOT NULL,
     aggregate_id   TEXT    NOT NULL,
     version        INTEGER NOT NULL CHECK (version > 0),
@@ -223,6 +225,24 @@ fn event_from_row(row: &Row<'_>) -> Result<(u64, EventEnvelope), StoreError> {
     Ok((position as u64, env))
 }
 
+fn raw_event_from_row(row: &Row<'_>) -> Result<RawEvent, StoreError> {
+    let text = |i: usize| -> Result<String, StoreError> {
+        row.get_ref(i)
+            .and_then(|v| v.as_str().map_err(Into::into))
+            .map(str::to_owned)
+            .map_err(backend)
+    };
+    let version: i64 = row.get(1).map_err(backend)?;
+    let schema_version: i64 = row.get(3).map_err(backend)?;
+    Ok(RawEvent {
+        aggregate_id: text(0)?,
+        version: version as u64,
+        event_type: text(2)?,
+        schema_version: u32::try_from(schema_version).map_err(|e| corrupt("schema_version", e))?,
+        data: text(4)?,
+    })
+}
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -266,6 +286,55 @@ fn encode_rows(req: &AppendRequest) -> Result<Vec<EventRow>, AppendError> {
         .collect()
 }
 
+/// Appends a single event with the version check in the same statement.
+fn append_one(conn: &Connection, req: &AppendRequest, row: &EventRow) -> Result<(), AppendError> {
+    let e = &req.events[0];
+    let inserted = conn
+        .prepare_cached(&format!(
+            "INSERT INTO events ({EVENT_COLUMNS}) \
+             SELECT NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
+             WHERE (SELECT COALESCE(MAX(version), 0) FROM events \
+                    WHERE aggregate_type = ?2 AND aggregate_id = ?3) = ?10"
+        ))
+        .and_then(|mut s| {
+            s.execute(params![
+                row.event_id,
+                e.aggregate_type,
+                e.aggregate_id,
+                to_i64(e.version),
+                e.event_type,
+                e.schema_version,
+                row.data,
+                row.metadata,
+                row.recorded_at,
+                to_i64(req.expected_version),
+            ])
+        })
+        .map_err(backend)?;
+    if inserted == 1 {
+        return Ok(());
+    }
+    Err(AppendError::Conflict {
+        stream: req.stream.to_string(),
+        expected: req.expected_version,
+        actual: current_version(conn, &req.stream)?,
+    })
+}
+
+fn current_version(conn: &Connection, stream: &StreamId) -> Result<u64, StoreError> {
+    conn.prepare_cached(
+        "SELECT COALESCE(MAX(version), 0) FROM events \
+         WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![stream.aggregate_type, stream.aggregate_id], |r| {
+            r.get::<_, i64>(0)
+        })
+    })
+    .map(|v| v as u64)
+    .map_err(backend)
+}
+
 fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Result<(), AppendError> {
     let stream = &req.stream;
     if let Some(idem) = &req.idempotency {
@@ -277,22 +346,12 @@ fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Resul
             return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
         }
     }
-    let actual: i64 = conn
-        .prepare_cached(
-            "SELECT COALESCE(MAX(version), 0) FROM events \
-             WHERE aggregate_type = ?1 AND aggregate_id = ?2",
-        )
-        .and_then(|mut s| {
-            s.query_row(params![stream.aggregate_type, stream.aggregate_id], |r| {
-                r.get(0)
-            })
-        })
-        .map_err(backend)?;
-    if actual as u64 != req.expected_version {
+    let actual = current_version(conn, stream)?;
+    if actual != req.expected_version {
         return Err(AppendError::Conflict {
             stream: stream.to_string(),
             expected: req.expected_version,
-            actual: actual as u64,
+            actual,
         });
     }
     let mut insert = conn
@@ -343,6 +402,13 @@ impl EventStore for EmbeddedStore {
         }
         // Encode here, on the caller's thread: the single writer thread only runs SQL.
         let rows = encode_rows(&request)?;
+        if request.events.len() == 1 && request.idempotency.is_none() {
+            // The common case is one conditional INSERT: atomic on its own, no savepoint.
+            return self
+                .writer
+                .write_one(move |conn| append_one(conn, &request, &rows[0]))
+                .await;
+        }
         self.writer
             .write(move |conn| append_in(conn, &request, &rows))
             .await
@@ -468,6 +534,57 @@ impl EventFeed for EmbeddedStore {
     async fn wait_for_events(&self, after: u64, timeout: Duration) {
         let mut rx = self.head.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|h| *h > after)).await;
+    }
+
+    fn replay_raw(
+        &self,
+        aggregate_type: &str,
+        batch: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<RawEvent>, StoreError>> {
+        // A few batches in flight keep the reader thread and the consumer both busy.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let pool = self.readers.clone();
+        let aggregate_type = aggregate_type.to_owned();
+        let batch = batch.max(1);
+        let spawned = std::thread::Builder::new()
+            .name("chronicle-replay".into())
+            .spawn(move || {
+                let send = |r| tx.blocking_send(r).is_ok();
+                let result = (|| -> Result<(), StoreError> {
+                    let conn = pool.get().map_err(backend)?;
+                    // `+` keeps the planner on position order; the stream index would need a
+                    // sort of the whole table.
+                    let mut stmt = conn
+                        .prepare(
+                            "SELECT aggregate_id, version, event_type, schema_version, data \
+                             FROM events WHERE +aggregate_type = ?1 ORDER BY position",
+                        )
+                        .map_err(backend)?;
+                    let mut rows = stmt.query([&aggregate_type]).map_err(backend)?;
+                    let mut out = Vec::with_capacity(batch);
+                    while let Some(row) = rows.next().map_err(backend)? {
+                        out.push(raw_event_from_row(row)?);
+                        if out.len() == batch
+                            && !send(Ok(std::mem::replace(&mut out, Vec::with_capacity(batch))))
+                        {
+                            return Ok(()); // the consumer went away
+                        }
+                    }
+                    if !out.is_empty() {
+                        send(Ok(out));
+                    }
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    send(Err(e));
+                }
+            });
+        if let Err(e) = spawned {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let _ = tx.try_send(Err(backend(e)));
+            return rx;
+        }
+        rx
     }
 }
 

@@ -18,6 +18,8 @@ trait Job: Send {
 
 struct TypedJob<T, E, F> {
     f: Option<F>,
+    /// False for jobs of one statement, which SQLite already applies whole or not at all.
+    savepoint: bool,
     result: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, E>>,
 }
@@ -30,6 +32,10 @@ where
 {
     fn run(&mut self, conn: &Connection) {
         let Some(f) = self.f.take() else { return };
+        if !self.savepoint {
+            self.result = Some(f(conn));
+            return;
+        }
         if let Err(e) = conn
             .prepare_cached("SAVEPOINT job")
             .and_then(|mut s| s.execute([]))
@@ -91,8 +97,29 @@ impl Writer {
         }
     }
 
-    /// Runs `f` inside the next group transaction; resolves after the commit.
+    /// Runs `f` inside the next group transaction, in a savepoint of its own so an `Err`
+    /// undoes exactly its writes; resolves after the commit.
     pub(crate) async fn write<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(f, true).await
+    }
+
+    /// Like `write` for a job that changes the database with at most one statement (which
+    /// SQLite applies atomically), so it needs no savepoint.
+    pub(crate) async fn write_one<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.submit(f, false).await
+    }
+
+    async fn submit<T, E, F>(&self, f: F, savepoint: bool) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -101,6 +128,7 @@ impl Writer {
         let (reply, rx) = oneshot::channel();
         let job = Box::new(TypedJob {
             f: Some(f),
+            savepoint,
             result: None,
             reply,
         });

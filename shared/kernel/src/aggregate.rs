@@ -28,6 +28,12 @@ pub trait DomainEvent: Sized + Clone + Send + Sync + 'static {
     fn to_data(&self) -> Value;
     /// Rebuilds the event from its type and (already upcast) data.
     fn from_data(event_type: &str, data: &Value) -> Result<Self, String>;
+    /// The same from JSON text in the current schema version; domains override it to skip
+    /// the intermediate `Value` on bulk replay.
+    fn from_json(event_type: &str, json: &str) -> Result<Self, String> {
+        let data: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        Self::from_data(event_type, &data)
+    }
 }
 
 /// An aggregate: its state is `Default` before the first event, `decide` turns a command into

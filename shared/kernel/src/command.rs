@@ -125,7 +125,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         };
         let (mut state, mut version) = match cached {
             Some(hit) => hit,
-            None => self.from_snapshot(&stream, max_version).await?,
+            None => self.snapshot_state(&stream, max_version).await?,
         };
         let mut range = ReadRange::from(version + 1);
         if let Some(max) = max_version {
@@ -153,7 +153,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         Ok((state, version))
     }
 
-    async fn from_snapshot(
+    async fn snapshot_state(
         &self,
         stream: &StreamId,
         max_version: Option<u64>,
@@ -301,11 +301,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
             let recorded_at = envelope::now();
             let metadata = Metadata {
                 command_id: Some(command_id),
-                correlation_id: Some(
-                    opts.correlation_id
-                        .clone()
-                        .unwrap_or_else(|| command_id.to_string()),
-                ),
+                correlation_id: opts.correlation_id.clone(),
                 causation_id: opts.causation_id.clone(),
                 idempotency_key: opts.idempotency_key.clone(),
             };

@@ -106,6 +106,16 @@ pub struct FeedEvent {
     pub event: EventEnvelope,
 }
 
+/// A stored event reduced to what a bulk replay needs; `data` is the stored JSON text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    pub aggregate_id: String,
+    pub version: u64,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub data: String,
+}
+
 /// The store's ordered feed of all events, which projections follow with a checkpoint.
 #[async_trait]
 pub trait EventFeed: Send + Sync + 'static {
@@ -116,6 +126,13 @@ pub trait EventFeed: Send + Sync + 'static {
     /// Resolves once the feed may hold events after `after`, or when `timeout` passes
     /// (writers in other processes can't always signal, so callers poll too).
     async fn wait_for_events(&self, after: u64, timeout: std::time::Duration);
+    /// Every event of `aggregate_type` in feed order, in batches, read concurrently with the
+    /// consumer: the bulk path for replaying whole aggregates.
+    fn replay_raw(
+        &self,
+        aggregate_type: &str,
+        batch: usize,
+    ) -> tokio::sync::mpsc::Receiver<Result<Vec<RawEvent>, StoreError>>;
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,53 +1,52 @@
-//! Bulk replay: every aggregate of one type folded from the whole feed, no snapshots.
+//! Bulk replay: every aggregate of one type folded from the whole history, no snapshots.
 
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::error::Error;
-use crate::ports::EventFeed;
+use crate::ports::{EventFeed, RawEvent};
 use crate::schema::EventSchema;
 use std::collections::HashMap;
-use std::sync::Arc;
 
-/// Folds every `A` from the feed. The next batch is read while the current one is folded.
-/// Returns each aggregate's state and version, and the number of events read.
+/// Folds every `A` from the feed's raw events. Events already in their current schema version
+/// decode straight from their JSON text; older ones go through the upcasters.
+/// Returns each aggregate's version and state, and the number of events read.
 pub async fn replay_all<A: Aggregate>(
-    feed: Arc<dyn EventFeed>,
+    feed: &dyn EventFeed,
     schema: &EventSchema,
     batch: usize,
 ) -> Result<(HashMap<String, (u64, A)>, u64), Error> {
     let mut states: HashMap<String, (u64, A)> = HashMap::new();
     let mut read = 0u64;
-    let fetch = |after: u64| {
-        let feed = feed.clone();
-        tokio::spawn(async move { feed.read_feed(after, batch).await })
-    };
-    let mut pending = fetch(0);
-    loop {
-        let events = pending
-            .await
-            .map_err(|e| Error::Decode(format!("replay reader: {e}")))??;
-        let Some(last) = events.last().map(|f| f.position) else {
-            break;
-        };
-        pending = fetch(last);
+    let mut rx = feed.replay_raw(A::TYPE, batch);
+    while let Some(events) = rx.recv().await {
+        let events = events?;
         read += events.len() as u64;
-        for fe in events {
-            let env = fe.event;
-            if env.aggregate_type != A::TYPE {
-                continue;
+        for raw in events {
+            let event = decode_raw::<A>(schema, &raw)?;
+            match states.get_mut(&raw.aggregate_id) {
+                Some(slot) => {
+                    slot.1.evolve(&event);
+                    slot.0 = raw.version;
+                }
+                None => {
+                    let mut state = A::default();
+                    state.evolve(&event);
+                    states.insert(raw.aggregate_id, (raw.version, state));
+                }
             }
-            let env = schema.upcast(env)?;
-            let event = A::Event::from_data(&env.event_type, &env.data).map_err(|e| {
-                Error::Decode(format!(
-                    "{}/{} v{}: {e}",
-                    env.aggregate_type, env.aggregate_id, env.version
-                ))
-            })?;
-            let slot = states
-                .entry(env.aggregate_id)
-                .or_insert_with(|| (0, A::default()));
-            slot.1.evolve(&event);
-            slot.0 = env.version;
         }
     }
     Ok((states, read))
+}
+
+/// Decodes one raw event into the domain's type, upcasting it when it is not current.
+pub fn decode_raw<A: Aggregate>(schema: &EventSchema, raw: &RawEvent) -> Result<A::Event, Error> {
+    let name = || format!("{}/{}", A::TYPE, raw.aggregate_id);
+    let decode_err = |e: String| Error::Decode(format!("{} v{}: {e}", name(), raw.version));
+    if schema.current_version(&raw.event_type) == Some(raw.schema_version) {
+        return A::Event::from_json(&raw.event_type, &raw.data).map_err(decode_err);
+    }
+    let data = serde_json::from_str(&raw.data).map_err(|e| decode_err(e.to_string()))?;
+    let (data, _) =
+        schema.upcast_data(&raw.event_type, raw.schema_version, data, name, raw.version)?;
+    A::Event::from_data(&raw.event_type, &data).map_err(decode_err)
 }

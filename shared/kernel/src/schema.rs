@@ -71,40 +71,63 @@ impl EventSchema {
 
     /// Brings a stored envelope to the current shape of its event type, or says why it can't.
     pub fn upcast(&self, mut env: EventEnvelope) -> Result<EventEnvelope, UpcastError> {
-        let Some(current) = self.current_version(&env.event_type) else {
+        let stream = || format!("{}/{}", env.aggregate_type, env.aggregate_id);
+        let data = std::mem::take(&mut env.data);
+        let (data, version) = self.upcast_data(
+            &env.event_type,
+            env.schema_version,
+            data,
+            stream,
+            env.version,
+        )?;
+        env.data = data;
+        env.schema_version = version;
+        Ok(env)
+    }
+
+    /// The same for an event given by parts; `stream` and `version` only name it in errors.
+    /// Returns the data and its (current) schema version.
+    pub fn upcast_data(
+        &self,
+        event_type: &str,
+        schema_version: u32,
+        mut data: Value,
+        stream: impl Fn() -> String,
+        version: u64,
+    ) -> Result<(Value, u32), UpcastError> {
+        let Some(current) = self.current_version(event_type) else {
             return Err(UpcastError::UnknownEventType {
-                event_type: env.event_type,
-                stream: format!("{}/{}", env.aggregate_type, env.aggregate_id),
-                version: env.version,
+                event_type: event_type.to_owned(),
+                stream: stream(),
+                version,
             });
         };
-        if env.schema_version > current {
+        if schema_version > current {
             return Err(UpcastError::NewerSchemaVersion {
-                event_type: env.event_type,
-                found: env.schema_version,
+                event_type: event_type.to_owned(),
+                found: schema_version,
                 current,
-                stream: format!("{}/{}", env.aggregate_type, env.aggregate_id),
-                version: env.version,
+                stream: stream(),
+                version,
             });
         }
-        while env.schema_version < current {
-            let from = env.schema_version;
+        let mut at = schema_version;
+        while at < current {
             let step = self
                 .upcasters
-                .get(&(env.event_type.clone(), from))
+                .get(&(event_type.to_owned(), at))
                 .ok_or_else(|| UpcastError::MissingUpcaster {
-                    event_type: env.event_type.clone(),
-                    from,
+                    event_type: event_type.to_owned(),
+                    from: at,
                 })?;
-            let data = std::mem::take(&mut env.data);
-            env.data = step(data).map_err(|reason| UpcastError::Failed {
-                event_type: env.event_type.clone(),
-                from,
+            data = step(data).map_err(|reason| UpcastError::Failed {
+                event_type: event_type.to_owned(),
+                from: at,
                 reason,
             })?;
-            env.schema_version = from + 1;
+            at += 1;
         }
-        Ok(env)
+        Ok((data, at))
     }
 }
 

@@ -1,1 +1,1730 @@
+//! Port contract suites: every adapter of a port must pass the same tests.
+//!
+//! Each suite is one public async function taking the adapter behind an [`Arc`]; it panics with
+//! a message naming the violated rule. The suites only ever touch streams, idempotency keys and
+//! projections they create under fresh uuid-suffixed names, so they may run against a shared,
+//! non-empty store (a real DynamoDB table), concurrently with each other and with other writers.
+//! Where another writer could make an exact check impossible (the feed's head, the wait timeout),
+//! the check is written to hold on a busy store and to be exact on a quiet one.
+//!
+//! - [`event_store_contract`] checks [`EventStore`];
+//! - [`event_feed_contract`] checks [`EventFeed`] (appending through [`EventStore`]);
+//! - [`snapshot_store_contract`] checks [`SnapshotStore`];
+//! - [`read_model_store_contract`] checks [`ReadModelStore`].
+//!
+//! The checks each suite runs are public too, so an adapter's tests can run one alone.
 
+use chronicle_kernel::envelope::now;
+use chronicle_kernel::{
+    AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
+    IdempotencyRecord, Metadata, ModelRef, ReadModelStore, ReadRange, Snapshot, SnapshotStore,
+    StreamId,
+};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: unique names and test data
+// ---------------------------------------------------------------------------------------------
+
+/// `prefix` with a fresh uuid: a name no other run (or other check) uses.
+/// Valid as an aggregate id, idempotency key and projection name.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", Uuid::new_v4().simple())
+}
+
+/// A new stream of the suites' aggregate type with a unique id.
+pub fn new_stream() -> StreamId {
+    StreamId::new("ContractAccount", unique("acct"))
+}
+
+/// An event of `stream` at `version`, stamped now, with the given type and data.
+pub fn event(stream: &StreamId, version: u64, event_type: &str, data: Value) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::new_v4(),
+        aggregate_type: stream.aggregate_type.clone(),
+        aggregate_id: stream.aggregate_id.clone(),
+        version,
+        event_type: event_type.to_owned(),
+        schema_version: 1,
+        data,
+        metadata: Metadata::default(),
+        recorded_at: now(),
+    }
+}
+
+/// `n` varied events continuing `stream` after `after_version`: versions `after_version + 1 ..`.
+/// Types, schema versions and metadata vary so a store that mixes fields up is caught.
+pub fn events(stream: &StreamId, after_version: u64, n: usize) -> Vec<EventEnvelope> {
+    (1..=n as u64)
+        .map(|i| {
+            let v = after_version + i;
+            let mut e = event(
+                stream,
+                v,
+                if v.is_multiple_of(2) {
+                    "Withdrawn"
+                } else {
+                    "Deposited"
+                },
+                json!({ "n": v, "amount": v * 10, "memo": format!("event {v} of {stream}") }),
+            );
+            e.schema_version = (v % 3) as u32 + 1;
+            if v % 2 == 1 {
+                e.metadata = Metadata {
+                    command_id: Some(Uuid::new_v4()),
+                    correlation_id: Some(format!("corr-{v}")),
+                    causation_id: None,
+                    idempotency_key: None,
+                };
+            }
+            e
+        })
+        .collect()
+}
+
+/// An event using every envelope field to the full: rich JSON, all metadata, schema version.
+pub fn rich_event(stream: &StreamId, version: u64) -> EventEnvelope {
+    let mut e = event(
+        stream,
+        version,
+        "AccountOpened",
+        json!({
+            "owner": "Zoë Ünïcødé ✓ \"quoted\" \\ back\nslash",
+            "amount": 1234,
+            "negative": -42,
+            "big": u64::MAX,
+            "ratio": 0.1,
+            "precise": 1.2345678901234567,
+            "tiny": 1e-7,
+            "flag": true,
+            "nothing": null,
+            "tags": ["a", "b", "c"],
+            "empty_object": {},
+            "empty_array": [],
+            "nested": { "deep": { "list": [1, { "x": "y" }, [2, 3]] } },
+        }),
+    );
+    e.schema_version = 7;
+    e.metadata = Metadata {
+        command_id: Some(Uuid::new_v4()),
+        correlation_id: Some(unique("corr")),
+        causation_id: Some(unique("cause")),
+        idempotency_key: Some(unique("idem")),
+    };
+    e
+}
+
+/// A request appending `events` to `stream` at `expected_version`, without idempotency.
+pub fn request(
+    stream: &StreamId,
+    expected_version: u64,
+    events: Vec<EventEnvelope>,
+) -> AppendRequest {
+    AppendRequest {
+        stream: stream.clone(),
+        expected_version,
+        events,
+        idempotency: None,
+    }
+}
+
+/// An idempotency record for `stream` under `key`, stamped now.
+pub fn idempotency_record(key: &str, stream: &StreamId) -> IdempotencyRecord {
+    IdempotencyRecord {
+        key: key.to_owned(),
+        fingerprint: format!("sha256:{}", Uuid::new_v4().simple()),
+        stream: stream.clone(),
+        response: json!({ "status": "accepted", "version": 1, "body": { "ok": true, "n": [1, 2] } }),
+        recorded_at: now(),
+    }
+}
+
+fn ok<T, E: Debug>(r: Result<T, E>, ctx: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{ctx}: unexpected error {e:?}"),
+    }
+}
+
+async fn append_ok<S: EventStore + ?Sized>(store: &S, req: AppendRequest, ctx: &str) {
+    let what = format!(
+        "{ctx}: appending {} event(s) to {} at expected version {}",
+        req.events.len(),
+        req.stream,
+        req.expected_version
+    );
+    ok(store.append(req).await, &what);
+}
+
+async fn read_all<S: EventStore + ?Sized>(
+    store: &S,
+    stream: &StreamId,
+    ctx: &str,
+) -> Vec<EventEnvelope> {
+    ok(
+        store.read_stream(stream, ReadRange::all()).await,
+        &format!("{ctx}: read_stream({stream}, all)"),
+    )
+}
+
+async fn version_of<S: EventStore + ?Sized>(store: &S, stream: &StreamId, ctx: &str) -> u64 {
+    ok(
+        store.stream_version(stream).await,
+        &format!("{ctx}: stream_version({stream})"),
+    )
+}
+
+fn assert_conflict(
+    r: Result<(), AppendError>,
+    stream: &StreamId,
+    want_expected: u64,
+    want_actual: u64,
+    ctx: &str,
+) {
+    match r {
+        Err(AppendError::Conflict {
+            stream: s,
+            expected,
+            actual,
+        }) => {
+            assert_eq!(
+                expected, want_expected,
+                "{ctx}: Conflict on {stream} reports expected {expected}, the request's was {want_expected}"
+            );
+            assert_eq!(
+                actual, want_actual,
+                "{ctx}: Conflict on {stream} reports actual {actual}, the stream is at {want_actual}"
+            );
+            assert!(
+                s.contains(&stream.aggregate_id),
+                "{ctx}: Conflict names stream `{s}`, not {stream}"
+            );
+        }
+        other => panic!(
+            "{ctx}: appending to {stream} at expected {want_expected} (stream at {want_actual}) \
+             must give AppendError::Conflict {{ expected: {want_expected}, actual: {want_actual} }}, \
+             got {other:?}"
+        ),
+    }
+}
+
+fn versions(events: &[EventEnvelope]) -> Vec<u64> {
+    events.iter().map(|e| e.version).collect()
+}
+
+/// Asserts two event lists are equal, naming the first differing event.
+fn assert_events_eq(got: &[EventEnvelope], want: &[EventEnvelope], ctx: &str) {
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            g, w,
+            "{ctx}: event #{i} read back differs from the one appended (left: read, right: appended)"
+        );
+    }
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{ctx}: read {} events (versions {:?}), expected {} (versions {:?})",
+        got.len(),
+        versions(got),
+        want.len(),
+        versions(want)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// EventStore
+// ---------------------------------------------------------------------------------------------
+
+/// The [`EventStore`] contract: appends, reads, optimistic concurrency, atomicity, idempotency.
+pub async fn event_store_contract<S: EventStore>(store: Arc<S>) {
+    es_append_and_read_back(&*store).await;
+    es_read_ranges(&*store).await;
+    es_conflict_stores_nothing(&*store).await;
+    es_malformed_append_stores_nothing(&*store).await;
+    es_idempotency(&*store).await;
+    es_concurrent_appends_same_stream(store.clone()).await;
+    es_concurrent_appends_distinct_streams(store.clone()).await;
+    es_large_append_is_atomic_and_gapless(&*store).await;
+    es_streams_are_keyed_by_type_and_id(&*store).await;
+}
+
+/// A new stream is empty at version 0; appends at the right expected version are read back
+/// exactly (every envelope field, metadata and timestamps to the microsecond), in version order.
+pub async fn es_append_and_read_back<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore append/read back";
+    let stream = new_stream();
+    assert_eq!(
+        version_of(store, &stream, CTX).await,
+        0,
+        "{CTX}: a stream never appended to must be at version 0"
+    );
+    assert!(
+        read_all(store, &stream, CTX).await.is_empty(),
+        "{CTX}: a stream never appended to must read back empty"
+    );
+
+    let mut first = vec![rich_event(&stream, 1)];
+    first.extend(events(&stream, 1, 2));
+    // A fixed timestamp with a single microsecond: catches truncation and lost zero padding.
+    first[2].recorded_at =
+        DateTime::<Utc>::from_timestamp_micros(981_173_106_000_007).expect("valid timestamp");
+    append_ok(store, request(&stream, 0, first.clone()), CTX).await;
+    assert_events_eq(&read_all(store, &stream, CTX).await, &first, CTX);
+    assert_eq!(
+        version_of(store, &stream, CTX).await,
+        3,
+        "{CTX}: after appending 3 events to a new stream, stream_version must be 3"
+    );
+
+    let second = events(&stream, 3, 2);
+    append_ok(store, request(&stream, 3, second.clone()), CTX).await;
+    let all: Vec<_> = first.iter().chain(&second).cloned().collect();
+    let read = read_all(store, &stream, CTX).await;
+    assert_events_eq(&read, &all, CTX);
+    assert_eq!(
+        versions(&read),
+        vec![1, 2, 3, 4, 5],
+        "{CTX}: read_stream must return events in version order"
+    );
+    assert_eq!(
+        version_of(store, &stream, CTX).await,
+        5,
+        "{CTX}: after a second append of 2 events, stream_version must be 5"
+    );
+}
+
+/// `ReadRange`: `from_version`, `to_version` (both inclusive) and `limit`.
+pub async fn es_read_ranges<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore read ranges";
+    let stream = new_stream();
+    let all = events(&stream, 0, 10);
+    append_ok(store, request(&stream, 0, all.clone()), CTX).await;
+
+    let cases: Vec<(ReadRange, std::ops::RangeInclusive<u64>)> = vec![
+        (ReadRange::all(), 1..=10),
+        (ReadRange::from(0), 1..=10),
+        (ReadRange::from(1), 1..=10),
+        (ReadRange::from(4), 4..=10),
+        (ReadRange::from(10), 10..=10),
+        (ReadRange::from(4).to(6), 4..=6),
+        (ReadRange::from(6).to(6), 6..=6),
+        (ReadRange::from(1).to(100), 1..=10),
+        (ReadRange::all().limit(3), 1..=3),
+        (ReadRange::from(8).limit(5), 8..=10),
+        (ReadRange::from(5).to(9).limit(2), 5..=6),
+        (ReadRange::from(2).to(4).limit(10), 2..=4),
+        (ReadRange::all().limit(1), 1..=1),
+    ];
+    for (range, want) in cases {
+        let want: Vec<EventEnvelope> = all
+            .iter()
+            .filter(|e| want.contains(&e.version))
+            .cloned()
+            .collect();
+        let got = ok(
+            store.read_stream(&stream, range).await,
+            &format!("{CTX}: read_stream({range:?})"),
+        );
+        assert_events_eq(&got, &want, &format!("{CTX}: read_stream({range:?})"));
+    }
+    for range in [
+        ReadRange::from(11),
+        ReadRange::from(50).to(60),
+        ReadRange::from(5).to(4),
+    ] {
+        let got = ok(
+            store.read_stream(&stream, range).await,
+            &format!("{CTX}: read_stream({range:?})"),
+        );
+        assert!(
+            got.is_empty(),
+            "{CTX}: read_stream({range:?}) on a stream of 10 events must be empty, got versions {:?}",
+            versions(&got)
+        );
+    }
+}
+
+/// A stale (or future) expected version gives `Conflict` with the stream's actual version and
+/// stores none of the request's events.
+pub async fn es_conflict_stores_nothing<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore conflict";
+    let stream = new_stream();
+
+    // A new stream appended to as if it had events.
+    let r = store
+        .append(request(&stream, 3, events(&stream, 3, 2)))
+        .await;
+    assert_conflict(r, &stream, 3, 0, &format!("{CTX} (new stream)"));
+    assert!(
+        read_all(store, &stream, CTX).await.is_empty(),
+        "{CTX}: a conflicting append to a new stream must store nothing"
+    );
+    assert_eq!(version_of(store, &stream, CTX).await, 0);
+
+    let stored = events(&stream, 0, 2);
+    append_ok(store, request(&stream, 0, stored.clone()), CTX).await;
+
+    for expected in [0, 1, 3, 7] {
+        // Multi-event requests: none of their events may be stored.
+        let evs = events(&stream, expected, 3);
+        let r = store.append(request(&stream, expected, evs)).await;
+        assert_conflict(r, &stream, expected, 2, CTX);
+        assert_events_eq(
+            &read_all(store, &stream, CTX).await,
+            &stored,
+            &format!("{CTX}: after a conflicting 3-event append at expected {expected}"),
+        );
+        assert_eq!(
+            version_of(store, &stream, CTX).await,
+            2,
+            "{CTX}: a conflicting append at expected {expected} must not move the stream's version"
+        );
+    }
+
+    // The stream still takes the right version afterwards.
+    let more = events(&stream, 2, 1);
+    append_ok(store, request(&stream, 2, more.clone()), CTX).await;
+    let all: Vec<_> = stored.iter().chain(&more).cloned().collect();
+    assert_events_eq(&read_all(store, &stream, CTX).await, &all, CTX);
+}
+
+/// A request whose events don't continue the stream (a version gap, another stream's event) is
+/// refused and stores nothing: it would otherwise break the gapless version sequence.
+pub async fn es_malformed_append_stores_nothing<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore malformed append";
+    let stream = new_stream();
+    let stored = events(&stream, 0, 1);
+    append_ok(store, request(&stream, 0, stored.clone()), CTX).await;
+
+    let mut gap = events(&stream, 1, 3);
+    gap[2].version = 5; // 2, 3, 5
+    let r = store.append(request(&stream, 1, gap)).await;
+    assert!(
+        r.is_err(),
+        "{CTX}: events with versions 2, 3, 5 at expected version 1 must be refused, got {r:?}"
+    );
+
+    let other = new_stream();
+    let mut foreign = events(&stream, 1, 2);
+    foreign[1].aggregate_id = other.aggregate_id.clone();
+    let r = store.append(request(&stream, 1, foreign)).await;
+    assert!(
+        r.is_err(),
+        "{CTX}: a request for {stream} carrying an event of another aggregate must be refused, got {r:?}"
+    );
+
+    assert_events_eq(&read_all(store, &stream, CTX).await, &stored, CTX);
+    assert_eq!(version_of(store, &stream, CTX).await, 1);
+    let other_stream = StreamId::new(&stream.aggregate_type, &other.aggregate_id);
+    assert!(
+        read_all(store, &other_stream, CTX).await.is_empty(),
+        "{CTX}: the refused request's foreign event must not be stored under its own stream"
+    );
+}
+
+/// An append's idempotency record is stored with it; a second append under the same key is
+/// refused with `DuplicateIdempotencyKey` and appends nothing, even at the right version; a
+/// failed append does not record its key.
+pub async fn es_idempotency<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore idempotency";
+    let stream = new_stream();
+    let key = unique("idem-key");
+    assert_eq!(
+        ok(store.idempotency_record(&key).await, CTX),
+        None,
+        "{CTX}: an unused key must have no record"
+    );
+
+    let record = idempotency_record(&key, &stream);
+    let first = events(&stream, 0, 2);
+    let mut req = request(&stream, 0, first.clone());
+    req.idempotency = Some(record.clone());
+    append_ok(store, req, CTX).await;
+    assert_eq!(
+        ok(store.idempotency_record(&key).await, CTX),
+        Some(record.clone()),
+        "{CTX}: idempotency_record must return the stored record unchanged"
+    );
+    assert_events_eq(&read_all(store, &stream, CTX).await, &first, CTX);
+
+    // Same key, right expected version: refused, nothing appended.
+    let mut again = request(&stream, 2, events(&stream, 2, 2));
+    again.idempotency = Some(idempotency_record(&key, &stream));
+    match store.append(again).await {
+        Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(
+            k, key,
+            "{CTX}: DuplicateIdempotencyKey must name the duplicated key"
+        ),
+        other => panic!(
+            "{CTX}: a second append with key {key} (at the right expected version) must give \
+             DuplicateIdempotencyKey, got {other:?}"
+        ),
+    }
+    assert_events_eq(
+        &read_all(store, &stream, CTX).await,
+        &first,
+        &format!("{CTX}: after a duplicate-key append"),
+    );
+    assert_eq!(version_of(store, &stream, CTX).await, 2);
+    assert_eq!(
+        ok(store.idempotency_record(&key).await, CTX),
+        Some(record),
+        "{CTX}: a refused duplicate must not replace the stored record"
+    );
+
+    // Same key on another stream: refused too; that stream stays empty.
+    let other = new_stream();
+    let mut elsewhere = request(&other, 0, events(&other, 0, 1));
+    elsewhere.idempotency = Some(idempotency_record(&key, &other));
+    match store.append(elsewhere).await {
+        Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, key),
+        other => panic!(
+            "{CTX}: key {key} reused on another stream must give DuplicateIdempotencyKey, got {other:?}"
+        ),
+    }
+    assert!(
+        read_all(store, &other, CTX).await.is_empty(),
+        "{CTX}: a duplicate-key append to another stream must store nothing"
+    );
+
+    // A conflicting append does not record its key: the retry at the right version succeeds.
+    let key2 = unique("idem-key");
+    let mut stale = request(&stream, 1, events(&stream, 1, 1));
+    stale.idempotency = Some(idempotency_record(&key2, &stream));
+    assert_conflict(
+        store.append(stale).await,
+        &stream,
+        1,
+        2,
+        &format!("{CTX} (conflict carrying a key)"),
+    );
+    assert_eq!(
+        ok(store.idempotency_record(&key2).await, CTX),
+        None,
+        "{CTX}: an append that failed with Conflict must not record its idempotency key"
+    );
+    let record2 = idempotency_record(&key2, &stream);
+    let retry_events = events(&stream, 2, 1);
+    let mut retry = request(&stream, 2, retry_events.clone());
+    retry.idempotency = Some(record2.clone());
+    append_ok(store, retry, &format!("{CTX}: retry after conflict")).await;
+    assert_eq!(
+        ok(store.idempotency_record(&key2).await, CTX),
+        Some(record2)
+    );
+    let all: Vec<_> = first.iter().chain(&retry_events).cloned().collect();
+    assert_events_eq(&read_all(store, &stream, CTX).await, &all, CTX);
+}
+
+/// 32 concurrent appends to one stream at the same expected version: exactly one succeeds, the
+/// others get `Conflict` with the winner's version, and only the winner's events are stored.
+pub async fn es_concurrent_appends_same_stream<S: EventStore>(store: Arc<S>) {
+    const CTX: &str = "EventStore concurrent appends to one stream";
+    const TASKS: usize = 32;
+    let stream = new_stream();
+    let seed = events(&stream, 0, 1);
+    append_ok(&*store, request(&stream, 0, seed.clone()), CTX).await;
+
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (store, stream, barrier) = (store.clone(), stream.clone(), barrier.clone());
+        let evs = events(&stream, 1, 2);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = store.append(request(&stream, 1, evs.clone())).await;
+            (r, evs)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut conflicts = 0;
+    for t in tasks {
+        let (r, evs) = t.await.expect("append task panicked");
+        match r {
+            Ok(()) => winners.push(evs),
+            Err(AppendError::Conflict {
+                expected, actual, ..
+            }) => {
+                assert_eq!(
+                    expected, 1,
+                    "{CTX}: Conflict must report the request's version"
+                );
+                assert_eq!(
+                    actual, 3,
+                    "{CTX}: losers must see the winner's version 3 as actual"
+                );
+                conflicts += 1;
+            }
+            Err(e) => panic!("{CTX}: an append failed with {e:?}; only Conflict is acceptable"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "{CTX}: exactly one of {TASKS} appends at the same expected version must succeed"
+    );
+    assert_eq!(conflicts, TASKS - 1, "{CTX}: all others must conflict");
+    let want: Vec<_> = seed.iter().chain(&winners[0]).cloned().collect();
+    assert_events_eq(&read_all(&*store, &stream, CTX).await, &want, CTX);
+    assert_eq!(version_of(&*store, &stream, CTX).await, 3);
+}
+
+/// 32 concurrent appends, each to its own stream: all succeed and each stream holds its events.
+pub async fn es_concurrent_appends_distinct_streams<S: EventStore>(store: Arc<S>) {
+    const CTX: &str = "EventStore concurrent appends to distinct streams";
+    const TASKS: usize = 32;
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let (store, barrier) = (store.clone(), barrier.clone());
+        let stream = new_stream();
+        let evs = events(&stream, 0, 3);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let r = store.append(request(&stream, 0, evs.clone())).await;
+            (r, stream, evs)
+        }));
+    }
+    let mut done = Vec::new();
+    for t in tasks {
+        let (r, stream, evs) = t.await.expect("append task panicked");
+        ok(r, &format!("{CTX}: append to {stream}"));
+        done.push((stream, evs));
+    }
+    for (stream, evs) in done {
+        assert_events_eq(&read_all(&*store, &stream, CTX).await, &evs, CTX);
+        assert_eq!(version_of(&*store, &stream, CTX).await, 3);
+    }
+}
+
+/// A 50-event append is stored whole, versions 1..=50 without gaps; a conflicting 50-event
+/// append after it stores none of its events.
+pub async fn es_large_append_is_atomic_and_gapless<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore 50-event append";
+    let stream = new_stream();
+    let big = events(&stream, 0, 50);
+    append_ok(store, request(&stream, 0, big.clone()), CTX).await;
+    let read = read_all(store, &stream, CTX).await;
+    assert_eq!(
+        versions(&read),
+        (1..=50).collect::<Vec<u64>>(),
+        "{CTX}: versions must be 1..=50, gapless and in order"
+    );
+    assert_events_eq(&read, &big, CTX);
+    assert_eq!(version_of(store, &stream, CTX).await, 50);
+
+    let r = store
+        .append(request(&stream, 10, events(&stream, 10, 50)))
+        .await;
+    assert_conflict(r, &stream, 10, 50, CTX);
+    assert_events_eq(
+        &read_all(store, &stream, CTX).await,
+        &big,
+        &format!("{CTX}: after a conflicting 50-event append"),
+    );
+
+    let next = events(&stream, 50, 50);
+    append_ok(store, request(&stream, 50, next.clone()), CTX).await;
+    let read = read_all(store, &stream, CTX).await;
+    assert_eq!(versions(&read), (1..=100).collect::<Vec<u64>>());
+    let want: Vec<_> = big.iter().chain(&next).cloned().collect();
+    assert_events_eq(&read, &want, CTX);
+}
+
+/// Streams are keyed by (aggregate type, aggregate id): the same id under two types gives two
+/// independent streams.
+pub async fn es_streams_are_keyed_by_type_and_id<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore streams keyed by type and id";
+    let id = unique("shared-id");
+    let a = StreamId::new("ContractAccount", &id);
+    let b = StreamId::new("ContractLedger", &id);
+    let a_events = events(&a, 0, 2);
+    append_ok(store, request(&a, 0, a_events.clone()), CTX).await;
+    assert_eq!(
+        version_of(store, &b, CTX).await,
+        0,
+        "{CTX}: appending to {a} must not touch {b}"
+    );
+    // b starts at 0 although a, with the same id, is at 2.
+    let b_events = events(&b, 0, 1);
+    append_ok(store, request(&b, 0, b_events.clone()), CTX).await;
+    assert_events_eq(&read_all(store, &a, CTX).await, &a_events, CTX);
+    assert_events_eq(&read_all(store, &b, CTX).await, &b_events, CTX);
+    assert_eq!(version_of(store, &a, CTX).await, 2);
+    assert_eq!(version_of(store, &b, CTX).await, 1);
+    let r = store.append(request(&b, 2, events(&b, 2, 1))).await;
+    assert_conflict(r, &b, 2, 1, CTX);
+    let r = store.append(request(&a, 1, events(&a, 1, 1))).await;
+    assert_conflict(r, &a, 1, 2, CTX);
+}
+
+// ---------------------------------------------------------------------------------------------
+// EventFeed
+// ---------------------------------------------------------------------------------------------
+
+/// The [`EventFeed`] contract: global order, `after`/`limit`, head, waiting for events.
+pub async fn event_feed_contract<S: EventStore + EventFeed>(store: Arc<S>) {
+    feed_order_paging_and_coverage(&*store).await;
+    feed_head_is_last_position(&*store).await;
+    feed_wait_wakes_on_append(store.clone()).await;
+    feed_wait_times_out(&*store).await;
+}
+
+/// Reads the feed after `after` in pages of `page` until a page is empty or reaches `until`,
+/// checking every page: at most `page` events, positions above `after` and strictly increasing.
+async fn read_feed_until<S: EventFeed + ?Sized>(
+    store: &S,
+    after: u64,
+    page: usize,
+    until: u64,
+    ctx: &str,
+) -> Vec<FeedEvent> {
+    let mut out: Vec<FeedEvent> = Vec::new();
+    let mut cursor = after;
+    for _ in 0..100_000 {
+        let got = ok(
+            store.read_feed(cursor, page).await,
+            &format!("{ctx}: read_feed({cursor}, {page})"),
+        );
+        assert!(
+            got.len() <= page,
+            "{ctx}: read_feed({cursor}, {page}) returned {} events, more than the limit",
+            got.len()
+        );
+        for f in &got {
+            assert!(
+                f.position > cursor,
+                "{ctx}: read_feed({cursor}, {page}) returned position {}, not after {cursor}",
+                f.position
+            );
+            cursor = f.position;
+        }
+        let done = got.is_empty() || cursor >= until;
+        out.extend(got);
+        if done {
+            return out;
+        }
+    }
+    panic!("{ctx}: the feed after {after} did not reach position {until} in 100000 pages");
+}
+
+fn positions(feed: &[FeedEvent]) -> Vec<u64> {
+    feed.iter().map(|f| f.position).collect()
+}
+
+/// The feed returns events in strictly increasing position order, honours `after` and `limit`,
+/// and holds every appended event exactly once (and no event of a failed append).
+pub async fn feed_order_paging_and_coverage<S: EventStore + EventFeed + ?Sized>(store: &S) {
+    const CTX: &str = "EventFeed order/paging/coverage";
+    let start = ok(store.feed_head().await, CTX);
+    let (a, b, c) = (new_stream(), new_stream(), new_stream());
+    // Interleaved appends: the feed must follow append order, across streams.
+    let plan: Vec<(StreamId, u64, usize)> = vec![
+        (a.clone(), 0, 2),
+        (b.clone(), 0, 1),
+        (a.clone(), 2, 1),
+        (c.clone(), 0, 3),
+        (b.clone(), 1, 2),
+    ];
+    let mut appended = Vec::new();
+    for (stream, expected, n) in plan {
+        let evs = events(&stream, expected, n);
+        append_ok(store, request(&stream, expected, evs.clone()), CTX).await;
+        appended.extend(evs);
+    }
+    // A failed append must not reach the feed.
+    let failed = events(&a, 0, 2);
+    assert_conflict(
+        store.append(request(&a, 0, failed.clone())).await,
+        &a,
+        0,
+        3,
+        CTX,
+    );
+    let ours: HashSet<&str> = [&a, &b, &c]
+        .iter()
+        .map(|s| s.aggregate_id.as_str())
+        .collect();
+    let failed_ids: HashSet<Uuid> = failed.iter().map(|e| e.event_id).collect();
+    let head = ok(store.feed_head().await, CTX);
+    assert!(
+        head > start,
+        "{CTX}: feed_head must grow with appends ({start} before, {head} after 9 events)"
+    );
+
+    let one_read = read_feed_until(store, start, 10_000, head, CTX).await;
+    let paged = read_feed_until(store, start, 4, head, CTX).await;
+    for (name, feed) in [("one read", &one_read), ("pages of 4", &paged)] {
+        let ctx = format!("{CTX} ({name})");
+        let pos = positions(feed);
+        assert!(
+            pos.windows(2).all(|w| w[0] < w[1]),
+            "{ctx}: positions must be unique and strictly increasing, got {pos:?}"
+        );
+        assert!(
+            feed.iter().all(|f| !failed_ids.contains(&f.event.event_id)),
+            "{ctx}: an event of a conflicting (failed) append appeared in the feed"
+        );
+        let mine: Vec<EventEnvelope> = feed
+            .iter()
+            .filter(|f| ours.contains(f.event.aggregate_id.as_str()))
+            .map(|f| f.event.clone())
+            .collect();
+        // Every appended event exactly once, equal, in the order appended.
+        assert_events_eq(&mine, &appended, &format!("{ctx}: our events in the feed"));
+        assert!(
+            pos.contains(&head),
+            "{ctx}: the feed must hold an event at feed_head {head}, positions read: {pos:?}"
+        );
+    }
+    // Positions are stable: both reads give our events the same positions.
+    let ours_pos = |feed: &[FeedEvent]| -> Vec<(Uuid, u64)> {
+        feed.iter()
+            .filter(|f| ours.contains(f.event.aggregate_id.as_str()))
+            .map(|f| (f.event.event_id, f.position))
+            .collect()
+    };
+    assert_eq!(
+        ours_pos(&one_read),
+        ours_pos(&paged),
+        "{CTX}: an event's position must not change between reads"
+    );
+    let our_positions: Vec<u64> = ours_pos(&one_read).iter().map(|p| p.1).collect();
+
+    // `after` in the middle of our events: only later ones come back.
+    let mid = our_positions[4];
+    let after_mid = read_feed_until(store, mid, 10_000, head, CTX).await;
+    let mine: Vec<EventEnvelope> = after_mid
+        .iter()
+        .filter(|f| ours.contains(f.event.aggregate_id.as_str()))
+        .map(|f| f.event.clone())
+        .collect();
+    assert_events_eq(
+        &mine,
+        &appended[5..],
+        &format!("{CTX}: read_feed(after the 5th event's position {mid})"),
+    );
+
+    // Small limits.
+    for limit in [1, 2, 3] {
+        let got = ok(store.read_feed(start, limit).await, CTX);
+        assert_eq!(
+            got.len(),
+            limit,
+            "{CTX}: read_feed({start}, {limit}) with 9+ events after {start} must return exactly {limit}"
+        );
+        assert!(got.iter().all(|f| f.position > start));
+        assert_eq!(
+            positions(&got),
+            positions(&one_read[..limit]),
+            "{CTX}: read_feed({start}, {limit}) must return the first {limit} events after {start}"
+        );
+    }
+    let last = *our_positions.last().expect("our events are in the feed");
+    let at_end = ok(store.read_feed(last, 10).await, CTX);
+    assert!(
+        at_end
+            .iter()
+            .all(|f| f.position > last && !ours.contains(f.event.aggregate_id.as_str())),
+        "{CTX}: read_feed(after our last event {last}) must not return our events again"
+    );
+}
+
+/// `feed_head` is the position of the newest event.
+pub async fn feed_head_is_last_position<S: EventStore + EventFeed + ?Sized>(store: &S) {
+    const CTX: &str = "EventFeed head";
+    let before = ok(store.feed_head().await, CTX);
+    let stream = new_stream();
+    let evs = events(&stream, 0, 3);
+    append_ok(store, request(&stream, 0, evs.clone()), CTX).await;
+    let head = ok(store.feed_head().await, CTX);
+    assert!(
+        head > before,
+        "{CTX}: feed_head must grow with an append: {before} before, {head} after"
+    );
+    let feed = read_feed_until(store, before, 1000, head, CTX).await;
+    let mine: Vec<&FeedEvent> = feed
+        .iter()
+        .filter(|f| f.event.aggregate_id == stream.aggregate_id)
+        .collect();
+    assert_eq!(
+        mine.len(),
+        3,
+        "{CTX}: the 3 appended events must be in the feed"
+    );
+    let our_last = mine[2].position;
+    assert!(
+        head >= our_last,
+        "{CTX}: feed_head {head} is below the position {our_last} of an event appended before it was read"
+    );
+    // The event at `head` exists (positions may have gaps, so read from head - 1).
+    let at_head = ok(store.read_feed(head - 1, 1).await, CTX);
+    assert_eq!(
+        positions(&at_head),
+        vec![head],
+        "{CTX}: feed_head {head} must be the position of a stored event"
+    );
+    // On a quiet store nothing follows our last event, so the head must be exactly it.
+    if ok(store.read_feed(our_last, 1).await, CTX).is_empty() {
+        assert_eq!(
+            head, our_last,
+            "{CTX}: no event follows position {our_last}, so feed_head must be {our_last}"
+        );
+    }
+}
+
+/// `wait_for_events` resolves promptly once an event is appended after `after`, and at once when
+/// the feed already holds events after `after`.
+pub async fn feed_wait_wakes_on_append<S: EventStore + EventFeed>(store: Arc<S>) {
+    const CTX: &str = "EventFeed wait_for_events wakes";
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    const PROMPT: Duration = Duration::from_secs(2);
+    let after = ok(store.feed_head().await, CTX);
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            store.wait_for_events(after, TIMEOUT).await;
+            t.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stream = new_stream();
+    let appended_at = Instant::now();
+    append_ok(&*store, request(&stream, 0, events(&stream, 0, 1)), CTX).await;
+    let waited = waiter.await.expect("waiting task panicked");
+    assert!(
+        waited < PROMPT,
+        "{CTX}: wait_for_events({after}, {TIMEOUT:?}) took {waited:?}, {:?} after the append; \
+         it must resolve within {PROMPT:?}",
+        appended_at.elapsed()
+    );
+
+    // Events already after `after`: no waiting.
+    let t = Instant::now();
+    store.wait_for_events(after, TIMEOUT).await;
+    let waited = t.elapsed();
+    assert!(
+        waited < PROMPT,
+        "{CTX}: wait_for_events({after}) with events already after {after} took {waited:?}"
+    );
+}
+
+/// `wait_for_events` returns when its timeout passes and nothing was appended.
+pub async fn feed_wait_times_out<S: EventFeed + ?Sized>(store: &S) {
+    const CTX: &str = "EventFeed wait_for_events timeout";
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let after = ok(store.feed_head().await, CTX);
+    let t = Instant::now();
+    store.wait_for_events(after, TIMEOUT).await;
+    let waited = t.elapsed();
+    assert!(
+        waited < TIMEOUT + Duration::from_secs(2),
+        "{CTX}: wait_for_events({after}, {TIMEOUT:?}) returned only after {waited:?}"
+    );
+    if waited + Duration::from_millis(5) < TIMEOUT {
+        // Early is fine only if something was appended meanwhile (a shared store is busy).
+        let head = ok(store.feed_head().await, CTX);
+        assert!(
+            head > after,
+            "{CTX}: wait_for_events({after}, {TIMEOUT:?}) returned after {waited:?} \
+             although nothing was appended (feed_head still {head})"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SnapshotStore
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot of `stream` at `version`, stamped now, with a state naming `tag`.
+pub fn snapshot(stream: &StreamId, version: u64, state_version: u32, tag: &str) -> Snapshot {
+    Snapshot {
+        stream: stream.clone(),
+        version,
+        state_version,
+        state: json!({
+            "tag": tag,
+            "version": version,
+            "balance": version as i64 * 100 - 7,
+            "ratio": 0.25,
+            "owner": "Zoë ✓",
+            "history": [version, { "nested": null }],
+        }),
+        taken_at: now(),
+    }
+}
+
+async fn latest_of<S: SnapshotStore + ?Sized>(
+    store: &S,
+    stream: &StreamId,
+    max_version: Option<u64>,
+) -> Option<Snapshot> {
+    ok(
+        store.latest(stream, max_version).await,
+        &format!("SnapshotStore: latest({stream}, {max_version:?})"),
+    )
+}
+
+/// The [`SnapshotStore`] contract: save, latest, `max_version`, replacing a version.
+pub async fn snapshot_store_contract<S: SnapshotStore>(store: Arc<S>) {
+    const CTX: &str = "SnapshotStore";
+    let store = &*store;
+    let stream = new_stream();
+    assert_eq!(
+        latest_of(store, &stream, None).await,
+        None,
+        "{CTX}: latest of a stream without snapshots must be None"
+    );
+    assert_eq!(latest_of(store, &stream, Some(100)).await, None);
+
+    let s5 = snapshot(&stream, 5, 1, "five");
+    ok(store.save(s5.clone()).await, CTX);
+    assert_eq!(
+        latest_of(store, &stream, None).await,
+        Some(s5.clone()),
+        "{CTX}: latest must return the saved snapshot unchanged"
+    );
+    assert_eq!(latest_of(store, &stream, Some(5)).await, Some(s5.clone()));
+    assert_eq!(latest_of(store, &stream, Some(100)).await, Some(s5.clone()));
+    assert_eq!(
+        latest_of(store, &stream, Some(4)).await,
+        None,
+        "{CTX}: latest(max_version 4) with only a snapshot at 5 must be None"
+    );
+
+    // Saved out of order: latest is the highest version, not the last saved.
+    let s20 = snapshot(&stream, 20, 2, "twenty");
+    let s10 = snapshot(&stream, 10, 1, "ten");
+    let s15 = snapshot(&stream, 15, 2, "fifteen");
+    for s in [&s20, &s10, &s15] {
+        ok(store.save(s.clone()).await, CTX);
+    }
+    assert_eq!(
+        latest_of(store, &stream, None).await,
+        Some(s20.clone()),
+        "{CTX}: latest must pick the highest version (20), not the last saved (15)"
+    );
+    for (max, want) in [
+        (0, None),
+        (4, None),
+        (5, Some(&s5)),
+        (9, Some(&s5)),
+        (10, Some(&s10)),
+        (14, Some(&s10)),
+        (15, Some(&s15)),
+        (19, Some(&s15)),
+        (20, Some(&s20)),
+        (1000, Some(&s20)),
+    ] {
+        assert_eq!(
+            latest_of(store, &stream, Some(max)).await,
+            want.cloned(),
+            "{CTX}: latest(max_version {max}) must be the newest snapshot at or before {max}"
+        );
+    }
+
+    // Saving a version again replaces it.
+    let s10b = snapshot(&stream, 10, 3, "ten again");
+    ok(store.save(s10b.clone()).await, CTX);
+    assert_eq!(
+        latest_of(store, &stream, Some(14)).await,
+        Some(s10b.clone()),
+        "{CTX}: saving version 10 again must replace the stored snapshot"
+    );
+    assert_eq!(latest_of(store, &stream, Some(10)).await, Some(s10b));
+    assert_eq!(latest_of(store, &stream, None).await, Some(s20.clone()));
+    let s20b = snapshot(&stream, 20, 4, "twenty again");
+    ok(store.save(s20b.clone()).await, CTX);
+    assert_eq!(latest_of(store, &stream, None).await, Some(s20b));
+
+    // Streams are keyed by type and id; other streams are untouched.
+    let same_id = StreamId::new("ContractLedger", &stream.aggregate_id);
+    assert_eq!(
+        latest_of(store, &same_id, None).await,
+        None,
+        "{CTX}: {same_id} must not see the snapshots of {stream}"
+    );
+    let other = new_stream();
+    assert_eq!(latest_of(store, &other, None).await, None);
+    let o1 = snapshot(&other, 1, 1, "other");
+    ok(store.save(o1.clone()).await, CTX);
+    assert_eq!(latest_of(store, &other, None).await, Some(o1));
+    assert_eq!(latest_of(store, &stream, Some(9)).await, Some(s5));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ReadModelStore
+// ---------------------------------------------------------------------------------------------
+
+/// A document write of `key` at `version` with `body`, findable by `index`.
+pub fn doc_write(key: &str, version: u64, body: Value, index: &[(&str, &str)]) -> DocWrite {
+    DocWrite {
+        key: key.to_owned(),
+        version,
+        body,
+        index: index
+            .iter()
+            .map(|(f, v)| ((*f).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn doc(key: &str, version: u64, body: Value) -> Doc {
+    Doc {
+        key: key.to_owned(),
+        version,
+        body,
+    }
+}
+
+async fn get_doc<S: ReadModelStore + ?Sized>(
+    store: &S,
+    model: &ModelRef,
+    key: &str,
+) -> Option<Doc> {
+    ok(
+        store.get(model, key).await,
+        &format!("ReadModelStore: get({model:?}, {key})"),
+    )
+}
+
+async fn find_docs<S: ReadModelStore + ?Sized>(
+    store: &S,
+    model: &ModelRef,
+    field: &str,
+    value: &str,
+    limit: usize,
+) -> Vec<Doc> {
+    ok(
+        store.find(model, field, value, limit).await,
+        &format!("ReadModelStore: find({model:?}, {field}={value}, {limit})"),
+    )
+}
+
+async fn apply_docs<S: ReadModelStore + ?Sized>(
+    store: &S,
+    model: &ModelRef,
+    writes: Vec<DocWrite>,
+    checkpoint: Option<u64>,
+) -> usize {
+    ok(
+        store.apply(model, writes, checkpoint).await,
+        &format!("ReadModelStore: apply({model:?}, checkpoint {checkpoint:?})"),
+    )
+}
+
+async fn checkpoint_of<S: ReadModelStore + ?Sized>(store: &S, model: &ModelRef) -> u64 {
+    ok(
+        store.checkpoint(model).await,
+        &format!("ReadModelStore: checkpoint({model:?})"),
+    )
+}
+
+fn keys(docs: &[Doc]) -> Vec<&str> {
+    docs.iter().map(|d| d.key.as_str()).collect()
+}
+
+/// The [`ReadModelStore`] contract: documents, versions, index, checkpoints, generations.
+pub async fn read_model_store_contract<S: ReadModelStore>(store: Arc<S>) {
+    rm_missing(&*store).await;
+    rm_apply_and_get(&*store).await;
+    rm_versions_only_move_forward(&*store).await;
+    rm_find_by_index(&*store).await;
+    rm_checkpoints(&*store).await;
+    rm_generations(&*store).await;
+}
+
+/// A projection nothing was written to: no documents, checkpoint 0, generation 1.
+pub async fn rm_missing<S: ReadModelStore + ?Sized>(store: &S) {
+    const CTX: &str = "ReadModelStore missing";
+    let p = unique("contract-proj");
+    assert_eq!(
+        ok(store.active_generation(&p).await, CTX),
+        1,
+        "{CTX}: active_generation must be 1 before any activation"
+    );
+    for model in [
+        ModelRef::active(&p),
+        ModelRef::generation(&p, 1),
+        ModelRef::generation(&p, 2),
+    ] {
+        assert_eq!(
+            get_doc(store, &model, "nope").await,
+            None,
+            "{CTX}: get of a missing key must be None"
+        );
+        assert!(find_docs(store, &model, "status", "open", 10)
+            .await
+            .is_empty());
+        assert_eq!(
+            checkpoint_of(store, &model).await,
+            0,
+            "{CTX}: a model's checkpoint must start at 0"
+        );
+    }
+}
+
+/// `apply` writes documents, returns how many it applied; `get` reads them back equal.
+pub async fn rm_apply_and_get<S: ReadModelStore + ?Sized>(store: &S) {
+    const CTX: &str = "ReadModelStore apply/get";
+    let p = unique("contract-proj");
+    let model = ModelRef::active(&p);
+    let bodies = [
+        json!({ "name": "Zoë ✓", "balance": 100, "ratio": 0.1, "tags": ["a"], "none": null }),
+        json!({ "name": "b", "nested": { "deep": [1, 2, { "x": true }] } }),
+        json!({}),
+    ];
+    let writes: Vec<DocWrite> = ["acct-1", "acct-2", "acct:3.x_y-z"]
+        .iter()
+        .zip(&bodies)
+        .enumerate()
+        .map(|(i, (k, b))| doc_write(k, i as u64 + 1, b.clone(), &[("status", "open")]))
+        .collect();
+    assert_eq!(
+        apply_docs(store, &model, writes.clone(), None).await,
+        3,
+        "{CTX}: applying 3 new documents must report 3 applied"
+    );
+    for w in &writes {
+        let want = Some(doc(&w.key, w.version, w.body.clone()));
+        assert_eq!(
+            get_doc(store, &model, &w.key).await,
+            want,
+            "{CTX}: get({}) through the active model must return the applied document",
+            w.key
+        );
+        assert_eq!(
+            get_doc(store, &ModelRef::generation(&p, 1), &w.key).await,
+            want,
+            "{CTX}: the active model is generation 1 before any activation"
+        );
+        assert_eq!(
+            get_doc(store, &ModelRef::generation(&p, 2), &w.key).await,
+            None,
+            "{CTX}: writes to generation 1 must not appear in generation 2"
+        );
+    }
+    let other = unique("contract-proj");
+    assert_eq!(
+        get_doc(store, &ModelRef::active(&other), "acct-1").await,
+        None,
+        "{CTX}: another projection must not see these documents"
+    );
+    assert_eq!(
+        apply_docs(store, &model, Vec::new(), None).await,
+        0,
+        "{CTX}: applying nothing applies nothing"
+    );
+}
+
+/// A write whose version is not above the stored one is ignored, unindexed and not counted.
+pub async fn rm_versions_only_move_forward<S: ReadModelStore + ?Sized>(store: &S) {
+    const CTX: &str = "ReadModelStore versions";
+    let p = unique("contract-proj");
+    let model = ModelRef::active(&p);
+    let v3 = json!({ "state": "v3" });
+    assert_eq!(
+        apply_docs(
+            store,
+            &model,
+            vec![doc_write("k1", 3, v3.clone(), &[("status", "open")])],
+            None
+        )
+        .await,
+        1
+    );
+
+    // The same version again (a duplicate), then an older one (a replay).
+    for (version, status) in [(3, "dup"), (2, "old"), (1, "older")] {
+        let n = apply_docs(
+            store,
+            &model,
+            vec![doc_write(
+                "k1",
+                version,
+                json!({ "state": status }),
+                &[("status", status)],
+            )],
+            None,
+        )
+        .await;
+        assert_eq!(
+            n, 0,
+            "{CTX}: a write at version {version} over stored version 3 must be ignored and not counted"
+        );
+        assert_eq!(
+            get_doc(store, &model, "k1").await,
+            Some(doc("k1", 3, v3.clone())),
+            "{CTX}: a write at version {version} over stored version 3 must change nothing"
+        );
+        assert!(
+            find_docs(store, &model, "status", status, 10)
+                .await
+                .is_empty(),
+            "{CTX}: an ignored write's index entries must not be stored"
+        );
+        assert_eq!(
+            keys(&find_docs(store, &model, "status", "open", 10).await),
+            vec!["k1"],
+            "{CTX}: an ignored write must not remove the document's index entries"
+        );
+    }
+
+    // A batch mixing ignored and applied writes counts only the applied ones.
+    let n = apply_docs(
+        store,
+        &model,
+        vec![
+            doc_write("k1", 2, json!({ "state": "stale" }), &[]),
+            doc_write("k2", 1, json!({ "state": "new" }), &[]),
+            doc_write("k3", 9, json!({ "state": "new" }), &[]),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        n, 2,
+        "{CTX}: one stale and two new writes must report 2 applied"
+    );
+    let n = apply_docs(
+        store,
+        &model,
+        vec![
+            doc_write("k1", 4, json!({ "state": "v4" }), &[]),
+            doc_write("k2", 1, json!({ "state": "dup" }), &[]),
+            doc_write("k3", 10, json!({ "state": "v10" }), &[]),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        n, 2,
+        "{CTX}: two newer writes and a duplicate must report 2 applied"
+    );
+    assert_eq!(
+        get_doc(store, &model, "k1").await,
+        Some(doc("k1", 4, json!({ "state": "v4" })))
+    );
+    assert_eq!(
+        get_doc(store, &model, "k2").await,
+        Some(doc("k2", 1, json!({ "state": "new" })))
+    );
+    assert_eq!(
+        get_doc(store, &model, "k3").await,
+        Some(doc("k3", 10, json!({ "state": "v10" })))
+    );
+    // Versions may jump: only "greater than stored" matters.
+    assert_eq!(
+        apply_docs(
+            store,
+            &model,
+            vec![doc_write("k2", 1000, json!({ "state": "far" }), &[])],
+            None
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        get_doc(store, &model, "k2").await,
+        Some(doc("k2", 1000, json!({ "state": "far" })))
+    );
+}
+
+/// `find` by an index field: matching documents in key order, up to `limit`, following index
+/// changes.
+pub async fn rm_find_by_index<S: ReadModelStore + ?Sized>(store: &S) {
+    const CTX: &str = "ReadModelStore find";
+    let p = unique("contract-proj");
+    let model = ModelRef::active(&p);
+    // Written out of key order, with two index fields.
+    let spec = [
+        ("k-c", "red", "small"),
+        ("k-a", "red", "large"),
+        ("k-e", "blue", "small"),
+        ("k-b", "blue", "large"),
+        ("k-d", "red", "small"),
+    ];
+    let writes: Vec<DocWrite> = spec
+        .iter()
+        .map(|(k, color, size)| {
+            doc_write(
+                k,
+                1,
+                json!({ "key": k, "color": color, "size": size }),
+                &[("color", color), ("size", size)],
+            )
+        })
+        .collect();
+    assert_eq!(apply_docs(store, &model, writes, None).await, 5);
+
+    let red = find_docs(store, &model, "color", "red", 10).await;
+    assert_eq!(
+        keys(&red),
+        vec!["k-a", "k-c", "k-d"],
+        "{CTX}: find(color=red) must return the red documents ordered by key"
+    );
+    assert_eq!(
+        red[0],
+        doc(
+            "k-a",
+            1,
+            json!({ "key": "k-a", "color": "red", "size": "large" })
+        ),
+        "{CTX}: find must return whole documents"
+    );
+    assert_eq!(
+        keys(&find_docs(store, &model, "color", "red", 2).await),
+        vec!["k-a", "k-c"],
+        "{CTX}: find(color=red, limit 2) must return the first 2 by key"
+    );
+    assert_eq!(
+        keys(&find_docs(store, &model, "color", "red", 1).await),
+        vec!["k-a"]
+    );
+    assert_eq!(
+        keys(&find_docs(store, &model, "color", "blue", 10).await),
+        vec!["k-b", "k-e"]
+    );
+    assert_eq!(
+        keys(&find_docs(store, &model, "size", "small", 10).await),
+        vec!["k-c", "k-d", "k-e"]
+    );
+    assert!(
+        find_docs(store, &model, "color", "green", 10)
+            .await
+            .is_empty(),
+        "{CTX}: find with no match must be empty"
+    );
+    assert!(
+        find_docs(store, &model, "size", "red", 10).await.is_empty(),
+        "{CTX}: find must match the field, not only the value"
+    );
+    assert!(
+        find_docs(store, &model, "colour", "red", 10)
+            .await
+            .is_empty(),
+        "{CTX}: find by an unknown field must be empty"
+    );
+
+    // k-c turns blue: no longer found as red; k-d loses its index entirely.
+    let n = apply_docs(
+        store,
+        &model,
+        vec![
+            doc_write(
+                "k-c",
+                2,
+                json!({ "key": "k-c", "color": "blue", "size": "small" }),
+                &[("color", "blue"), ("size", "small")],
+            ),
+            doc_write("k-d", 2, json!({ "key": "k-d", "gone": true }), &[]),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(n, 2);
+    assert_eq!(
+        keys(&find_docs(store, &model, "color", "red", 10).await),
+        vec!["k-a"],
+        "{CTX}: documents whose indexed field changed must not be found under the old value"
+    );
+    let blue = find_docs(store, &model, "color", "blue", 10).await;
+    assert_eq!(
+        keys(&blue),
+        vec!["k-b", "k-c", "k-e"],
+        "{CTX}: a document must be found under its new indexed value"
+    );
+    assert_eq!(
+        blue[1],
+        doc(
+            "k-c",
+            2,
+            json!({ "key": "k-c", "color": "blue", "size": "small" })
+        ),
+        "{CTX}: find must return the current document"
+    );
+    assert_eq!(
+        keys(&find_docs(store, &model, "size", "small", 10).await),
+        vec!["k-c", "k-e"],
+        "{CTX}: a document written without index entries must not be found"
+    );
+    assert_eq!(
+        get_doc(store, &model, "k-d").await,
+        Some(doc("k-d", 2, json!({ "key": "k-d", "gone": true }))),
+        "{CTX}: an unindexed document is still readable by key"
+    );
+    // Another projection with the same index values sees nothing of these.
+    assert!(find_docs(
+        store,
+        &ModelRef::active(&unique("contract-proj")),
+        "color",
+        "blue",
+        10
+    )
+    .await
+    .is_empty());
+}
+
+/// The checkpoint starts at 0, moves with `apply(…, Some(p))` and never moves backwards.
+pub async fn rm_checkpoints<S: ReadModelStore + ?Sized>(store: &S) {
+    const CTX: &str = "ReadModelStore checkpoints";
+    let p = unique("contract-proj");
+    let model = ModelRef::active(&p);
+    assert_eq!(checkpoint_of(store, &model).await, 0);
+
+    assert_eq!(apply_docs(store, &model, Vec::new(), Some(10)).await, 0);
+    assert_eq!(
+        checkpoint_of(store, &model).await,
+        10,
+        "{CTX}: apply(no writes, Some(10)) must move the checkpoint to 10"
+    );
+    let n = apply_docs(
+        store,
+        &model,
+        vec![doc_write("k1", 1, json!({ "n": 1 }), &[])],
+        Some(15),
+    )
+    .await;
+    assert_eq!(n, 1);
+    assert_eq!(checkpoint_of(store, &model).await, 15);
+    assert_eq!(
+        checkpoint_of(store, &ModelRef::generation(&p, 1)).await,
+        15,
+        "{CTX}: the active model's checkpoint is generation 1's"
+    );
+
+    // Backwards and equal positions leave it; the writes still apply.
+    let n = apply_docs(
+        store,
+        &model,
+        vec![doc_write("k2", 1, json!({ "n": 2 }), &[])],
+        Some(5),
+    )
+    .await;
+    assert_eq!(
+        n, 1,
+        "{CTX}: writes apply even when the checkpoint given is behind"
+    );
+    assert_eq!(
+        checkpoint_of(store, &model).await,
+        15,
+        "{CTX}: apply(…, Some(5)) after 15 must not move the checkpoint backwards"
+    );
+    assert_eq!(
+        get_doc(store, &model, "k2").await,
+        Some(doc("k2", 1, json!({ "n": 2 })))
+    );
+    apply_docs(store, &model, Vec::new(), Some(15)).await;
+    assert_eq!(checkpoint_of(store, &model).await, 15);
+    apply_docs(store, &model, Vec::new(), Some(0)).await;
+    assert_eq!(checkpoint_of(store, &model).await, 15);
+    apply_docs(
+        store,
+        &model,
+        vec![doc_write("k3", 1, json!({}), &[])],
+        None,
+    )
+    .await;
+    assert_eq!(
+        checkpoint_of(store, &model).await,
+        15,
+        "{CTX}: apply(…, None) must leave the checkpoint"
+    );
+    apply_docs(store, &model, Vec::new(), Some(1_000_000)).await;
+    assert_eq!(checkpoint_of(store, &model).await, 1_000_000);
+
+    // Checkpoints are per projection and generation.
+    assert_eq!(
+        checkpoint_of(store, &ModelRef::generation(&p, 2)).await,
+        0,
+        "{CTX}: generation 2 has its own checkpoint"
+    );
+    assert_eq!(
+        checkpoint_of(store, &ModelRef::active(&unique("contract-proj"))).await,
+        0
+    );
+}
+
+/// Generations: writes to generation 2 are invisible through the active model until
+/// `activate(2)`; the active generation cannot be dropped; dropping another removes its
+/// documents and checkpoint.
+pub async fn rm_generations<S: ReadModelStore + ?Sized>(store: &S) {
+    const CTX: &str = "ReadModelStore generations";
+    let p = unique("contract-proj");
+    let active = ModelRef::active(&p);
+    let g1 = ModelRef::generation(&p, 1);
+    let g2 = ModelRef::generation(&p, 2);
+    assert_eq!(ok(store.active_generation(&p).await, CTX), 1);
+    assert!(
+        store.drop_generation(&p, 1).await.is_err(),
+        "{CTX}: dropping generation 1 while it is (implicitly) active must be refused"
+    );
+
+    let n = apply_docs(
+        store,
+        &active,
+        vec![
+            doc_write("k1", 5, json!({ "gen": 1 }), &[("status", "open")]),
+            doc_write("only-g1", 1, json!({ "gen": 1 }), &[("status", "open")]),
+        ],
+        Some(70),
+    )
+    .await;
+    assert_eq!(n, 2);
+
+    // The rebuild writes generation 2 from scratch: versions restart, independent of gen 1.
+    let n = apply_docs(
+        store,
+        &g2,
+        vec![
+            doc_write("k1", 1, json!({ "gen": 2 }), &[("status", "open")]),
+            doc_write("only-g2", 1, json!({ "gen": 2 }), &[("status", "open")]),
+        ],
+        Some(30),
+    )
+    .await;
+    assert_eq!(
+        n, 2,
+        "{CTX}: generation 2's documents are independent of generation 1's versions"
+    );
+    assert_eq!(
+        ok(store.active_generation(&p).await, CTX),
+        1,
+        "{CTX}: writing generation 2 must not activate it"
+    );
+    assert_eq!(
+        get_doc(store, &active, "k1").await,
+        Some(doc("k1", 5, json!({ "gen": 1 }))),
+        "{CTX}: before activate, the active model must still read generation 1"
+    );
+    assert_eq!(
+        get_doc(store, &active, "only-g2").await,
+        None,
+        "{CTX}: generation 2's documents must be invisible through the active model before activate"
+    );
+    assert_eq!(
+        keys(&find_docs(store, &active, "status", "open", 10).await),
+        vec!["k1", "only-g1"]
+    );
+    assert_eq!(checkpoint_of(store, &active).await, 70);
+    assert_eq!(
+        get_doc(store, &g2, "k1").await,
+        Some(doc("k1", 1, json!({ "gen": 2 })))
+    );
+    assert_eq!(checkpoint_of(store, &g2).await, 30);
+
+    ok(store.activate(&p, 2).await, CTX);
+    assert_eq!(
+        ok(store.active_generation(&p).await, CTX),
+        2,
+        "{CTX}: after activate(2) the active generation must be 2"
+    );
+    assert_eq!(
+        get_doc(store, &active, "k1").await,
+        Some(doc("k1", 1, json!({ "gen": 2 }))),
+        "{CTX}: after activate(2) the active model must read generation 2"
+    );
+    assert_eq!(
+        get_doc(store, &active, "only-g2").await,
+        Some(doc("only-g2", 1, json!({ "gen": 2 })))
+    );
+    assert_eq!(get_doc(store, &active, "only-g1").await, None);
+    assert_eq!(
+        keys(&find_docs(store, &active, "status", "open", 10).await),
+        vec!["k1", "only-g2"],
+        "{CTX}: after activate(2), find through the active model must search generation 2"
+    );
+    assert_eq!(
+        checkpoint_of(store, &active).await,
+        30,
+        "{CTX}: after activate(2), the active model's checkpoint is generation 2's"
+    );
+    // Writes through the active model now go to generation 2.
+    assert_eq!(
+        apply_docs(
+            store,
+            &active,
+            vec![doc_write("new", 1, json!({ "gen": 2 }), &[])],
+            Some(80)
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        get_doc(store, &g2, "new").await,
+        Some(doc("new", 1, json!({ "gen": 2 }))),
+        "{CTX}: after activate(2), writes through the active model must go to generation 2"
+    );
+    assert_eq!(get_doc(store, &g1, "new").await, None);
+    assert_eq!(checkpoint_of(store, &g2).await, 80);
+    assert_eq!(checkpoint_of(store, &g1).await, 70);
+    // Generation 1 is still there until dropped.
+    assert_eq!(
+        get_doc(store, &g1, "only-g1").await,
+        Some(doc("only-g1", 1, json!({ "gen": 1 })))
+    );
+
+    assert!(
+        store.drop_generation(&p, 2).await.is_err(),
+        "{CTX}: dropping the active generation 2 must be refused"
+    );
+    assert_eq!(
+        get_doc(store, &active, "k1").await,
+        Some(doc("k1", 1, json!({ "gen": 2 }))),
+        "{CTX}: a refused drop must leave the active generation's documents"
+    );
+    assert_eq!(checkpoint_of(store, &g2).await, 80);
+
+    ok(store.drop_generation(&p, 1).await, CTX);
+    assert_eq!(
+        get_doc(store, &g1, "k1").await,
+        None,
+        "{CTX}: drop_generation(1) must remove generation 1's documents"
+    );
+    assert_eq!(get_doc(store, &g1, "only-g1").await, None);
+    assert!(
+        find_docs(store, &g1, "status", "open", 10).await.is_empty(),
+        "{CTX}: drop_generation(1) must remove generation 1's index entries"
+    );
+    assert_eq!(
+        checkpoint_of(store, &g1).await,
+        0,
+        "{CTX}: drop_generation(1) must remove generation 1's checkpoint"
+    );
+    assert_eq!(ok(store.active_generation(&p).await, CTX), 2);
+    assert_eq!(
+        keys(&find_docs(store, &active, "status", "open", 10).await),
+        vec!["k1", "only-g2"],
+        "{CTX}: dropping generation 1 must leave the active generation 2"
+    );
+    assert_eq!(checkpoint_of(store, &active).await, 80);
+
+    // A dropped generation can be rebuilt from scratch, and switched back to.
+    assert_eq!(
+        apply_docs(
+            store,
+            &g1,
+            vec![doc_write("k1", 1, json!({ "gen": "1b" }), &[])],
+            None
+        )
+        .await,
+        1,
+        "{CTX}: after a drop, the generation's old versions must not block new writes"
+    );
+    ok(store.activate(&p, 1).await, CTX);
+    assert_eq!(ok(store.active_generation(&p).await, CTX), 1);
+    assert_eq!(
+        get_doc(store, &active, "k1").await,
+        Some(doc("k1", 1, json!({ "gen": "1b" })))
+    );
+    ok(store.drop_generation(&p, 2).await, CTX);
+    assert_eq!(get_doc(store, &g2, "k1").await, None);
+    assert_eq!(checkpoint_of(store, &g2).await, 0);
+}
