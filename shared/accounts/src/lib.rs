@@ -48,7 +48,8 @@ pub enum AccountCommand {
     Withdraw {
         amount: u64,
     },
-    Close,
+    // `{}` rather than a unit variant: serde refuses unknown fields only on struct variants.
+    Close {},
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -252,7 +253,7 @@ impl Aggregate for Account {
                     return Err("amount must be a positive integer (minor units)".into());
                 }
             }
-            AccountCommand::Close => {}
+            AccountCommand::Close {} => {}
         }
         Ok(())
     }
@@ -265,9 +266,9 @@ impl Aggregate for Account {
                     currency: currency.clone().unwrap_or_else(|| LEGACY_CURRENCY.into()),
                 }])
             }
-            (_, AccountCommand::Open { .. }) => Err(AccountError::AlreadyOpened),
-            (Status::Unopened, _) => Err(AccountError::NotOpened),
             (Status::Closed, _) => Err(AccountError::Closed),
+            (Status::Open, AccountCommand::Open { .. }) => Err(AccountError::AlreadyOpened),
+            (Status::Unopened, _) => Err(AccountError::NotOpened),
             (Status::Open, AccountCommand::Deposit { amount, currency }) => {
                 if let Some(c) = currency {
                     if *c != self.currency {
@@ -294,7 +295,7 @@ impl Aggregate for Account {
                 }
                 Ok(vec![AccountEvent::Withdrawn { amount: *amount }])
             }
-            (Status::Open, AccountCommand::Close) => Ok(vec![AccountEvent::Closed]),
+            (Status::Open, AccountCommand::Close {}) => Ok(vec![AccountEvent::Closed]),
         }
     }
 
