@@ -31,6 +31,10 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object instead of a report.
     #[arg(long)]
     json: bool,
+    /// Skip the append phase and replay the existing store in --data-dir (written by an
+    /// earlier `bench --data-dir` with the same workload flags).
+    #[arg(long, requires = "data_dir")]
+    replay_only: bool,
 }
 
 fn command_for(round: usize) -> serde_json::Value {
@@ -71,7 +75,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--accounts, --events-per-account and --writers must be at least 1");
     }
     let (_tmp, dir) = match &args.data_dir {
-        Some(d) if d.exists() => bail!("{} exists; the bench needs a fresh directory", d.display()),
+        Some(d) if args.replay_only && !d.exists() => bail!("{} does not exist", d.display()),
+        Some(d) if d.exists() && !args.replay_only => {
+            bail!("{} exists; the bench needs a fresh directory", d.display())
+        }
         Some(d) => (None, d.clone()),
         None => {
             let tmp = tempfile::Builder::new()
@@ -86,58 +93,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         data_dir: dir.clone(),
         snapshot_every: args.snapshot_every,
     };
-    let (store, chronicle) = crate::open(&store_args)?;
-    let svc = chronicle
-        .aggregate(Account::TYPE)
-        .context("accounts are registered")?
-        .clone();
     let total_events = (args.accounts * args.events_per_account) as u64;
-    if !args.json {
-        eprintln!(
-            "append: {} accounts x {} events = {total_events} events, {} writers, data in {}",
-            args.accounts,
-            args.events_per_account,
-            args.writers,
-            dir.display()
-        );
-    }
-
-    // Append: writer w owns accounts w, w + writers, ...; it walks them round by round so its
-    // commands interleave across aggregates like real traffic.
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..args.writers {
-        let svc = svc.clone();
-        let ids: Vec<String> = (w..args.accounts)
-            .step_by(args.writers)
-            .map(|i| format!("acct-{i:06}"))
-            .collect();
-        let rounds = args.events_per_account;
-        tasks.push(tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-            for round in 0..rounds {
-                let command = command_for(round);
-                for id in &ids {
-                    let t = Instant::now();
-                    svc.execute(id, command.clone(), CommandOptions::default())
-                        .await
-                        .with_context(|| format!("{id} round {round}"))?;
-                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
-                }
-            }
-            anyhow::Ok(hist)
-        }));
-    }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for t in tasks {
-        hist.add(t.await??)?;
-    }
-    let append_secs = started.elapsed().as_secs_f64();
-    let append_peak = peak_rss();
-    drop(svc);
-    drop(chronicle);
-    store.close();
-    drop(store);
+    let (hist, append_secs, append_peak) = if args.replay_only {
+        (Histogram::<u64>::new(3)?, 0.0, 0)
+    } else {
+        append(&args, &store_args, &dir).await?
+    };
 
     // Replay: a fresh process view of the store, every account folded from every event.
     let (store, chronicle) = crate::open(&store_args)?;
@@ -196,6 +157,14 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     if args.json {
         println!("{report}");
+    } else if args.replay_only {
+        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        println!(
+            "replay  {read} events, {} accounts in {replay_secs:.3} s = {:.0} events/s, peak RSS {:.0} MiB",
+            states.len(),
+            read as f64 / replay_secs,
+            mb(replay_peak)
+        );
     } else {
         let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
         println!(
@@ -218,4 +187,66 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("checked every account's balance ({want}) and version");
     }
     Ok(())
+}
+
+/// The append phase: returns the latency histogram (µs), the seconds taken and peak RSS.
+async fn append(
+    args: &BenchArgs,
+    store_args: &crate::StoreArgs,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Histogram<u64>, f64, u64)> {
+    let total_events = (args.accounts * args.events_per_account) as u64;
+    let (store, chronicle) = crate::open(store_args)?;
+    let svc = chronicle
+        .aggregate(Account::TYPE)
+        .context("accounts are registered")?
+        .clone();
+    if !args.json {
+        eprintln!(
+            "append: {} accounts x {} events = {total_events} events, {} writers, data in {}",
+            args.accounts,
+            args.events_per_account,
+            args.writers,
+            dir.display()
+        );
+    }
+
+    // Append: writer w owns accounts w, w + writers, ...; it walks them round by round so its
+    // commands interleave across aggregates like real traffic.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        let svc = svc.clone();
+        let ids: Vec<String> = (w..args.accounts)
+            .step_by(args.writers)
+            .map(|i| format!("acct-{i:06}"))
+            .collect();
+        let rounds = args.events_per_account;
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for round in 0..rounds {
+                let command = command_for(round).to_string();
+                for id in &ids {
+                    let t = Instant::now();
+                    svc.execute(id, command.as_bytes(), CommandOptions::default())
+                        .await
+                        .with_context(|| format!("{id} round {round}"))?;
+                    hist.record(t.elapsed().as_micros().max(1) as u64)?;
+                }
+            }
+            anyhow::Ok(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for t in tasks {
+        hist.add(t.await??)?;
+    }
+    let append_secs = started.elapsed().as_secs_f64();
+    let append_peak = peak_rss();
+    drop(svc);
+    drop(chronicle);
+    store.close();
+    drop(store);
+
+    Ok((hist, append_secs, append_peak))
 }

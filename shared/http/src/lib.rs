@@ -45,6 +45,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub extra: Vec<(&'static str, Value)>,
+    /// Ask the client to close the connection (the request body was left unread).
+    pub close: bool,
 }
 
 impl ApiError {
@@ -54,6 +56,7 @@ impl ApiError {
             code,
             message: message.into(),
             extra: Vec::new(),
+            close: false,
         }
     }
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -101,7 +104,12 @@ impl IntoResponse for ApiError {
         for (k, v) in self.extra {
             error.insert(k.into(), v);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut resp = (self.status, Json(json!({ "error": error }))).into_response();
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 
@@ -363,11 +371,14 @@ fn command_options(headers: &HeaderMap) -> Result<CommandOptions, ApiError> {
 
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let too_large = || {
-        ApiError::new(
+        let mut e = ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the body is over {MAX_BODY_BYTES} bytes"),
-        )
+        );
+        // The rest of the body is not read, so the connection can't be reused: say so.
+        e.close = true;
+        e
     };
     let declared = header_str(headers, "content-length")?.and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
@@ -390,16 +401,7 @@ async fn command(
     query_params(raw, &[])?;
     let opts = command_options(&headers)?;
     let bytes = read_body(&headers, body).await?;
-    let command: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    if !command.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid_command",
-            "a command is a JSON object with a `type`",
-        ));
-    }
-    let outcome = svc.execute(&id, command, opts).await?;
+    let outcome = svc.execute(&id, &bytes, opts).await?;
     let mut resp = Json(&outcome.result).into_response();
     resp.headers_mut()
         .insert(header::ETAG, etag(outcome.result.version));

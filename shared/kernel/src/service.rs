@@ -26,11 +26,11 @@ pub struct StateView {
 pub trait AggregateService: Send + Sync {
     fn aggregate_type(&self) -> &'static str;
     fn schema(&self) -> &Arc<EventSchema>;
-    /// Parses, validates and runs a command given as JSON.
+    /// Parses, validates and runs a command given as JSON text.
     async fn execute(
         &self,
         id: &str,
-        command: Value,
+        command: &[u8],
         opts: CommandOptions,
     ) -> Result<CommandOutcome, Error>;
     /// State folded from the store (snapshot + events), as of `version` when given.
@@ -65,11 +65,18 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> AggregateService for Service
     async fn execute(
         &self,
         id: &str,
-        command: Value,
+        command: &[u8],
         opts: CommandOptions,
     ) -> Result<CommandOutcome, Error> {
-        let command: A::Command = serde_json::from_value(command)
-            .map_err(|e| Error::invalid("invalid_command", e.to_string()))?;
+        // Straight into the typed command (not through a `Value`), so a repeated key is an
+        // error rather than last-one-wins.
+        let command: A::Command =
+            serde_json::from_slice(command).map_err(|e| match e.classify() {
+                serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                    Error::invalid("malformed_json", format!("the body is not valid JSON: {e}"))
+                }
+                _ => Error::invalid("invalid_command", e.to_string()),
+            })?;
         let span = tracing::info_span!("command", aggregate_type = A::TYPE, aggregate_id = id);
         self.handler
             .handle(id, command, opts)

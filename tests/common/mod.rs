@@ -1,0 +1,323 @@
+//! Starts `chronicle serve` on a free loopback port with its own data directory.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `chronicle serve`; derefs to [`Api`], its HTTP client.
+pub struct Server {
+    pub child: Child,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    pub api: Api,
+}
+
+/// The HTTP side of a server: cheap to clone into concurrent tasks.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The `error.code` of an error reply (empty when there is none).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Panics with the whole reply unless the status is `status`.
+    #[track_caller]
+    pub fn expect_status(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "unexpected reply: {} {}",
+            self.status, self.body
+        );
+        self
+    }
+
+    /// Panics unless this is a JSON error reply with `status` and `code`.
+    #[track_caller]
+    pub fn expect_error(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "unexpected reply: {} {}",
+            self.status,
+            self.body
+        );
+        assert!(
+            self.body["error"]["message"].is_string(),
+            "an error reply has a message: {}",
+            self.body
+        );
+        self
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_in(&dir).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on an existing data directory (e.g. after a crash).
+    pub async fn start_in(dir: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+            .args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--addr", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning chronicle serve");
+        let mut server = Self {
+            child,
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+            api: Api {
+                base: format!("http://127.0.0.1:{port}"),
+                client: reqwest::Client::builder()
+                    // Only a guard against a hung test, never a performance expectation.
+                    .timeout(Duration::from_secs(120))
+                    .build()
+                    .expect("an HTTP client"),
+            },
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = server.client.get(server.url("/health")).send().await {
+                if r.status().is_success() {
+                    return server;
+                }
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("chronicle serve exited before becoming healthy: {status}");
+            }
+            assert!(Instant::now() < deadline, "server did not become healthy");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running (it did not crash).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl std::ops::Deref for Server {
+    type Target = Api;
+    fn deref(&self) -> &Api {
+        &self.api
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Api {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn reply(r: reqwest::Response) -> Result<Reply, reqwest::Error> {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let bytes = r.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    /// Any method, optional raw body, extra headers; `Err` only when no reply came.
+    pub async fn try_request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, reqwest::Error> {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        self.try_request_bytes(method, path, body, &headers).await
+    }
+
+    /// Like [`Api::try_request`], with header values as raw bytes (they may be non-ASCII).
+    pub async fn try_request_bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Reply, reqwest::Error> {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body);
+        }
+        for (k, v) in headers {
+            let value = reqwest::header::HeaderValue::from_bytes(v)
+                .unwrap_or_else(|e| panic!("header {k}: {v:?} is not sendable: {e}"));
+            req = req.header(*k, value);
+        }
+        Self::reply(req.send().await?).await
+    }
+
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.try_request(method.clone(), path, body, headers)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.request(reqwest::Method::GET, path, None, &[]).await
+    }
+
+    /// POSTs a raw body with extra headers.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.request(reqwest::Method::POST, path, Some(body.into()), headers)
+            .await
+    }
+
+    /// Sends a command to `/accounts/{id}/commands`.
+    pub async fn command(&self, id: &str, command: Value, headers: &[(&str, &str)]) -> Reply {
+        self.post_raw(
+            &format!("/accounts/{id}/commands"),
+            command.to_string(),
+            headers,
+        )
+        .await
+    }
+
+    /// Like [`Api::command`], but a lost connection is an `Err`, not a panic.
+    pub async fn try_command(
+        &self,
+        id: &str,
+        command: Value,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, reqwest::Error> {
+        self.try_request(
+            reqwest::Method::POST,
+            &format!("/accounts/{id}/commands"),
+            Some(command.to_string().into_bytes()),
+            headers,
+        )
+        .await
+    }
+
+    /// Polls the read model until `check` accepts it (eventual consistency).
+    pub async fn eventually(&self, path: &str, check: impl Fn(&Reply) -> bool) -> Reply {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get(path).await;
+            if check(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never matched; last: {} {}",
+                r.status,
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every stored event of an account, following `next_from_version` page by page.
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        let mut events = Vec::new();
+        let mut from = 1;
+        loop {
+            let r = self
+                .get(&format!(
+                    "/accounts/{id}/events?from_version={from}&limit=1000"
+                ))
+                .await;
+            r.expect_status(200);
+            events.extend(
+                r.body["events"]
+                    .as_array()
+                    .expect("an events array")
+                    .clone(),
+            );
+            match r.body["next_from_version"].as_u64() {
+                Some(next) => from = next,
+                None => return events,
+            }
+        }
+    }
+
+    /// The state folded from the store (`?consistent=true`).
+    pub async fn consistent(&self, id: &str) -> Reply {
+        self.get(&format!("/accounts/{id}?consistent=true")).await
+    }
+}
+
+/// The `version` of every event, in order.
+pub fn versions(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .map(|e| e["version"].as_u64().expect("an event version"))
+        .collect()
+}
+
+/// The sum of deposits minus withdrawals in a history.
+pub fn folded_balance(events: &[Value]) -> i128 {
+    events
+        .iter()
+        .map(|e| {
+            let amount = i128::from(e["data"]["amount"].as_u64().unwrap_or(0));
+            match e["event_type"].as_str() {
+                Some("Deposited") => amount,
+                Some("Withdrawn") => -amount,
+                _ => 0,
+            }
+        })
+        .sum()
+}
