@@ -110,7 +110,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .clone();
     reset_peak_rss();
     let started = Instant::now();
-    let (states, read) = replay_all::<Account>(feed.as_ref(), &schema, 8192).await?;
+    let (states, read) = replay_all::<Account>(feed.as_ref(), &schema, 1024).await?;
     let replay_secs = started.elapsed().as_secs_f64();
     let replay_peak = peak_rss();
     store.close();

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{
     AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
-    IdempotencyRecord, Metadata, ModelRef, RawEvent, ReadModelStore, ReadRange, Snapshot,
+    IdempotencyRecord, Metadata, ModelRef, RawBatch, RawEvent, ReadModelStore, ReadRange, Snapshot,
     SnapshotStore, StoreError, StreamId,
 };
 use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
@@ -102,8 +102,9 @@ pub struct EmbeddedStore {
 
 fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
     c.busy_timeout(Duration::from_secs(10))?;
+    // Readers keep a small page cache: every commit by the writer invalidates it anyway.
     c.execute_batch(
-        "PRAGMA synchronous = FULL; PRAGMA cache_size = -65536; PRAGMA temp_store = MEMORY;",
+        "PRAGMA synchronous = FULL; PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY;",
     )
 }
 
@@ -118,8 +119,8 @@ impl EmbeddedStore {
             .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
         init_connection(&mut conn).map_err(backend)?;
         // Fewer, larger checkpoints: hot index pages are copied once per checkpoint, not
-        // once per thousand pages written.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 8192;")
+        // once per thousand pages written. The writer's cache holds the hot index pages.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 8192; PRAGMA cache_size = -65536;")
             .map_err(backend)?;
         // WAL: readers never block the writer; FULL: a commit is on disk before it is answered.
         let mode: String = conn
@@ -225,22 +226,108 @@ fn event_from_row(row: &Row<'_>) -> Result<(u64, EventEnvelope), StoreError> {
     Ok((position as u64, env))
 }
 
-fn raw_event_from_row(row: &Row<'_>) -> Result<RawEvent, StoreError> {
-    let text = |i: usize| -> Result<String, StoreError> {
+fn push_raw_event(batch: &mut RawBatch, row: &Row<'_>) -> Result<(), StoreError> {
+    let text = |i: usize| -> Result<&str, StoreError> {
         row.get_ref(i)
             .and_then(|v| v.as_str().map_err(Into::into))
-            .map(str::to_owned)
             .map_err(backend)
     };
     let version: i64 = row.get(1).map_err(backend)?;
     let schema_version: i64 = row.get(3).map_err(backend)?;
-    Ok(RawEvent {
+    batch.push(RawEvent {
         aggregate_id: text(0)?,
         version: version as u64,
         event_type: text(2)?,
         schema_version: u32::try_from(schema_version).map_err(|e| corrupt("schema_version", e))?,
         data: text(4)?,
-    })
+    });
+    Ok(())
+}
+
+/// Reads the feed up to its current head in two halves at once: this thread streams the first
+/// half to the consumer while a second thread reads the second half ahead (buffered), so
+/// reading, which costs more than folding, uses both cores.
+fn replay_halves(
+    pool: &r2d2::Pool<SqliteConnectionManager>,
+    aggregate_type: &str,
+    batch: usize,
+    tx: &tokio::sync::mpsc::Sender<Result<RawBatch, StoreError>>,
+) -> Result<(), StoreError> {
+    let conn = pool.get().map_err(backend)?;
+    let head: i64 = conn
+        .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
+            r.get(0)
+        })
+        .map_err(backend)?;
+    let mid = head / 2;
+    let (ahead_tx, ahead_rx) = std::sync::mpsc::channel::<Result<RawBatch, StoreError>>();
+    let ahead = {
+        let pool = pool.clone();
+        let aggregate_type = aggregate_type.to_owned();
+        std::thread::Builder::new()
+            .name("chronicle-replay".into())
+            .spawn(move || {
+                let r = pool.get().map_err(backend).and_then(|conn| {
+                    read_raw_range(&conn, &aggregate_type, mid, head, batch, |b| {
+                        ahead_tx.send(Ok(b)).is_ok()
+                    })
+                });
+                if let Err(e) = r {
+                    let _ = ahead_tx.send(Err(e));
+                }
+            })
+            .map_err(backend)?
+    };
+    let mut open = true;
+    read_raw_range(&conn, aggregate_type, 0, mid, batch, |b| {
+        open = tx.blocking_send(Ok(b)).is_ok();
+        open
+    })?;
+    drop(conn);
+    if open {
+        for b in ahead_rx.iter() {
+            if tx.blocking_send(b).is_err() {
+                break;
+            }
+        }
+    }
+    drop(ahead_rx); // stops the second reader if the consumer went away
+    let _ = ahead.join();
+    Ok(())
+}
+
+/// Raw events of one type with positions in `(after, to]`, in order, in batches; stops early
+/// when `send` returns false.
+fn read_raw_range(
+    conn: &Connection,
+    aggregate_type: &str,
+    after: i64,
+    to: i64,
+    batch: usize,
+    mut send: impl FnMut(RawBatch) -> bool,
+) -> Result<(), StoreError> {
+    // `+` keeps the planner on position order; the stream index would need a sort.
+    let mut stmt = conn
+        .prepare(
+            "SELECT aggregate_id, version, event_type, schema_version, data FROM events \
+             WHERE position > ?1 AND position <= ?2 AND +aggregate_type = ?3 ORDER BY position",
+        )
+        .map_err(backend)?;
+    let mut rows = stmt
+        .query(params![after, to, aggregate_type])
+        .map_err(backend)?;
+    let mut out = RawBatch::with_capacity(batch);
+    while let Some(row) = rows.next().map_err(backend)? {
+        push_raw_event(&mut out, row)?;
+        if out.len() == batch && !send(std::mem::replace(&mut out, RawBatch::with_capacity(batch)))
+        {
+            return Ok(());
+        }
+    }
+    if !out.is_empty() {
+        send(out);
+    }
+    Ok(())
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -540,8 +627,8 @@ impl EventFeed for EmbeddedStore {
         &self,
         aggregate_type: &str,
         batch: usize,
-    ) -> tokio::sync::mpsc::Receiver<Result<Vec<RawEvent>, StoreError>> {
-        // A few batches in flight keep the reader thread and the consumer both busy.
+    ) -> tokio::sync::mpsc::Receiver<Result<RawBatch, StoreError>> {
+        // A few batches in flight keep the readers and the consumer all busy.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let pool = self.readers.clone();
         let aggregate_type = aggregate_type.to_owned();
@@ -549,34 +636,8 @@ impl EventFeed for EmbeddedStore {
         let spawned = std::thread::Builder::new()
             .name("chronicle-replay".into())
             .spawn(move || {
-                let send = |r| tx.blocking_send(r).is_ok();
-                let result = (|| -> Result<(), StoreError> {
-                    let conn = pool.get().map_err(backend)?;
-                    // `+` keeps the planner on position order; the stream index would need a
-                    // sort of the whole table.
-                    let mut stmt = conn
-                        .prepare(
-                            "SELECT aggregate_id, version, event_type, schema_version, data \
-                             FROM events WHERE +aggregate_type = ?1 ORDER BY position",
-                        )
-                        .map_err(backend)?;
-                    let mut rows = stmt.query([&aggregate_type]).map_err(backend)?;
-                    let mut out = Vec::with_capacity(batch);
-                    while let Some(row) = rows.next().map_err(backend)? {
-                        out.push(raw_event_from_row(row)?);
-                        if out.len() == batch
-                            && !send(Ok(std::mem::replace(&mut out, Vec::with_capacity(batch))))
-                        {
-                            return Ok(()); // the consumer went away
-                        }
-                    }
-                    if !out.is_empty() {
-                        send(Ok(out));
-                    }
-                    Ok(())
-                })();
-                if let Err(e) = result {
-                    send(Err(e));
+                if let Err(e) = replay_halves(&pool, &aggregate_type, batch, &tx) {
+                    let _ = tx.blocking_send(Err(e));
                 }
             });
         if let Err(e) = spawned {
