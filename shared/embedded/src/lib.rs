@@ -378,7 +378,9 @@ fn append_one(conn: &Connection, req: &AppendRequest, row: &EventRow) -> Result<
     let e = &req.events[0];
     let inserted = conn
         .prepare_cached(&format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) \
+            // OR FAIL: a one-row insert fails before changing anything, so SQLite can skip
+            // the statement journal it would keep for OR ABORT.
+            "INSERT OR FAIL INTO events ({EVENT_COLUMNS}) \
              SELECT NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
              WHERE (SELECT COALESCE(MAX(version), 0) FROM events \
                     WHERE aggregate_type = ?2 AND aggregate_id = ?3) = ?10"
