@@ -77,6 +77,9 @@ CREATE TABLE IF NOT EXISTS read_model_index (
     key        TEXT    NOT NULL,
     PRIMARY KEY (projection, generation, field, value, key)
 ) WITHOUT ROWID;
+-- A document's index entries are replaced on every write: find them by key, not by scan.
+CREATE INDEX IF NOT EXISTS read_model_index_by_key
+    ON read_model_index (projection, generation, key);
 CREATE TABLE IF NOT EXISTS projections (
     projection        TEXT PRIMARY KEY,
     active_generation INTEGER NOT NULL

@@ -94,7 +94,22 @@ pub struct ProjectionRunner {
     projection: Arc<dyn Projection>,
     schema: Arc<EventSchema>,
     pub batch_size: usize,
+    /// Documents as this runner last wrote them, so a step reads the store only for
+    /// aggregates it hasn't seen.
+    cache: std::sync::Mutex<DocCache>,
 }
+
+#[derive(Default)]
+struct DocCache {
+    generation: u64,
+    docs: HashMap<String, Doc>,
+}
+
+/// Most documents the runner keeps in memory; past it the cache starts over.
+const DOC_CACHE_CAPACITY: usize = 200_000;
+/// Feed events per step while rebuilding: larger batches fold many events of an aggregate
+/// into one document write.
+const REBUILD_BATCH: usize = 20_000;
 
 impl ProjectionRunner {
     pub fn new(
@@ -109,6 +124,7 @@ impl ProjectionRunner {
             projection,
             schema,
             batch_size: 1000,
+            cache: std::sync::Mutex::new(DocCache::default()),
         }
     }
 
@@ -119,9 +135,13 @@ impl ProjectionRunner {
     /// Reads the next batch after the model's checkpoint and applies it, atomically with the
     /// new checkpoint.
     pub async fn step(&self, generation: u64) -> Result<Step, ProjectionError> {
+        self.step_with(generation, self.batch_size).await
+    }
+
+    async fn step_with(&self, generation: u64, batch_size: usize) -> Result<Step, ProjectionError> {
         let model = ModelRef::generation(self.projection.name(), generation);
         let after = self.store.checkpoint(&model).await?;
-        let batch = self.feed.read_feed(after, self.batch_size).await?;
+        let batch = self.feed.read_feed(after, batch_size).await?;
         let Some(last) = batch.last().map(|f| f.position) else {
             return Ok(Step {
                 read: 0,
@@ -129,64 +149,92 @@ impl ProjectionRunner {
                 position: after,
             });
         };
-        let mut docs: HashMap<String, Option<Doc>> = HashMap::new();
-        let mut dirty: Vec<String> = Vec::new();
-        for fe in &batch {
-            let ev = &fe.event;
+        let read = batch.len();
+        // Per aggregate: its document as of this step, and whether the step changed it.
+        let mut docs: HashMap<String, (Option<Doc>, bool)> = HashMap::new();
+        for fe in batch {
+            let ev = fe.event;
             if ev.aggregate_type != self.projection.aggregate_type() {
                 continue;
             }
             if !docs.contains_key(&ev.aggregate_id) {
-                let doc = self.store.get(&model, &ev.aggregate_id).await?;
-                docs.insert(ev.aggregate_id.clone(), doc);
+                // A cached document is trusted only if this event continues it (or repeats
+                // it): if another runner moved the model on, read what it wrote.
+                let cached = self
+                    .cached(generation, &ev.aggregate_id)
+                    .filter(|d| ev.version <= d.version + 1);
+                let doc = match cached {
+                    Some(d) => Some(d),
+                    None => self.store.get(&model, &ev.aggregate_id).await?,
+                };
+                docs.insert(ev.aggregate_id.clone(), (doc, false));
             }
-            let slot = docs.get_mut(&ev.aggregate_id).expect("inserted above");
+            let (slot, changed) = docs.get_mut(&ev.aggregate_id).expect("inserted above");
             let applied = slot.as_ref().map_or(0, |d| d.version);
             if ev.version <= applied {
                 continue; // seen already: a replay or a duplicate
             }
+            let (version, key) = (ev.version, ev.aggregate_id.clone());
+            let stream = format!("{}/{}", ev.aggregate_type, ev.aggregate_id);
             let fail = |reason: String| ProjectionError::Event {
                 projection: self.projection.name().to_owned(),
                 position: fe.position,
-                stream: ev.stream().to_string(),
-                version: ev.version,
+                stream: stream.clone(),
+                version,
                 reason,
             };
             let upcast = self
                 .schema
-                .upcast(ev.clone())
+                .upcast(ev)
                 .map_err(|e: UpcastError| fail(e.to_string()))?;
             let body = self
                 .projection
                 .apply(slot.as_ref().map(|d| &d.body), &upcast)
                 .map_err(fail)?;
-            if slot.is_none() || !dirty.contains(&ev.aggregate_id) {
-                dirty.push(ev.aggregate_id.clone());
-            }
-            *slot = Some(Doc {
-                key: ev.aggregate_id.clone(),
-                version: ev.version,
-                body,
-            });
+            *slot = Some(Doc { key, version, body });
+            *changed = true;
         }
-        dirty.sort();
-        dirty.dedup();
-        let writes: Vec<DocWrite> = dirty
-            .into_iter()
-            .filter_map(|k| docs.remove(&k).flatten())
+        let changed: Vec<Doc> = docs
+            .into_values()
+            .filter_map(|(doc, changed)| doc.filter(|_| changed))
+            .collect();
+        let writes: Vec<DocWrite> = changed
+            .iter()
             .map(|d| DocWrite {
                 index: index_values(self.projection.indexes(), &d.body),
-                key: d.key,
+                key: d.key.clone(),
                 version: d.version,
-                body: d.body,
+                body: d.body.clone(),
             })
             .collect();
         let written = self.store.apply(&model, writes, Some(last)).await?;
+        self.remember(generation, changed);
         Ok(Step {
-            read: batch.len(),
+            read,
             written,
             position: last,
         })
+    }
+
+    fn cached(&self, generation: u64, key: &str) -> Option<Doc> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != generation {
+            return None;
+        }
+        cache.docs.get(key).cloned()
+    }
+
+    /// Caches documents once they are stored (never before: a failed apply must not leave
+    /// the cache ahead of the store).
+    fn remember(&self, generation: u64, docs: Vec<Doc>) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation != generation || cache.docs.len() + docs.len() > DOC_CACHE_CAPACITY {
+            cache.docs.clear();
+            cache.generation = generation;
+        }
+        for d in docs {
+            cache.docs.insert(d.key.clone(), d);
+        }
     }
 
     /// Follows the feed until `shutdown` resolves, writing to whichever generation is active.
@@ -239,7 +287,7 @@ impl ProjectionRunner {
         self.store.drop_generation(name, generation).await?;
         loop {
             let head = self.feed.feed_head().await?;
-            let step = self.step(generation).await?;
+            let step = self.step_with(generation, REBUILD_BATCH).await?;
             progress(step.position, head.max(step.position));
             if step.read == 0 {
                 break;
