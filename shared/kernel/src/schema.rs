@@ -2,7 +2,8 @@
 
 use crate::envelope::EventEnvelope;
 use serde_json::Value;
-use std::collections::HashMap;
+// Fx: these maps are probed once per event on replay, with short trusted keys.
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 /// Turns the data of one schema version into the next one (`from` -> `from + 1`).
