@@ -169,8 +169,13 @@ impl EmbeddedStore {
         init_connection(&mut conn).map_err(backend)?;
         // Checkpoints run on their own thread (see `Checkpointer`); the writer checkpoints
         // only as a backstop if the WAL passes 256 MiB. Its cache holds the hot index pages.
-        conn.execute_batch("PRAGMA wal_autocheckpoint = 65536; PRAGMA cache_size = -65536;")
-            .map_err(backend)?;
+        // NORMAL: the writer does not fsync at commit; its syncer thread does, before any
+        // caller hears of the commit (see writer.rs).
+        conn.execute_batch(
+            "PRAGMA wal_autocheckpoint = 65536; PRAGMA cache_size = -65536; \
+             PRAGMA synchronous = NORMAL;",
+        )
+        .map_err(backend)?;
         // WAL: readers never block the writer; FULL: a commit is on disk before it is answered.
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -195,7 +200,7 @@ impl EmbeddedStore {
             .map_err(backend)?;
         Ok(Arc::new(Self {
             dir,
-            writer: Writer::spawn(conn, head.clone()),
+            writer: Writer::spawn(conn, wal_path(&path), head.clone()),
             checkpointer: Checkpointer::spawn(&path)?,
             readers,
             head,
@@ -247,6 +252,13 @@ impl EmbeddedStore {
         }
         Ok(n)
     }
+}
+
+/// SQLite's write-ahead log beside the database file.
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
 }
 
 fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
