@@ -231,27 +231,6 @@ impl EmbeddedStore {
         .await
         .map_err(backend)?
     }
-
-    /// Reads every stored event in feed order, calling `f` on each; for bulk replay.
-    pub fn scan_events(
-        &self,
-        mut f: impl FnMut(u64, EventEnvelope) -> Result<(), StoreError>,
-    ) -> Result<u64, StoreError> {
-        let conn = self.readers.get().map_err(backend)?;
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events ORDER BY position"
-            ))
-            .map_err(backend)?;
-        let mut rows = stmt.query([]).map_err(backend)?;
-        let mut n = 0;
-        while let Some(row) = rows.next().map_err(backend)? {
-            let (pos, env) = event_from_row(row)?;
-            f(pos, env)?;
-            n += 1;
-        }
-        Ok(n)
-    }
 }
 
 /// SQLite's write-ahead log beside the database file.
@@ -436,41 +415,57 @@ fn encode_rows(req: &AppendRequest) -> Result<Vec<EventRow>, AppendError> {
         .collect()
 }
 
-/// Appends a single event with the version check in the same statement.
-fn append_one(conn: &Connection, req: &AppendRequest, row: &EventRow) -> Result<(), AppendError> {
-    let e = &req.events[0];
-    let inserted = conn
-        .prepare_cached(&format!(
-            // OR FAIL: a one-row insert fails before changing anything, so SQLite can skip
-            // the statement journal it would keep for OR ABORT.
-            "INSERT OR FAIL INTO events ({EVENT_COLUMNS}) \
-             SELECT NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
-             WHERE (SELECT COALESCE(MAX(version), 0) FROM events \
-                    WHERE aggregate_type = ?2 AND aggregate_id = ?3) = ?10"
-        ))
-        .and_then(|mut s| {
-            s.execute(params![
-                row.event_id,
-                e.aggregate_type,
-                e.aggregate_id,
-                to_i64(e.version),
-                e.event_type,
-                e.schema_version,
-                row.data,
-                row.metadata,
-                row.recorded_at,
-                to_i64(req.expected_version),
-            ])
-        })
-        .map_err(backend)?;
-    if inserted == 1 {
-        return Ok(());
-    }
-    Err(AppendError::Conflict {
-        stream: req.stream.to_string(),
-        expected: req.expected_version,
-        actual: current_version(conn, &req.stream)?,
+/// Inserts one event if its stream is at `expected`, checked in the same statement;
+/// false (and nothing stored) if it is not.
+fn insert_event(
+    conn: &Connection,
+    e: &EventEnvelope,
+    row: &EventRow,
+    expected: u64,
+) -> Result<bool, StoreError> {
+    conn.prepare_cached(&format!(
+        // OR FAIL: a one-row insert fails before changing anything, so SQLite can skip
+        // the statement journal it would keep for OR ABORT.
+        "INSERT OR FAIL INTO events ({EVENT_COLUMNS}) \
+         SELECT NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
+         WHERE (SELECT COALESCE(MAX(version), 0) FROM events \
+                WHERE aggregate_type = ?2 AND aggregate_id = ?3) = ?10"
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            row.event_id,
+            e.aggregate_type,
+            e.aggregate_id,
+            to_i64(e.version),
+            e.event_type,
+            e.schema_version,
+            row.data,
+            row.metadata,
+            row.recorded_at,
+            to_i64(expected),
+        ])
     })
+    .map(|n| n == 1)
+    .map_err(backend)
+}
+
+fn conflict(conn: &Connection, req: &AppendRequest) -> AppendError {
+    match current_version(conn, &req.stream) {
+        Ok(actual) => AppendError::Conflict {
+            stream: req.stream.to_string(),
+            expected: req.expected_version,
+            actual,
+        },
+        Err(e) => e.into(),
+    }
+}
+
+/// Appends a single event: one statement, atomic without a savepoint.
+fn append_one(conn: &Connection, req: &AppendRequest, row: &EventRow) -> Result<(), AppendError> {
+    match insert_event(conn, &req.events[0], row, req.expected_version)? {
+        true => Ok(()),
+        false => Err(conflict(conn, req)),
+    }
 }
 
 fn current_version(conn: &Connection, stream: &StreamId) -> Result<u64, StoreError> {
@@ -488,7 +483,6 @@ fn current_version(conn: &Connection, stream: &StreamId) -> Result<u64, StoreErr
 }
 
 fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Result<(), AppendError> {
-    let stream = &req.stream;
     if let Some(idem) = &req.idempotency {
         let taken = conn
             .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
@@ -498,33 +492,11 @@ fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Resul
             return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
         }
     }
-    let actual = current_version(conn, stream)?;
-    if actual != req.expected_version {
-        return Err(AppendError::Conflict {
-            stream: stream.to_string(),
-            expected: req.expected_version,
-            actual,
-        });
-    }
-    let mut insert = conn
-        .prepare_cached(&format!(
-            "INSERT INTO events ({EVENT_COLUMNS}) VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-        ))
-        .map_err(backend)?;
-    for (e, row) in req.events.iter().zip(rows) {
-        insert
-            .execute(params![
-                row.event_id,
-                e.aggregate_type,
-                e.aggregate_id,
-                to_i64(e.version),
-                e.event_type,
-                e.schema_version,
-                row.data,
-                row.metadata,
-                row.recorded_at,
-            ])
-            .map_err(backend)?;
+    // Runs in a savepoint: a conflict at any event undoes the ones before it.
+    for (i, (e, row)) in req.events.iter().zip(rows).enumerate() {
+        if !insert_event(conn, e, row, req.expected_version + i as u64)? {
+            return Err(conflict(conn, req));
+        }
     }
     if let Some(idem) = &req.idempotency {
         conn.prepare_cached(

@@ -145,12 +145,6 @@ fn not_found(aggregate_type: &str, id: &str) -> Error {
     Error::not_found("not_found", format!("{aggregate_type}/{id} does not exist"))
 }
 
-/// A list read model served at `GET /{aggregate_type}?{field}={value}`.
-#[derive(Clone)]
-pub struct ListModel {
-    pub projection: Arc<dyn Projection>,
-}
-
 /// Everything registered: aggregate services, projections and the ports they run on.
 #[derive(Clone)]
 pub struct Chronicle {
