@@ -674,6 +674,76 @@ pub async fn event_feed_contract<S: EventStore + EventFeed>(store: Arc<S>) {
     feed_head_is_last_position(&*store).await;
     feed_wait_wakes_on_append(store.clone()).await;
     feed_wait_times_out(&*store).await;
+    feed_replay_raw(&*store).await;
+}
+
+/// `replay_raw(type, batch)` yields every event of that type exactly as stored, in feed order
+/// (so per stream in version order), in batches of at most `batch`, and nothing of other types.
+pub async fn feed_replay_raw<S: EventStore + EventFeed + ?Sized>(store: &S) {
+    const CTX: &str = "EventFeed replay_raw";
+    // A type of its own, so a shared store's other events don't show up.
+    let aggregate_type = unique("ReplayType");
+    let streams: Vec<StreamId> = (0..3)
+        .map(|_| StreamId::new(aggregate_type.clone(), unique("r")))
+        .collect();
+    let other = new_stream();
+    let mut expected: Vec<EventEnvelope> = Vec::new();
+    // Interleave the streams so feed order differs from stream order.
+    for round in 0..4u64 {
+        for stream in &streams {
+            let evs = events(stream, round * 2, 2);
+            ok(
+                store.append(request(stream, round * 2, evs.clone())).await,
+                &format!("{CTX}: append {stream} round {round}"),
+            );
+            expected.extend(evs);
+        }
+        ok(
+            store
+                .append(request(&other, round, events(&other, round, 1)))
+                .await,
+            &format!("{CTX}: append to another type"),
+        );
+    }
+    for batch in [1usize, 5, 1000] {
+        let mut rx = store.replay_raw(&aggregate_type, batch);
+        let mut got: Vec<(String, u64, String, u32, Value)> = Vec::new();
+        while let Some(b) = rx.recv().await {
+            let b = ok(b, &format!("{CTX}: batch of {batch}"));
+            assert!(
+                !b.is_empty() && b.len() <= batch,
+                "{CTX}: a batch of {} events with batch size {batch}",
+                b.len()
+            );
+            for e in b.iter() {
+                let data: Value = serde_json::from_str(e.data)
+                    .unwrap_or_else(|err| panic!("{CTX}: data is not JSON ({err}): {}", e.data));
+                got.push((
+                    e.aggregate_id.to_owned(),
+                    e.version,
+                    e.event_type.to_owned(),
+                    e.schema_version,
+                    data,
+                ));
+            }
+        }
+        let want: Vec<(String, u64, String, u32, Value)> = expected
+            .iter()
+            .map(|e| {
+                (
+                    e.aggregate_id.clone(),
+                    e.version,
+                    e.event_type.clone(),
+                    e.schema_version,
+                    e.data.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got, want,
+            "{CTX}: batch size {batch}: every event, as stored, in feed order"
+        );
+    }
 }
 
 /// Reads the feed after `after` in pages of `page` until a page is empty or reaches `until`,
