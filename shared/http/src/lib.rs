@@ -35,6 +35,9 @@ pub fn router(chronicle: Chronicle) -> Router {
         .route("/{aggregate_type}/{id}/commands", post(command))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // One span per request (method, path); responses with status and latency at DEBUG:
+        // `RUST_LOG=tower_http=debug` turns them on.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(chronicle)
 }
 
