@@ -271,6 +271,53 @@ async fn concurrent_idempotent_repeats_store_one_event() {
     assert_eq!(server.consistent(id).await.body["balance"], 77);
 }
 
+/// Repeats of a command that only succeeds once (it empties the account) must all get the
+/// first answer, not a refusal decided on the state the first one left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_repeats_of_a_one_time_command_all_get_its_answer() {
+    let server = Server::start().await;
+    for (id, command) in [
+        ("drain", json!({"type": "Withdraw", "amount": 100})),
+        ("shut", json!({"type": "Close"})),
+    ] {
+        open(&server, id).await;
+        server
+            .command(id, json!({"type": "Deposit", "amount": 100}), &[])
+            .await
+            .expect_status(200);
+        let key = format!("once-{id}");
+        let replies = all_at_once(&server, id, |_| {
+            (
+                command.clone(),
+                vec![("Idempotency-Key".into(), key.clone())],
+            )
+        })
+        .await;
+        for r in &replies {
+            r.expect_status(200);
+            assert_eq!(
+                r.body, replies[0].body,
+                "{id}: every repeat gets the same answer"
+            );
+        }
+        let history = check_stream(&server, id).await;
+        assert_eq!(history.len(), 3, "{id}: exactly one event stored");
+    }
+    // The same for a first command: one Open, and every repeat sees it.
+    let replies = all_at_once(&server, "born", |_| {
+        (
+            json!({"type": "Open", "owner": "twin"}),
+            vec![("Idempotency-Key".into(), "open-born".into())],
+        )
+    })
+    .await;
+    for r in &replies {
+        r.expect_status(200);
+        assert_eq!(r.body, replies[0].body);
+    }
+    assert_eq!(check_stream(&server, "born").await.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_reuse_of_a_key_with_two_bodies_stores_one() {
     let server = Server::start().await;

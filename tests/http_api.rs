@@ -179,7 +179,7 @@ async fn history_pages_follow_next_from_version() {
         "the pages put together are the whole history"
     );
 
-    // limit=5 divides 10: the second page still points on, the third is empty and ends.
+    // limit=5 divides 10: the second page is the last and says so.
     let r = server.get(&format!("/accounts/{id}/events?limit=5")).await;
     assert_eq!(
         versions(r.body["events"].as_array().unwrap()),
@@ -193,13 +193,19 @@ async fn history_pages_follow_next_from_version() {
         versions(r.body["events"].as_array().unwrap()),
         vec![6, 7, 8, 9, 10]
     );
-    assert_eq!(r.body["next_from_version"], 11);
+    assert_eq!(r.body["next_from_version"], Value::Null);
+    // Past the end of an existing account: an empty page, not a 404.
     let r = server
         .get(&format!("/accounts/{id}/events?from_version=11&limit=5"))
         .await;
     r.expect_status(200);
     assert_eq!(r.body["events"], json!([]));
     assert_eq!(r.body["next_from_version"], Value::Null);
+    // Of an account that does not exist: 404 from any version.
+    server
+        .get("/accounts/never-opened/events?from_version=5")
+        .await
+        .expect_error(404, "not_found");
 
     // A page from the middle.
     let r = server
@@ -493,4 +499,12 @@ async fn commands_to_an_unopened_account_are_not_found() {
     assert_eq!(r.body["currency"], "USD");
     assert_eq!(r.body["balance"], 3);
     assert_eq!(r.body["version"], 2);
+}
+
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_a_json_400() {
+    let server = common::Server::start().await;
+    for path in ["/accounts/a%FF1", "/accounts/a%FF1/events", "/accounts/%C3"] {
+        server.get(path).await.expect_error(400, "invalid_path");
+    }
 }

@@ -587,6 +587,22 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let record = self.read_idempotency_record(key).await?;
+        if record.is_some() {
+            // A commit is readable a moment before its fsync: answer a repeat only once the
+            // original is durable, by waiting for a (no-op) write, which is answered after
+            // an fsync that covers every earlier commit.
+            self.writer.write_one(|_| Ok::<(), StoreError>(())).await?;
+        }
+        Ok(record)
+    }
+}
+
+impl EmbeddedStore {
+    async fn read_idempotency_record(
+        &self,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = key.to_owned();
         self.read(move |conn| {
             let row = conn

@@ -12,15 +12,18 @@
 use chronicle_kernel::StoreError;
 use r2d2_sqlite::rusqlite::Connection;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, watch};
 
 /// Most jobs in one transaction: bounds the latency a large group adds to its first job.
 const MAX_GROUP: usize = 512;
 
 trait Job: Send {
-    fn run(&mut self, conn: &Connection);
+    /// Runs the job in the open group transaction. False if the job may have left partial
+    /// writes behind (its savepoint could not be rolled back): the group must not commit.
+    fn run(&mut self, conn: &Connection) -> bool;
     fn finish(self: Box<Self>, commit: Result<(), StoreError>);
 }
 
@@ -38,29 +41,32 @@ where
     E: From<StoreError> + Send,
     F: FnOnce(&Connection) -> Result<T, E> + Send,
 {
-    fn run(&mut self, conn: &Connection) {
-        let Some(f) = self.f.take() else { return };
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(f) = self.f.take() else {
+            return true;
+        };
         if !self.savepoint {
             self.result = Some(f(conn));
-            return;
+            return true;
         }
         if let Err(e) = conn
             .prepare_cached("SAVEPOINT job")
             .and_then(|mut s| s.execute([]))
         {
             self.result = Some(Err(backend(e).into()));
-            return;
+            return true;
         }
         let r = f(conn);
-        let end = if r.is_ok() {
-            run_cached(conn, "RELEASE job")
-        } else {
-            run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job"))
-        };
-        self.result = Some(match end {
-            Ok(()) => r,
-            Err(e) => Err(backend(e).into()),
-        });
+        if r.is_ok() {
+            let released = run_cached(conn, "RELEASE job");
+            let sound = released.is_ok();
+            self.result = Some(released.map_err(|e| backend(e).into()).and(r));
+            return sound;
+        }
+        let undone =
+            run_cached(conn, "ROLLBACK TO job").and_then(|()| run_cached(conn, "RELEASE job"));
+        self.result = Some(r);
+        undone.is_ok()
     }
 
     fn finish(self: Box<Self>, commit: Result<(), StoreError>) {
@@ -170,24 +176,56 @@ impl Drop for Writer {
     }
 }
 
+/// Runs every job of a group in the open transaction and commits it. If SQLite rolled the
+/// whole transaction back under a job (disk full, I/O error), or a job's savepoint could not
+/// be undone, nothing of the group is kept and every job is told so: jobs after that point
+/// must not run in autocommit mode and be stored while reported failed.
+fn run_group(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+    for job in jobs.iter_mut() {
+        let sound = job.run(conn);
+        if !sound || conn.is_autocommit() {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            return Err(backend(
+                "the group transaction was rolled back (disk full or I/O error)",
+            ));
+        }
+    }
+    conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        backend(e)
+    })
+}
+
 /// A committed (or failed) group on its way to its callers, with the feed head after it.
 type Done = (Vec<Box<dyn Job>>, Result<(), StoreError>, Option<u64>);
 
 /// Makes committed groups durable and answers their callers.
-fn sync(done: mpsc::Receiver<Done>, wal: PathBuf, head: watch::Sender<u64>) {
+fn sync(
+    done: mpsc::Receiver<Done>,
+    wal: PathBuf,
+    head: watch::Sender<u64>,
+    poisoned: Arc<AtomicBool>,
+) {
     let mut file: Option<std::fs::File> = None;
+    // After a failed fsync the kernel may have dropped the pages it could not write, so a
+    // later fsync proves nothing: every later commit is refused until a restart recovers.
+    let mut failure: Option<StoreError> = None;
     while let Ok(first) = done.recv() {
         let mut groups = vec![first];
         while let Ok(more) = done.try_recv() {
             groups.push(more);
         }
-        let flushed = if groups.iter().any(|(_, commit, _)| commit.is_ok()) {
-            flush(&mut file, &wal)
-        } else {
-            Ok(())
+        let flushed = match &failure {
+            Some(e) => Err(e.clone()),
+            None if groups.iter().any(|(_, commit, _)| commit.is_ok()) => flush(&mut file, &wal),
+            None => Ok(()),
         };
-        if let Err(e) = &flushed {
-            tracing::error!(error = %e, "the write-ahead log could not be flushed");
+        if let (Err(e), None) = (&flushed, &failure) {
+            tracing::error!(error = %e, "the write-ahead log could not be flushed; refusing writes until restart");
+            poisoned.store(true, Ordering::SeqCst);
+            failure = Some(e.clone());
         }
         for (jobs, commit, position) in groups {
             let outcome = commit.and_then(|()| flushed.clone());
@@ -222,9 +260,11 @@ fn flush(file: &mut Option<std::fs::File>, wal: &PathBuf) -> Result<(), StoreErr
 
 fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, wal: PathBuf, head: watch::Sender<u64>) {
     let (done, done_rx) = mpsc::channel::<Done>();
+    let poisoned = Arc::new(AtomicBool::new(false));
+    let poison = poisoned.clone();
     let syncer = match std::thread::Builder::new()
         .name("chronicle-sync".into())
-        .spawn(move || sync(done_rx, wal, head))
+        .spawn(move || sync(done_rx, wal, head, poison))
     {
         Ok(t) => t,
         Err(e) => {
@@ -240,19 +280,14 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, wal: PathBuf, head: w
                 Err(_) => break,
             }
         }
-        let commit = match conn.execute_batch("BEGIN IMMEDIATE") {
-            Ok(()) => {
-                for job in jobs.iter_mut() {
-                    job.run(&conn);
-                }
-                match conn.execute_batch("COMMIT") {
-                    Ok(()) => Ok(()),
-                    Err(e) => {
-                        let _ = conn.execute_batch("ROLLBACK");
-                        Err(backend(e))
-                    }
-                }
+        if poisoned.load(Ordering::SeqCst) {
+            for job in jobs {
+                job.finish(Err(backend("an earlier fsync failed; restart the store")));
             }
+            continue;
+        }
+        let commit = match conn.execute_batch("BEGIN IMMEDIATE") {
+            Ok(()) => run_group(&conn, &mut jobs),
             Err(e) => Err(backend(e)),
         };
         if let Err(e) = &commit {

@@ -5,6 +5,7 @@
 //! `/{type}/{id}`, `/{type}/{id}/events` and `/{type}?field=value`.
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -77,9 +78,9 @@ impl From<Error> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Error::Schema(_) | Error::Decode(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Store(chronicle_kernel::StoreError::Invalid(_)) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Store(
+                chronicle_kernel::StoreError::Invalid(_) | chronicle_kernel::StoreError::Corrupt(_),
+            ) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
@@ -132,6 +133,12 @@ async fn method_not_allowed() -> ApiError {
         "method_not_allowed",
         "this route does not take that method",
     )
+}
+
+/// Path segments, or a JSON 400 (e.g. a percent-escape that is not UTF-8).
+fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    path.map(|Path(t)| t)
+        .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
 }
 
 fn service<'a>(
@@ -219,9 +226,10 @@ fn etag(version: u64) -> HeaderValue {
 
 async fn state(
     State(chronicle): State<Chronicle>,
-    Path((aggregate_type, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
+    let (aggregate_type, id) = path_params(path)?;
     let svc = service(&chronicle, &aggregate_type)?;
     validate_id(&id)?;
     let params = query_params(raw, &["consistent", "version"])?;
@@ -238,9 +246,10 @@ async fn state(
 
 async fn history(
     State(chronicle): State<Chronicle>,
-    Path((aggregate_type, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
+    let (aggregate_type, id) = path_params(path)?;
     let svc = service(&chronicle, &aggregate_type)?;
     validate_id(&id)?;
     let params = query_params(raw, &["from_version", "limit", "raw"])?;
@@ -259,18 +268,27 @@ async fn history(
         ));
     }
     let raw = parse_bool(&params, "raw")?;
-    let events = svc
-        .history(&id, ReadRange::from(from).limit(limit as usize), raw)
+    // One more than asked: a next page exists only if that one came back.
+    let mut events = svc
+        .history(&id, ReadRange::from(from).limit(limit as usize + 1), raw)
         .await?;
-    if events.is_empty() && from == 1 {
+    let next = if events.len() as u64 > limit {
+        events.truncate(limit as usize);
+        events.last().map(|last| last.version + 1)
+    } else {
+        None
+    };
+    if events.is_empty()
+        && (from == 1
+            || svc
+                .history(&id, ReadRange::all().limit(1), true)
+                .await?
+                .is_empty())
+    {
         return Err(
             Error::not_found("not_found", format!("{aggregate_type}/{id} does not exist")).into(),
         );
     }
-    let next = match events.last() {
-        Some(last) if events.len() as u64 == limit => Some(last.version + 1),
-        _ => None,
-    };
     Ok(Json(json!({
         "aggregate_id": id,
         "events": events,
@@ -281,9 +299,10 @@ async fn history(
 
 async fn list(
     State(chronicle): State<Chronicle>,
-    Path(aggregate_type): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
+    let aggregate_type = path_params(path)?;
     service(&chronicle, &aggregate_type)?;
     let raw = raw.unwrap_or_default();
     let mut params = serde_urlencoded_pairs(&raw)?;
@@ -394,11 +413,12 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 
 async fn command(
     State(chronicle): State<Chronicle>,
-    Path((aggregate_type, id)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
+    let (aggregate_type, id) = path_params(path)?;
     let svc = service(&chronicle, &aggregate_type)?;
     validate_id(&id)?;
     query_params(raw, &[])?;

@@ -254,11 +254,38 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
             }
             None => None,
         };
-        let stream = Self::stream(id);
-        let command_id = Uuid::new_v4();
         let stripe = &self.stripes[stripe_of(id)];
         let _turn = stripe.lock().await;
+        let (Some(key), Some(fp)) = (&opts.idempotency_key, &fingerprint) else {
+            return self.run(id, &command, &opts, None).await;
+        };
+        // A twin with the same key may have finished while this one waited for its turn: its
+        // answer is the answer, not a decision on the state it left behind.
+        if let Some(done) = self.replay_idempotent(key, fp).await? {
+            return Ok(done);
+        }
+        match self.run(id, &command, &opts, Some(fp)).await {
+            // The same for a twin in another process, which the turn doesn't order.
+            Err(e @ (Error::Conflict { .. } | Error::Rejected { .. } | Error::NotFound { .. })) => {
+                match self.replay_idempotent(key, fp).await? {
+                    Some(done) => Ok(done),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
 
+    /// Loads, decides and appends, retrying conflicts when the client gave no expected version.
+    async fn run(
+        &self,
+        id: &str,
+        command: &A::Command,
+        opts: &CommandOptions,
+        fingerprint: Option<&String>,
+    ) -> Result<CommandOutcome, Error> {
+        let stream = Self::stream(id);
+        let command_id = Uuid::new_v4();
         let mut attempt = 0;
         let mut trust_cache = true;
         loop {
@@ -287,7 +314,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                     });
                 }
             }
-            let decided = state.decide(&command).map_err(domain_error)?;
+            let decided = state.decide(command).map_err(domain_error)?;
             if decided.len() > self.config.max_events_per_command {
                 return Err(Error::Rejected {
                     code: "too_many_events",
@@ -339,7 +366,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                     replayed: false,
                 });
             }
-            let idempotency = match (&opts.idempotency_key, &fingerprint) {
+            let idempotency = match (&opts.idempotency_key, fingerprint) {
                 (Some(key), Some(fp)) => Some(IdempotencyRecord {
                     key: key.clone(),
                     fingerprint: fp.clone(),
@@ -382,7 +409,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 }
                 Err(AppendError::DuplicateIdempotencyKey(key)) => {
                     // A concurrent twin committed first: answer as it did.
-                    let fp = fingerprint.as_deref().unwrap_or_default();
+                    let fp = fingerprint.map(String::as_str).unwrap_or_default();
                     return match self.replay_idempotent(&key, fp).await? {
                         Some(done) => Ok(done),
                         None => Err(StoreError::Corrupt(format!(

@@ -60,6 +60,7 @@ impl Error {
             Error::Schema(_) => "schema_error",
             Error::Decode(_) => "decode_error",
             Error::Store(StoreError::Invalid(_)) => "store_refused",
+            Error::Store(StoreError::Corrupt(_)) => "store_corrupt",
             Error::Store(_) => "store_unavailable",
         }
     }
