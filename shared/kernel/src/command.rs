@@ -147,7 +147,8 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
             let (_, event) = self.decode(env)?;
             state.evolve(&event);
         }
-        if max_version.is_none() {
+        // Streams without events aren't cached: reads of made-up ids must not evict real ones.
+        if max_version.is_none() && version > 0 {
             self.cache_put(id, version, &state);
         }
         Ok((state, version))
