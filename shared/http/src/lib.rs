@@ -141,6 +141,17 @@ fn path_params<T>(path: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))
 }
 
+/// `/{aggregate_type}/{id}/...`: the registered aggregate and a valid id, or the API error.
+fn aggregate_route(
+    chronicle: &Chronicle,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(Arc<dyn AggregateService>, String), ApiError> {
+    let (aggregate_type, id) = path_params(path)?;
+    let svc = service(chronicle, &aggregate_type)?.clone();
+    validate_id(&id)?;
+    Ok((svc, id))
+}
+
 fn service<'a>(
     chronicle: &'a Chronicle,
     aggregate_type: &str,
@@ -229,9 +240,7 @@ async fn state(
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let (aggregate_type, id) = path_params(path)?;
-    let svc = service(&chronicle, &aggregate_type)?;
-    validate_id(&id)?;
+    let (svc, id) = aggregate_route(&chronicle, path)?;
     let params = query_params(raw, &["consistent", "version"])?;
     let version = parse_u64(&params, "version")?;
     let view = if version.is_some() || parse_bool(&params, "consistent")? {
@@ -249,9 +258,7 @@ async fn history(
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
-    let (aggregate_type, id) = path_params(path)?;
-    let svc = service(&chronicle, &aggregate_type)?;
-    validate_id(&id)?;
+    let (svc, id) = aggregate_route(&chronicle, path)?;
     let params = query_params(raw, &["from_version", "limit", "raw"])?;
     let from = parse_u64(&params, "from_version")?.unwrap_or(1);
     if from == 0 {
@@ -285,9 +292,11 @@ async fn history(
                 .await?
                 .is_empty())
     {
-        return Err(
-            Error::not_found("not_found", format!("{aggregate_type}/{id} does not exist")).into(),
-        );
+        return Err(Error::not_found(
+            "not_found",
+            format!("{}/{id} does not exist", svc.aggregate_type()),
+        )
+        .into());
     }
     Ok(Json(json!({
         "aggregate_id": id,
@@ -418,9 +427,7 @@ async fn command(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let (aggregate_type, id) = path_params(path)?;
-    let svc = service(&chronicle, &aggregate_type)?;
-    validate_id(&id)?;
+    let (svc, id) = aggregate_route(&chronicle, path)?;
     query_params(raw, &[])?;
     let opts = command_options(&headers)?;
     let bytes = read_body(&headers, body).await?;
