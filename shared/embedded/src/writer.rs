@@ -82,8 +82,13 @@ where
     }
 }
 
+/// Jobs waiting for the writer; past this, callers wait (backpressure, bounded memory).
+const QUEUE: usize = 4096;
+
+type Queue = tokio::sync::mpsc::Sender<Box<dyn Job>>;
+
 pub(crate) struct Writer {
-    tx: Mutex<Option<mpsc::Sender<Box<dyn Job>>>>,
+    tx: Mutex<Option<Queue>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -101,7 +106,7 @@ impl Writer {
     /// Starts the writer thread. `wal` is the database's write-ahead log, which the syncer
     /// flushes; after every durable commit `head` gets the feed's newest position.
     pub(crate) fn spawn(conn: Connection, wal: PathBuf, head: watch::Sender<u64>) -> Self {
-        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Box<dyn Job>>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("chronicle-writer".into())
             .spawn(move || run(conn, rx, wal, head))
@@ -147,12 +152,10 @@ impl Writer {
             result: None,
             reply,
         });
-        let sent = {
-            let guard = self.tx.lock().unwrap_or_else(|p| p.into_inner());
-            match guard.as_ref() {
-                Some(tx) => tx.send(job).is_ok(),
-                None => false,
-            }
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let sent = match tx {
+            Some(tx) => tx.send(job).await.is_ok(),
+            None => false,
         };
         if !sent {
             return Err(StoreError::Backend("the store is closed".into()).into());
@@ -258,7 +261,12 @@ fn flush(file: &mut Option<std::fs::File>, wal: &PathBuf) -> Result<(), StoreErr
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, wal: PathBuf, head: watch::Sender<u64>) {
+fn run(
+    conn: Connection,
+    mut rx: tokio::sync::mpsc::Receiver<Box<dyn Job>>,
+    wal: PathBuf,
+    head: watch::Sender<u64>,
+) {
     let (done, done_rx) = mpsc::channel::<Done>();
     let poisoned = Arc::new(AtomicBool::new(false));
     let poison = poisoned.clone();
@@ -272,7 +280,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>, wal: PathBuf, head: w
             return;
         }
     };
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
