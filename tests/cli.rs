@@ -130,6 +130,14 @@ async fn rebuild_switches_a_live_server_to_a_fresh_read_model() {
         .eventually("/accounts/cli-3", |r| r.body["balance"] == 7)
         .await;
 
+    // A second rebuild moves on to generation 3 and still serves the same answers.
+    let (ok, out, err) = chronicle(dir.path(), &["rebuild", "accounts_by_owner"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("generation 3"), "{out}");
+    let r = server.get("/accounts?owner=eve").await;
+    assert_eq!(r.body["accounts"][0]["balance"], 7);
+    assert_eq!(r.body["accounts"].as_array().map(Vec::len), Some(1));
+
     let (ok, _, err) = chronicle(dir.path(), &["rebuild", "no_such_projection"]);
     assert!(!ok);
     assert!(

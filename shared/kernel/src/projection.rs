@@ -285,6 +285,11 @@ impl ProjectionRunner {
         let active = self.store.active_generation(name).await?;
         let generation = active + 1;
         self.store.drop_generation(name, generation).await?;
+        if active > 1 {
+            // A runner mid-step during the last switch may have written to the generation
+            // that switch dropped; clear it again.
+            self.store.drop_generation(name, active - 1).await?;
+        }
         loop {
             let head = self.feed.feed_head().await?;
             let step = self.step_with(generation, REBUILD_BATCH).await?;
