@@ -20,7 +20,7 @@ async fn store_with_fixture() -> (tempfile::TempDir, Arc<EmbeddedStore>, Chronic
     let store = EmbeddedStore::open(dir.path()).expect("store");
     let events = fixture();
     store
-        .append(AppendRequest {
+        .append(&AppendRequest {
             stream: StreamId::new("accounts", "legacy-1"),
             expected_version: 0,
             events,

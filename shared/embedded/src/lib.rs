@@ -376,17 +376,38 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// An event's columns, encoded.
+/// An append, encoded into owned column values on the caller's thread, so the writer thread
+/// only binds and runs SQL.
+struct Encoded {
+    stream: StreamId,
+    expected_version: u64,
+    rows: Vec<EventRow>,
+    idempotency: Option<IdempotencyRow>,
+}
+
+/// An event's columns (its stream's are in `Encoded`).
 struct EventRow {
     event_id: String,
+    version: i64,
+    event_type: String,
+    schema_version: u32,
     data: String,
     metadata: String,
     recorded_at: String,
 }
 
-fn encode_rows(req: &AppendRequest) -> Result<Vec<EventRow>, AppendError> {
+struct IdempotencyRow {
+    key: String,
+    stream: StreamId,
+    fingerprint: String,
+    response: String,
+    recorded_at: String,
+}
+
+fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
     let stream = &req.stream;
-    req.events
+    let rows = req
+        .events
         .iter()
         .enumerate()
         .map(|(i, e)| {
@@ -399,27 +420,44 @@ fn encode_rows(req: &AppendRequest) -> Result<Vec<EventRow>, AppendError> {
                     "event {} v{} does not continue {stream} at version {want}",
                     e.stream(),
                     e.version
-                ))
-                .into());
+                )));
             }
             if !e.data.is_object() {
-                return Err(StoreError::Invalid("event data must be a JSON object".into()).into());
+                return Err(StoreError::Invalid(
+                    "event data must be a JSON object".into(),
+                ));
             }
             Ok(EventRow {
                 event_id: e.event_id.to_string(),
+                version: to_i64(e.version),
+                event_type: e.event_type.clone(),
+                schema_version: e.schema_version,
                 data: e.data.to_string(),
                 metadata: serde_json::to_string(&e.metadata).map_err(backend)?,
                 recorded_at: format_timestamp(&e.recorded_at),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let idempotency = req.idempotency.as_ref().map(|i| IdempotencyRow {
+        key: i.key.clone(),
+        stream: i.stream.clone(),
+        fingerprint: i.fingerprint.clone(),
+        response: i.response.to_string(),
+        recorded_at: format_timestamp(&i.recorded_at),
+    });
+    Ok(Encoded {
+        stream: stream.clone(),
+        expected_version: req.expected_version,
+        rows,
+        idempotency,
+    })
 }
 
 /// Inserts one event if its stream is at `expected`, checked in the same statement;
 /// false (and nothing stored) if it is not.
 fn insert_event(
     conn: &Connection,
-    e: &EventEnvelope,
+    stream: &StreamId,
     row: &EventRow,
     expected: u64,
 ) -> Result<bool, StoreError> {
@@ -434,11 +472,11 @@ fn insert_event(
     .and_then(|mut s| {
         s.execute(params![
             row.event_id,
-            e.aggregate_type,
-            e.aggregate_id,
-            to_i64(e.version),
-            e.event_type,
-            e.schema_version,
+            stream.aggregate_type,
+            stream.aggregate_id,
+            row.version,
+            row.event_type,
+            row.schema_version,
             row.data,
             row.metadata,
             row.recorded_at,
@@ -449,22 +487,14 @@ fn insert_event(
     .map_err(backend)
 }
 
-fn conflict(conn: &Connection, req: &AppendRequest) -> AppendError {
-    match current_version(conn, &req.stream) {
+fn conflict(conn: &Connection, enc: &Encoded) -> AppendError {
+    match current_version(conn, &enc.stream) {
         Ok(actual) => AppendError::Conflict {
-            stream: req.stream.to_string(),
-            expected: req.expected_version,
+            stream: enc.stream.to_string(),
+            expected: enc.expected_version,
             actual,
         },
         Err(e) => e.into(),
-    }
-}
-
-/// Appends a single event: one statement, atomic without a savepoint.
-fn append_one(conn: &Connection, req: &AppendRequest, row: &EventRow) -> Result<(), AppendError> {
-    match insert_event(conn, &req.events[0], row, req.expected_version)? {
-        true => Ok(()),
-        false => Err(conflict(conn, req)),
     }
 }
 
@@ -482,8 +512,10 @@ fn current_version(conn: &Connection, stream: &StreamId) -> Result<u64, StoreErr
     .map_err(backend)
 }
 
-fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Result<(), AppendError> {
-    if let Some(idem) = &req.idempotency {
+/// Appends the events (and the idempotency record). Runs in a savepoint unless it is a
+/// single event without a record, which is one statement and atomic on its own.
+fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
+    if let Some(idem) = &enc.idempotency {
         let taken = conn
             .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
             .and_then(|mut s| s.exists([&idem.key]))
@@ -492,13 +524,13 @@ fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Resul
             return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
         }
     }
-    // Runs in a savepoint: a conflict at any event undoes the ones before it.
-    for (i, (e, row)) in req.events.iter().zip(rows).enumerate() {
-        if !insert_event(conn, e, row, req.expected_version + i as u64)? {
-            return Err(conflict(conn, req));
+    // A conflict at any event undoes the ones before it (the savepoint).
+    for (i, row) in enc.rows.iter().enumerate() {
+        if !insert_event(conn, &enc.stream, row, enc.expected_version + i as u64)? {
+            return Err(conflict(conn, enc));
         }
     }
-    if let Some(idem) = &req.idempotency {
+    if let Some(idem) = &enc.idempotency {
         conn.prepare_cached(
             "INSERT INTO idempotency (key, fingerprint, aggregate_type, aggregate_id, response, recorded_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -509,8 +541,8 @@ fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Resul
                 idem.fingerprint,
                 idem.stream.aggregate_type,
                 idem.stream.aggregate_id,
-                idem.response.to_string(),
-                format_timestamp(&idem.recorded_at),
+                idem.response,
+                idem.recorded_at,
             ])
         })
         .map_err(backend)?;
@@ -520,21 +552,19 @@ fn append_in(conn: &Connection, req: &AppendRequest, rows: &[EventRow]) -> Resul
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
-    async fn append(&self, request: AppendRequest) -> Result<(), AppendError> {
+    async fn append(&self, request: &AppendRequest) -> Result<(), AppendError> {
         if request.events.is_empty() {
             return Err(StoreError::Invalid("an append needs at least one event".into()).into());
         }
-        // Encode here, on the caller's thread: the single writer thread only runs SQL.
-        let rows = encode_rows(&request)?;
-        if request.events.len() == 1 && request.idempotency.is_none() {
-            // The common case is one conditional INSERT: atomic on its own, no savepoint.
+        let enc = encode(request)?;
+        if enc.rows.len() == 1 && enc.idempotency.is_none() {
             return self
                 .writer
-                .write_one(move |conn| append_one(conn, &request, &rows[0]))
+                .write_one(move |conn| append_encoded(conn, &enc))
                 .await;
         }
         self.writer
-            .write(move |conn| append_in(conn, &request, &rows))
+            .write(move |conn| append_encoded(conn, &enc))
             .await
     }
 

@@ -92,7 +92,7 @@ async fn data_survives_close_and_reopen() {
     let head = {
         let store = open(&dir);
         store
-            .append(AppendRequest {
+            .append(&AppendRequest {
                 stream: stream.clone(),
                 expected_version: 0,
                 events: evs.clone(),
@@ -115,7 +115,7 @@ async fn data_survives_close_and_reopen() {
         store.close();
         // Closed: later writes fail rather than vanish.
         let r = store
-            .append(kit::request(&stream, 5, kit::events(&stream, 5, 1)))
+            .append(&kit::request(&stream, 5, kit::events(&stream, 5, 1)))
             .await;
         assert!(
             matches!(r, Err(AppendError::Store(StoreError::Backend(_)))),
@@ -155,7 +155,7 @@ async fn data_survives_close_and_reopen() {
     // ...and appending continues the stream and the feed.
     let more = kit::events(&stream, 5, 2);
     store
-        .append(kit::request(&stream, 5, more.clone()))
+        .append(&kit::request(&stream, 5, more.clone()))
         .await
         .unwrap();
     let after = store.read_feed(head, 100).await.unwrap();
@@ -174,7 +174,7 @@ async fn events_table_is_append_only() {
     let stream = kit::new_stream();
     let evs = kit::events(&stream, 0, 3);
     store
-        .append(kit::request(&stream, 0, evs.clone()))
+        .append(&kit::request(&stream, 0, evs.clone()))
         .await
         .unwrap();
 

@@ -339,7 +339,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 new_state.evolve(event);
                 let event_type = event.event_type();
                 envelopes.push(EventEnvelope {
-                    // v7: time-ordered, so the event_id index grows at its end instead of at random pages.
+                    // v7: time-ordered, so ids sort by creation and index cheaply in any store.
                     event_id: Uuid::now_v7(),
                     aggregate_type: A::TYPE.to_owned(),
                     aggregate_id: id.to_owned(),
@@ -354,7 +354,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 });
             }
             let new_version = version + envelopes.len() as u64;
-            let result = CommandResult {
+            let mut result = CommandResult {
                 aggregate_id: id.to_owned(),
                 version: new_version,
                 events: envelopes,
@@ -381,11 +381,13 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
             let request = AppendRequest {
                 stream: stream.clone(),
                 expected_version: version,
-                events: result.events.clone(),
+                // Lent to the store and taken back for the answer: no copy per command.
+                events: std::mem::take(&mut result.events),
                 idempotency,
             };
-            match self.events.append(request).await {
+            match self.events.append(&request).await {
                 Ok(()) => {
+                    result.events = request.events;
                     self.cache_put(id, new_version, &new_state);
                     self.maybe_snapshot(&stream, version, new_version, &new_state)
                         .await;

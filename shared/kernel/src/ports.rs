@@ -86,8 +86,9 @@ impl ReadRange {
 
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
-    /// Stores all of the request's events or none of them.
-    async fn append(&self, request: AppendRequest) -> Result<(), AppendError>;
+    /// Stores all of the request's events or none of them. By reference: the caller keeps
+    /// the events to answer with, and an adapter copies only what it stores.
+    async fn append(&self, request: &AppendRequest) -> Result<(), AppendError>;
     /// The stream's events in version order, as stored (not upcast).
     async fn read_stream(
         &self,

@@ -255,7 +255,8 @@ impl MemEvents {
 
 #[async_trait]
 impl EventStore for MemEvents {
-    async fn append(&self, request: AppendRequest) -> Result<(), AppendError> {
+    async fn append(&self, request: &AppendRequest) -> Result<(), AppendError> {
+        let request = request.clone();
         let mut inner = self.lock();
         inner.appends.push((
             request.expected_version,

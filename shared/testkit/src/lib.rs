@@ -159,7 +159,7 @@ async fn append_ok<S: EventStore + ?Sized>(store: &S, req: AppendRequest, ctx: &
         req.stream,
         req.expected_version
     );
-    ok(store.append(req).await, &what);
+    ok(store.append(&req).await, &what);
 }
 
 async fn read_all<S: EventStore + ?Sized>(
@@ -358,7 +358,7 @@ pub async fn es_conflict_stores_nothing<S: EventStore + ?Sized>(store: &S) {
 
     // A new stream appended to as if it had events.
     let r = store
-        .append(request(&stream, 3, events(&stream, 3, 2)))
+        .append(&request(&stream, 3, events(&stream, 3, 2)))
         .await;
     assert_conflict(r, &stream, 3, 0, &format!("{CTX} (new stream)"));
     assert!(
@@ -373,7 +373,7 @@ pub async fn es_conflict_stores_nothing<S: EventStore + ?Sized>(store: &S) {
     for expected in [0, 1, 3, 7] {
         // Multi-event requests: none of their events may be stored.
         let evs = events(&stream, expected, 3);
-        let r = store.append(request(&stream, expected, evs)).await;
+        let r = store.append(&request(&stream, expected, evs)).await;
         assert_conflict(r, &stream, expected, 2, CTX);
         assert_events_eq(
             &read_all(store, &stream, CTX).await,
@@ -404,7 +404,7 @@ pub async fn es_malformed_append_stores_nothing<S: EventStore + ?Sized>(store: &
 
     let mut gap = events(&stream, 1, 3);
     gap[2].version = 5; // 2, 3, 5
-    let r = store.append(request(&stream, 1, gap)).await;
+    let r = store.append(&request(&stream, 1, gap)).await;
     assert!(
         r.is_err(),
         "{CTX}: events with versions 2, 3, 5 at expected version 1 must be refused, got {r:?}"
@@ -413,7 +413,7 @@ pub async fn es_malformed_append_stores_nothing<S: EventStore + ?Sized>(store: &
     let other = new_stream();
     let mut foreign = events(&stream, 1, 2);
     foreign[1].aggregate_id = other.aggregate_id.clone();
-    let r = store.append(request(&stream, 1, foreign)).await;
+    let r = store.append(&request(&stream, 1, foreign)).await;
     assert!(
         r.is_err(),
         "{CTX}: a request for {stream} carrying an event of another aggregate must be refused, got {r:?}"
@@ -456,7 +456,7 @@ pub async fn es_idempotency<S: EventStore + ?Sized>(store: &S) {
     // Same key, right expected version: refused, nothing appended.
     let mut again = request(&stream, 2, events(&stream, 2, 2));
     again.idempotency = Some(idempotency_record(&key, &stream));
-    match store.append(again).await {
+    match store.append(&again).await {
         Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(
             k, key,
             "{CTX}: DuplicateIdempotencyKey must name the duplicated key"
@@ -482,7 +482,7 @@ pub async fn es_idempotency<S: EventStore + ?Sized>(store: &S) {
     let other = new_stream();
     let mut elsewhere = request(&other, 0, events(&other, 0, 1));
     elsewhere.idempotency = Some(idempotency_record(&key, &other));
-    match store.append(elsewhere).await {
+    match store.append(&elsewhere).await {
         Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, key),
         other => panic!(
             "{CTX}: key {key} reused on another stream must give DuplicateIdempotencyKey, got {other:?}"
@@ -498,7 +498,7 @@ pub async fn es_idempotency<S: EventStore + ?Sized>(store: &S) {
     let mut stale = request(&stream, 1, events(&stream, 1, 1));
     stale.idempotency = Some(idempotency_record(&key2, &stream));
     assert_conflict(
-        store.append(stale).await,
+        store.append(&stale).await,
         &stream,
         1,
         2,
@@ -538,7 +538,7 @@ pub async fn es_concurrent_appends_same_stream<S: EventStore>(store: Arc<S>) {
         let evs = events(&stream, 1, 2);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let r = store.append(request(&stream, 1, evs.clone())).await;
+            let r = store.append(&request(&stream, 1, evs.clone())).await;
             (r, evs)
         }));
     }
@@ -587,7 +587,7 @@ pub async fn es_concurrent_appends_distinct_streams<S: EventStore>(store: Arc<S>
         let evs = events(&stream, 0, 3);
         tasks.push(tokio::spawn(async move {
             barrier.wait().await;
-            let r = store.append(request(&stream, 0, evs.clone())).await;
+            let r = store.append(&request(&stream, 0, evs.clone())).await;
             (r, stream, evs)
         }));
     }
@@ -620,7 +620,7 @@ pub async fn es_large_append_is_atomic_and_gapless<S: EventStore + ?Sized>(store
     assert_eq!(version_of(store, &stream, CTX).await, 50);
 
     let r = store
-        .append(request(&stream, 10, events(&stream, 10, 50)))
+        .append(&request(&stream, 10, events(&stream, 10, 50)))
         .await;
     assert_conflict(r, &stream, 10, 50, CTX);
     assert_events_eq(
@@ -658,9 +658,9 @@ pub async fn es_streams_are_keyed_by_type_and_id<S: EventStore + ?Sized>(store: 
     assert_events_eq(&read_all(store, &b, CTX).await, &b_events, CTX);
     assert_eq!(version_of(store, &a, CTX).await, 2);
     assert_eq!(version_of(store, &b, CTX).await, 1);
-    let r = store.append(request(&b, 2, events(&b, 2, 1))).await;
+    let r = store.append(&request(&b, 2, events(&b, 2, 1))).await;
     assert_conflict(r, &b, 2, 1, CTX);
-    let r = store.append(request(&a, 1, events(&a, 1, 1))).await;
+    let r = store.append(&request(&a, 1, events(&a, 1, 1))).await;
     assert_conflict(r, &a, 1, 2, CTX);
 }
 
@@ -693,14 +693,14 @@ pub async fn feed_replay_raw<S: EventStore + EventFeed + ?Sized>(store: &S) {
         for stream in &streams {
             let evs = events(stream, round * 2, 2);
             ok(
-                store.append(request(stream, round * 2, evs.clone())).await,
+                store.append(&request(stream, round * 2, evs.clone())).await,
                 &format!("{CTX}: append {stream} round {round}"),
             );
             expected.extend(evs);
         }
         ok(
             store
-                .append(request(&other, round, events(&other, round, 1)))
+                .append(&request(&other, round, events(&other, round, 1)))
                 .await,
             &format!("{CTX}: append to another type"),
         );
@@ -811,7 +811,7 @@ pub async fn feed_order_paging_and_coverage<S: EventStore + EventFeed + ?Sized>(
     // A failed append must not reach the feed.
     let failed = events(&a, 0, 2);
     assert_conflict(
-        store.append(request(&a, 0, failed.clone())).await,
+        store.append(&request(&a, 0, failed.clone())).await,
         &a,
         0,
         3,
