@@ -1,11 +1,46 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: formatting, lints, then every test.
-# Installs nothing beyond the Rust toolchain today; later suites (a local AWS endpoint)
-# install what they need from here.
+# The whole test suite, from a fresh clone: formatting, lints, then every test, including the
+# AWS suite against a local AWS endpoint.
+#
+# The AWS endpoint: by default moto server (pinned in scripts/requirements-aws.txt, installed
+# into .venv-aws) started here on a free loopback port and stopped at the end. Set
+# AWS_ENDPOINT_URL beforehand (e.g. http://localhost:4566 for LocalStack) to use that endpoint
+# instead; see the README for a real account.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "python3 (3.9+) is required for the local AWS endpoint" >&2; exit 1; }
+
+if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
+    VENV=.venv-aws
+    REQ=scripts/requirements-aws.txt
+    # Reinstall when the pinned set changes.
+    if ! cmp -s "$REQ" "$VENV/.installed" 2>/dev/null; then
+        echo "== installing moto into $VENV"
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+        cp "$REQ" "$VENV/.installed"
+    fi
+    PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    LOG=$(mktemp -t chronicle-moto.XXXXXX)
+    "$VENV/bin/python" scripts/moto_server.py "$PORT" >"$LOG" 2>&1 &
+    MOTO_PID=$!
+    trap 'kill $MOTO_PID 2>/dev/null || true; rm -f "$LOG"' EXIT
+    for _ in $(seq 1 100); do
+        curl -fs "http://127.0.0.1:$PORT/moto-api/" >/dev/null 2>&1 && break
+        kill -0 $MOTO_PID 2>/dev/null || { cat "$LOG" >&2; echo "moto server exited" >&2; exit 1; }
+        sleep 0.2
+    done
+    curl -fs "http://127.0.0.1:$PORT/moto-api/" >/dev/null || { cat "$LOG" >&2; echo "moto server did not start" >&2; exit 1; }
+    echo "== moto server on 127.0.0.1:$PORT"
+    export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT"
+    export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+    unset AWS_PROFILE AWS_SESSION_TOKEN
+fi
+export AWS_REGION="${AWS_REGION:-us-east-1}"
+export CHRONICLE_AWS_TESTS=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -13,5 +48,5 @@ cargo fmt --all -- --check
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-echo "== cargo test"
+echo "== cargo test (AWS endpoint $AWS_ENDPOINT_URL)"
 cargo test --workspace --locked

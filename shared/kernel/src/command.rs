@@ -430,6 +430,27 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         }
     }
 
+    /// Folds the aggregate up to `max_version` and saves a snapshot of that state: the
+    /// off-the-command-path snapshotter's entry point.
+    pub async fn snapshot(&self, id: &str, max_version: Option<u64>) -> Result<Option<u64>, Error> {
+        let (state, version) = self.load(id, max_version).await?;
+        if version == 0 {
+            return Ok(None);
+        }
+        let state = serde_json::to_value(&state)
+            .map_err(|e| Error::Decode(format!("state of {}/{id}: {e}", A::TYPE)))?;
+        self.snapshots
+            .save(Snapshot {
+                stream: Self::stream(id),
+                version,
+                state_version: A::STATE_VERSION,
+                state,
+                taken_at: envelope::now(),
+            })
+            .await?;
+        Ok(Some(version))
+    }
+
     async fn maybe_snapshot(&self, stream: &StreamId, old: u64, new: u64, state: &A) {
         let every = self.config.snapshot_every;
         if !self.config.inline_snapshots || every == 0 || old / every == new / every {

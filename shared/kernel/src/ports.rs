@@ -291,3 +291,23 @@ pub trait ReadModelStore: Send + Sync + 'static {
     /// Removes a generation's documents (never the active one).
     async fn drop_generation(&self, projection: &str, generation: u64) -> Result<(), StoreError>;
 }
+
+/// Why some events were not published. `failed` holds indexes into the published slice, in
+/// order; every event of an aggregate after its first failed one is among them, so a retry
+/// from the first failure keeps each aggregate's order.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("{} of {total} events not published: {reason}", failed.len())]
+pub struct PublishError {
+    pub total: usize,
+    pub failed: Vec<usize>,
+    pub reason: String,
+}
+
+/// Distributes events (upcast to the current schema) to other services: Kinesis on AWS, a
+/// JSON-lines log on the embedded default. At least once; consumers deduplicate on
+/// (aggregate_type, aggregate_id, version).
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes `events`, each aggregate's in the order given.
+    async fn publish(&self, events: &[EventEnvelope]) -> Result<(), PublishError>;
+}

@@ -37,6 +37,9 @@ pub trait AggregateService: Send + Sync {
     async fn state(&self, id: &str, version: Option<u64>) -> Result<StateView, Error>;
     /// The state read model (eventually consistent).
     async fn read_model(&self, id: &str) -> Result<StateView, Error>;
+    /// Folds the aggregate up to `version` (its latest when `None`) and saves a snapshot of
+    /// it; returns the version the snapshot is at, `None` if the aggregate has no events.
+    async fn snapshot(&self, id: &str, version: Option<u64>) -> Result<Option<u64>, Error>;
     /// Events in version order; upcast to the current schema unless `raw`.
     async fn history(
         &self,
@@ -123,6 +126,10 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> AggregateService for Service
         })
     }
 
+    async fn snapshot(&self, id: &str, version: Option<u64>) -> Result<Option<u64>, Error> {
+        self.handler.snapshot(id, version).await
+    }
+
     async fn history(
         &self,
         id: &str,
@@ -152,7 +159,9 @@ pub struct Chronicle {
     projections: Vec<Arc<dyn Projection>>,
     lists: BTreeMap<String, Arc<dyn Projection>>,
     read_models: Arc<dyn ReadModelStore>,
-    feed: Arc<dyn EventFeed>,
+    /// The ordered feed projections follow. `None` where something else drives them
+    /// (DynamoDB Streams on AWS): then there are no in-process runners.
+    feed: Option<Arc<dyn EventFeed>>,
 }
 
 impl Chronicle {
@@ -169,6 +178,23 @@ impl Chronicle {
         R: ReadModelStore,
         F: EventFeed,
     {
+        let mut builder = Self::builder_without_feed(events, snapshots, read_models, config);
+        builder.inner.feed = Some(feed);
+        builder
+    }
+
+    /// A registry whose projections are fed from outside (stream-driven functions).
+    pub fn builder_without_feed<E, S, R>(
+        events: Arc<E>,
+        snapshots: Arc<S>,
+        read_models: Arc<R>,
+        config: HandlerConfig,
+    ) -> ChronicleBuilder<E, S>
+    where
+        E: EventStore,
+        S: SnapshotStore,
+        R: ReadModelStore,
+    {
         ChronicleBuilder {
             events,
             snapshots,
@@ -178,7 +204,7 @@ impl Chronicle {
                 projections: Vec::new(),
                 lists: BTreeMap::new(),
                 read_models,
-                feed,
+                feed: None,
             },
         }
     }
@@ -199,16 +225,27 @@ impl Chronicle {
         &self.read_models
     }
 
-    pub fn feed(&self) -> &Arc<dyn EventFeed> {
-        &self.feed
+    pub fn feed(&self) -> Option<&Arc<dyn EventFeed>> {
+        self.feed.as_ref()
     }
 
-    /// A runner for the named projection, with the schema of its aggregate type.
+    /// The projections that read `aggregate_type`'s events.
+    pub fn projections_of<'a>(
+        &'a self,
+        aggregate_type: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<dyn Projection>> + 'a {
+        self.projections
+            .iter()
+            .filter(move |p| p.aggregate_type() == aggregate_type)
+    }
+
+    /// A runner for the named projection, with the schema of its aggregate type; `None` for
+    /// an unknown projection or a registry without a feed.
     pub fn runner(&self, projection: &str) -> Option<ProjectionRunner> {
         let p = self.projections.iter().find(|p| p.name() == projection)?;
         let schema = self.aggregates.get(p.aggregate_type())?.schema().clone();
         Some(ProjectionRunner::new(
-            self.feed.clone(),
+            self.feed.clone()?,
             self.read_models.clone(),
             p.clone(),
             schema,

@@ -1,0 +1,154 @@
+//! Configuration shared by every function and the CLI: resource names from `CHRONICLE_*`
+//! environment variables, AWS settings from the standard `AWS_*` ones.
+
+use aws_config::BehaviorVersion;
+
+/// Names of the AWS resources Chronicle uses. Every field has an environment variable; the
+/// defaults are the names `chronicle aws-setup` creates for local development.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `CHRONICLE_EVENTS_TABLE`: events and idempotency records (stream enabled).
+    pub events_table: String,
+    /// `CHRONICLE_READ_TABLE`: read models and their checkpoints.
+    pub read_table: String,
+    /// `CHRONICLE_SNAPSHOT_BUCKET`.
+    pub snapshot_bucket: String,
+    /// `CHRONICLE_ARCHIVE_BUCKET`: archived event segments.
+    pub archive_bucket: String,
+    /// `CHRONICLE_EVENT_STREAM`: the Kinesis stream events are published to.
+    pub event_stream: String,
+    /// `CHRONICLE_SNAPSHOT_EVERY`: events between snapshots (0: never).
+    pub snapshot_every: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("environment variable {name}: {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub problem: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            events_table: "chronicle-events".into(),
+            read_table: "chronicle-read".into(),
+            snapshot_bucket: "chronicle-snapshots".into(),
+            archive_bucket: "chronicle-archive".into(),
+            event_stream: "chronicle-events".into(),
+            snapshot_every: 100,
+        }
+    }
+}
+
+impl Settings {
+    /// Every environment variable the functions and the CLI read, for docs and the template check.
+    pub const ENV_VARS: [&'static str; 6] = [
+        "CHRONICLE_EVENTS_TABLE",
+        "CHRONICLE_READ_TABLE",
+        "CHRONICLE_SNAPSHOT_BUCKET",
+        "CHRONICLE_ARCHIVE_BUCKET",
+        "CHRONICLE_EVENT_STREAM",
+        "CHRONICLE_SNAPSHOT_EVERY",
+    ];
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// From any variable source (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let name = |var: &'static str, default: String| -> Result<String, ConfigError> {
+            match get(var) {
+                None => Ok(default),
+                Some(v) if v.trim().is_empty() => Err(ConfigError {
+                    name: var,
+                    problem: "is set but empty".into(),
+                }),
+                Some(v) => Ok(v),
+            }
+        };
+        let snapshot_every = match get("CHRONICLE_SNAPSHOT_EVERY") {
+            None => d.snapshot_every,
+            Some(v) => v.trim().parse().map_err(|_| ConfigError {
+                name: "CHRONICLE_SNAPSHOT_EVERY",
+                problem: format!("`{v}` is not a whole number of events"),
+            })?,
+        };
+        Ok(Self {
+            events_table: name("CHRONICLE_EVENTS_TABLE", d.events_table)?,
+            read_table: name("CHRONICLE_READ_TABLE", d.read_table)?,
+            snapshot_bucket: name("CHRONICLE_SNAPSHOT_BUCKET", d.snapshot_bucket)?,
+            archive_bucket: name("CHRONICLE_ARCHIVE_BUCKET", d.archive_bucket)?,
+            event_stream: name("CHRONICLE_EVENT_STREAM", d.event_stream)?,
+            snapshot_every,
+        })
+    }
+}
+
+/// The SDK clients, built once per process (per Lambda cold start) and cloned freely.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    pub s3: aws_sdk_s3::Client,
+    pub kinesis: aws_sdk_kinesis::Client,
+    pub sdk: aws_config::SdkConfig,
+}
+
+impl Clients {
+    /// Loads region, credentials and endpoint from the standard `AWS_*` settings.
+    pub async fn from_env() -> Self {
+        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        Self::new(sdk)
+    }
+
+    pub fn new(sdk: aws_config::SdkConfig) -> Self {
+        // Emulators on loopback can't resolve virtual-host bucket names.
+        let custom_endpoint =
+            sdk.endpoint_url().is_some() || std::env::var_os("AWS_ENDPOINT_URL_S3").is_some();
+        let s3 = aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(custom_endpoint)
+            .build();
+        Self {
+            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            s3: aws_sdk_s3::Client::from_conf(s3),
+            kinesis: aws_sdk_kinesis::Client::new(&sdk),
+            sdk,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_then_overrides() {
+        assert_eq!(from(&[]).unwrap(), Settings::default());
+        let s = from(&[
+            ("CHRONICLE_EVENTS_TABLE", "ev"),
+            ("CHRONICLE_SNAPSHOT_EVERY", "25"),
+        ])
+        .unwrap();
+        assert_eq!(s.events_table, "ev");
+        assert_eq!(s.snapshot_every, 25);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = from(&[("CHRONICLE_SNAPSHOT_EVERY", "often")]).unwrap_err();
+        assert_eq!(e.name, "CHRONICLE_SNAPSHOT_EVERY");
+        let e = from(&[("CHRONICLE_READ_TABLE", " ")]).unwrap_err();
+        assert_eq!(e.name, "CHRONICLE_READ_TABLE");
+    }
+}

@@ -1,0 +1,142 @@
+//! Publishing to Kinesis: partition key the aggregate id, so each aggregate's events land on
+//! one shard in order; records a `PutRecords` call fails are retried with backoff.
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::Client;
+use chronicle_kernel::{EventEnvelope, PublishError, Publisher};
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// Kinesis takes at most 500 records per `PutRecords`.
+const MAX_RECORDS_PER_CALL: usize = 500;
+const MAX_ATTEMPTS: u32 = 6;
+
+#[derive(Clone, Debug)]
+pub struct KinesisPublisher {
+    client: Client,
+    stream: String,
+}
+
+impl KinesisPublisher {
+    pub fn new(client: Client, stream: impl Into<String>) -> Self {
+        Self {
+            client,
+            stream: stream.into(),
+        }
+    }
+
+    /// Sends `pending` (indexes into `events`) once; returns the indexes still to send: for
+    /// each aggregate, everything from its first failed record on, so a retry keeps its order.
+    async fn round(&self, events: &[EventEnvelope], pending: &[usize]) -> (Vec<usize>, String) {
+        let mut blocked: HashSet<(&str, &str)> = HashSet::new();
+        let mut left = Vec::new();
+        let mut reason = String::new();
+        for chunk in pending.chunks(MAX_RECORDS_PER_CALL) {
+            // An aggregate that failed in an earlier chunk sends nothing more this round.
+            let (send, held): (Vec<usize>, Vec<usize>) = chunk.iter().partition(|&&i| {
+                !blocked.contains(&(
+                    events[i].aggregate_type.as_str(),
+                    events[i].aggregate_id.as_str(),
+                ))
+            });
+            left.extend(held);
+            let mut entries = Vec::with_capacity(send.len());
+            for &i in &send {
+                let e = &events[i];
+                let payload = match serde_json::to_vec(e) {
+                    Ok(p) => p,
+                    Err(err) => {
+                        reason = format!("event {} does not serialize: {err}", e.event_id);
+                        blocked.insert((&e.aggregate_type, &e.aggregate_id));
+                        left.push(i);
+                        continue;
+                    }
+                };
+                match PutRecordsRequestEntry::builder()
+                    .partition_key(&e.aggregate_id)
+                    .data(Blob::new(payload))
+                    .build()
+                {
+                    Ok(entry) => entries.push((i, entry)),
+                    Err(err) => {
+                        reason = err.to_string();
+                        blocked.insert((&e.aggregate_type, &e.aggregate_id));
+                        left.push(i);
+                    }
+                }
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            let (idx, records): (Vec<usize>, Vec<_>) = entries.into_iter().unzip();
+            let sent = self
+                .client
+                .put_records()
+                .stream_name(&self.stream)
+                .set_records(Some(records))
+                .send()
+                .await;
+            match sent {
+                Err(e) => {
+                    reason = format!(
+                        "PutRecords: {}",
+                        aws_smithy_types::error::display::DisplayErrorContext(e)
+                    );
+                    for &i in &idx {
+                        blocked.insert((&events[i].aggregate_type, &events[i].aggregate_id));
+                        left.push(i);
+                    }
+                }
+                Ok(out) => {
+                    for (&i, r) in idx.iter().zip(out.records()) {
+                        let key = (
+                            events[i].aggregate_type.as_str(),
+                            events[i].aggregate_id.as_str(),
+                        );
+                        if r.error_code().is_some() || blocked.contains(&key) {
+                            if let Some(code) = r.error_code() {
+                                reason = format!("{code}: {}", r.error_message().unwrap_or(""));
+                            }
+                            blocked.insert(key);
+                            left.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        left.sort_unstable();
+        (left, reason)
+    }
+}
+
+#[async_trait]
+impl Publisher for KinesisPublisher {
+    async fn publish(&self, events: &[EventEnvelope]) -> Result<(), PublishError> {
+        let mut pending: Vec<usize> = (0..events.len()).collect();
+        let mut reason = String::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            if pending.is_empty() {
+                return Ok(());
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+            }
+            let (left, why) = self.round(events, &pending).await;
+            if !why.is_empty() {
+                tracing::warn!(stream = %self.stream, failed = left.len(), reason = %why, "Kinesis records failed; retrying");
+                reason = why;
+            }
+            pending = left;
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        Err(PublishError {
+            total: events.len(),
+            failed: pending,
+            reason,
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! The AWS test environment: uniquely named resources on whatever endpoint the standard
+//! settings point at (moto in CI, LocalStack or a real account by changing `AWS_ENDPOINT_URL`).
+//!
+//! AWS tests run when `CHRONICLE_AWS_TESTS=1` (the README's test command sets it after starting
+//! moto); otherwise they say they were skipped, so a plain `cargo test` works offline.
+
+use crate::{setup, Clients, Settings};
+
+pub const ENABLE_VAR: &str = "CHRONICLE_AWS_TESTS";
+
+/// Resources created for one test, removed by [`AwsTestEnv::remove`].
+pub struct AwsTestEnv {
+    pub clients: Clients,
+    pub settings: Settings,
+}
+
+/// Whether the AWS suite is switched on.
+pub fn enabled() -> bool {
+    std::env::var(ENABLE_VAR).is_ok_and(|v| v == "1")
+}
+
+impl AwsTestEnv {
+    /// `None` (with a note on stderr) when the AWS suite is off.
+    pub async fn create(test: &str) -> Option<Self> {
+        if !enabled() {
+            eprintln!(
+                "skipped {test}: set {ENABLE_VAR}=1 and AWS_ENDPOINT_URL (./scripts/test.sh does)"
+            );
+            return None;
+        }
+        let clients = Clients::from_env().await;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        // Bucket names: lowercase, at most 63 characters.
+        let base = format!("ct-{}", &id[..16]);
+        let settings = Settings {
+            events_table: format!("{base}-events"),
+            read_table: format!("{base}-read"),
+            snapshot_bucket: format!("{base}-snapshots"),
+            archive_bucket: format!("{base}-archive"),
+            event_stream: format!("{base}-stream"),
+            snapshot_every: 100,
+        };
+        if let Err(e) = setup::ensure(&clients, &settings).await {
+            panic!("{test}: creating test resources failed (is the endpoint up?): {e}");
+        }
+        Some(Self { clients, settings })
+    }
+
+    /// The same settings as environment variables, for a child process.
+    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
+        let s = &self.settings;
+        vec![
+            ("CHRONICLE_EVENTS_TABLE", s.events_table.clone()),
+            ("CHRONICLE_READ_TABLE", s.read_table.clone()),
+            ("CHRONICLE_SNAPSHOT_BUCKET", s.snapshot_bucket.clone()),
+            ("CHRONICLE_ARCHIVE_BUCKET", s.archive_bucket.clone()),
+            ("CHRONICLE_EVENT_STREAM", s.event_stream.clone()),
+            ("CHRONICLE_SNAPSHOT_EVERY", s.snapshot_every.to_string()),
+        ]
+    }
+
+    pub async fn remove(self) {
+        if let Err(e) = setup::remove(&self.clients, &self.settings).await {
+            panic!("removing test resources failed: {e}");
+        }
+    }
+}
