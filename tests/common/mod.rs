@@ -86,12 +86,22 @@ impl Server {
 
     /// Starts a server on an existing data directory (e.g. after a crash).
     pub async fn start_in(dir: &Path) -> Self {
+        let dir_arg = dir.display().to_string();
+        Self::spawn(dir, &["serve", "--data-dir", &dir_arg], &[]).await
+    }
+
+    /// `chronicle serve --backend aws` with the given environment (resource names).
+    pub async fn start_aws(env: &[(&str, String)]) -> Self {
+        Self::spawn(Path::new("."), &["serve", "--backend", "aws"], env).await
+    }
+
+    async fn spawn(dir: &Path, args: &[&str], env: &[(&str, String)]) -> Self {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_chronicle"))
-            .args(["serve", "--data-dir"])
-            .arg(dir)
+            .args(args)
             .args(["--addr", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

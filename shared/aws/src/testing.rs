@@ -22,6 +22,15 @@ pub fn enabled() -> bool {
 impl AwsTestEnv {
     /// `None` (with a note on stderr) when the AWS suite is off.
     pub async fn create(test: &str) -> Option<Self> {
+        let env = Self::names_only(test).await?;
+        if let Err(e) = setup::ensure(&env.clients, &env.settings).await {
+            panic!("{test}: creating test resources failed (is the endpoint up?): {e}");
+        }
+        Some(env)
+    }
+
+    /// Unique names, nothing created yet (for testing the creation itself).
+    pub async fn names_only(test: &str) -> Option<Self> {
         if !enabled() {
             eprintln!(
                 "skipped {test}: set {ENABLE_VAR}=1 and AWS_ENDPOINT_URL (./scripts/test.sh does)"
@@ -40,9 +49,6 @@ impl AwsTestEnv {
             event_stream: format!("{base}-stream"),
             snapshot_every: 100,
         };
-        if let Err(e) = setup::ensure(&clients, &settings).await {
-            panic!("{test}: creating test resources failed (is the endpoint up?): {e}");
-        }
         Some(Self { clients, settings })
     }
 

@@ -42,7 +42,14 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "CHRONICLE_ADDR", default_value = "127.0.0.1:8080")]
         addr: String,
+        /// Where events live: the embedded store in --data-dir, or the AWS resources named by
+        /// the CHRONICLE_* variables on the endpoint the AWS_* variables give.
+        #[arg(long, env = "CHRONICLE_BACKEND", value_enum, default_value_t = Backend::Embedded)]
+        backend: Backend,
     },
+    /// Create the DynamoDB tables (with streams), S3 buckets and Kinesis stream named by the
+    /// CHRONICLE_* variables, if missing, on the configured endpoint (moto, LocalStack, AWS).
+    AwsSetup,
     /// Print an aggregate's events.
     History {
         #[command(flatten)]
@@ -79,6 +86,12 @@ enum Command {
     },
     /// Measure append throughput and latency, replay time and peak memory.
     Bench(bench::BenchArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Aws,
 }
 
 /// Opens the embedded store and registers the sample domain on it.
@@ -129,7 +142,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve { store, addr } => serve::serve(&store, &addr).await,
+            Command::Serve {
+                store,
+                addr,
+                backend: Backend::Embedded,
+            } => serve::serve(&store, &addr).await,
+            Command::Serve {
+                addr,
+                backend: Backend::Aws,
+                ..
+            } => serve::serve_aws(&addr).await,
+            Command::AwsSetup => serve::aws_setup().await,
             Command::History {
                 store,
                 aggregate_type,

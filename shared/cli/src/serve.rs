@@ -35,6 +35,52 @@ pub(crate) async fn serve(args: &StoreArgs, addr: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `chronicle serve --backend aws`: the same API on the AWS adapters, with the stream-driven
+/// functions run by local event-source pollers.
+pub(crate) async fn serve_aws(addr: &str) -> anyhow::Result<()> {
+    let app = chronicle_lambda::App::from_env().await?;
+    let (stop, stopped) = watch::channel(false);
+    let mappings = chronicle_lambda::local::spawn_all(
+        &app,
+        chronicle_lambda::local::MappingConfig::default(),
+        stopped,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        events_table = %app.settings.events_table,
+        endpoint = ?app.clients.sdk.endpoint_url(),
+        "chronicle is serving on AWS"
+    );
+    axum::serve(listener, chronicle_http::router(app.chronicle.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    for m in mappings {
+        let _ = m.await;
+    }
+    Ok(())
+}
+
+/// `chronicle aws-setup`.
+pub(crate) async fn aws_setup() -> anyhow::Result<()> {
+    let settings = chronicle_aws::Settings::from_env()?;
+    let clients = chronicle_aws::Clients::from_env().await;
+    let report = chronicle_aws::setup::ensure(&clients, &settings)
+        .await
+        .context("creating the AWS resources")?;
+    for line in report {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]

@@ -26,15 +26,33 @@ pub const MAX_PAGE: usize = 1000;
 /// Largest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
 
+/// Which routes a router serves: the local server serves all; on AWS the command function
+/// serves the commands and the read-only query function the reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    All,
+    Commands,
+    Reads,
+}
+
 /// Builds the full API over a registry of aggregates.
 pub fn router(chronicle: Chronicle) -> Router {
-    Router::new()
-        .route("/health", get(health))
-        .route("/{aggregate_type}", get(list))
-        .route("/{aggregate_type}/{id}", get(state))
-        .route("/{aggregate_type}/{id}/events", get(history))
-        .route("/{aggregate_type}/{id}/commands", post(command))
-        .fallback(route_not_found)
+    router_for(chronicle, Routes::All)
+}
+
+/// Builds the API with only the given routes (and `/health`); the others answer 404.
+pub fn router_for(chronicle: Chronicle, routes: Routes) -> Router {
+    let mut r = Router::new().route("/health", get(health));
+    if routes != Routes::Commands {
+        r = r
+            .route("/{aggregate_type}", get(list))
+            .route("/{aggregate_type}/{id}", get(state))
+            .route("/{aggregate_type}/{id}/events", get(history));
+    }
+    if routes != Routes::Reads {
+        r = r.route("/{aggregate_type}/{id}/commands", post(command));
+    }
+    r.fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // One span per request (method, path); responses with status and latency at DEBUG:
         // `RUST_LOG=tower_http=debug` turns them on.

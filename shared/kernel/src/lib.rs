@@ -16,7 +16,9 @@ pub use command::{CommandHandler, CommandOptions, CommandOutcome, CommandResult,
 pub use envelope::{EventEnvelope, Metadata, StreamId};
 pub use error::Error;
 pub use ports::*;
-pub use projection::{Projection, ProjectionError, ProjectionRunner, StateProjection};
+pub use projection::{
+    index_values, Projection, ProjectionError, ProjectionRunner, StateProjection,
+};
 pub use schema::{EventSchema, UpcastError};
 pub use service::{AggregateService, Chronicle, ChronicleBuilder, StateView};
 

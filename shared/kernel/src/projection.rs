@@ -304,7 +304,7 @@ impl ProjectionRunner {
     }
 }
 
-fn index_values(fields: &[&'static str], body: &Value) -> Vec<(String, String)> {
+pub fn index_values(fields: &[&'static str], body: &Value) -> Vec<(String, String)> {
     fields
         .iter()
         .filter_map(|f| match body.get(*f) {

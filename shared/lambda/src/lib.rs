@@ -1,0 +1,182 @@
+//! Chronicle's Lambda functions as library code: each function crate under `functions/` is a
+//! thin `main` calling one of the `run_*` functions here, and the CLI's `serve --backend aws`
+//! calls the same handlers from its local event-source pollers.
+//!
+//! - [`http`]: the command and query functions (API Gateway HTTP API, payload v2), serving the
+//!   same axum router as the local server.
+//! - [`streams`]: the DynamoDB Streams handlers: projector, publisher, snapshotter.
+//! - [`activity`]: a Kinesis consumer keeping an activity-feed read model.
+//! - [`local`]: pollers that drive the stream handlers from DynamoDB Streams and Kinesis as an
+//!   event source mapping would, for development against a local endpoint.
+
+pub mod activity;
+pub mod http;
+pub mod local;
+pub mod streams;
+
+use chronicle_aws::{
+    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher,
+    S3SnapshotStore, Settings,
+};
+use chronicle_kernel::{Chronicle, HandlerConfig};
+use std::sync::Arc;
+
+pub use lambda_runtime::Error;
+
+/// Everything a function needs, built once per cold start: SDK clients, adapters, registry.
+#[derive(Clone)]
+pub struct App {
+    pub settings: Settings,
+    pub clients: Clients,
+    pub events: Arc<DynamoEventStore>,
+    pub snapshots: Arc<S3SnapshotStore>,
+    pub read_models: Arc<DynamoReadModelStore>,
+    pub publisher: Arc<KinesisPublisher>,
+    pub chronicle: Chronicle,
+}
+
+impl App {
+    pub fn new(clients: Clients, settings: Settings) -> Self {
+        let events = Arc::new(DynamoEventStore::new(
+            clients.dynamodb.clone(),
+            &settings.events_table,
+        ));
+        let snapshots = Arc::new(S3SnapshotStore::new(
+            clients.s3.clone(),
+            &settings.snapshot_bucket,
+        ));
+        let read_models = Arc::new(DynamoReadModelStore::new(
+            clients.dynamodb.clone(),
+            &settings.read_table,
+        ));
+        let publisher = Arc::new(KinesisPublisher::new(
+            clients.kinesis.clone(),
+            &settings.event_stream,
+        ));
+        let config = HandlerConfig {
+            snapshot_every: settings.snapshot_every,
+            // The snapshotter function takes snapshots off the command path.
+            inline_snapshots: false,
+            max_events_per_command: DynamoEventStore::MAX_EVENTS_PER_APPEND,
+            ..HandlerConfig::default()
+        };
+        let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
+            events.clone(),
+            snapshots.clone(),
+            read_models.clone(),
+            config,
+        ))
+        .build();
+        Self {
+            settings,
+            clients,
+            events,
+            snapshots,
+            read_models,
+            publisher,
+            chronicle,
+        }
+    }
+
+    /// Settings from `CHRONICLE_*`, AWS from the standard `AWS_*` variables.
+    pub async fn from_env() -> Result<Self, ConfigError> {
+        let settings = Settings::from_env()?;
+        Ok(Self::new(Clients::from_env().await, settings))
+    }
+}
+
+/// Structured logs: JSON inside Lambda (CloudWatch parses it), plain text elsewhere. The
+/// level comes from `RUST_LOG` (or `AWS_LAMBDA_LOG_LEVEL`), `info` by default.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| {
+            std::env::var("AWS_LAMBDA_LOG_LEVEL")
+                .map_err(|e| e.to_string())
+                .and_then(|l| {
+                    tracing_subscriber::EnvFilter::try_new(l.to_lowercase())
+                        .map_err(|e| e.to_string())
+                })
+        })
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .without_time() // CloudWatch stamps each line
+            .try_init()
+    } else {
+        builder.try_init()
+    };
+    // Already initialised (tests, or the CLI set it up): keep that one.
+    let _ = result;
+}
+
+async fn app_or_exit() -> Result<App, Error> {
+    init_tracing();
+    App::from_env().await.map_err(|e| {
+        tracing::error!(error = %e, "configuration");
+        Error::from(e.to_string())
+    })
+}
+
+/// The command function: `POST /{type}/{id}/commands`.
+pub async fn run_command() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    lambda_http::run(http::router(&app, chronicle_http::Routes::Commands)).await
+}
+
+/// The query function: state, time travel, history, lists.
+pub async fn run_query() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    lambda_http::run(http::router(&app, chronicle_http::Routes::Reads)).await
+}
+
+/// The projector function (DynamoDB Streams).
+pub async fn run_projector() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |e: lambda_runtime::LambdaEvent<aws_lambda_events::dynamodb::Event>| {
+            let app = app.clone();
+            async move { Ok::<_, Error>(streams::project(&app, &e.payload).await) }
+        },
+    ))
+    .await
+}
+
+/// The publisher function (DynamoDB Streams to Kinesis).
+pub async fn run_publisher() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |e: lambda_runtime::LambdaEvent<aws_lambda_events::dynamodb::Event>| {
+            let app = app.clone();
+            async move { Ok::<_, Error>(streams::publish(&app, &e.payload).await) }
+        },
+    ))
+    .await
+}
+
+/// The snapshotter function (DynamoDB Streams to S3).
+pub async fn run_snapshotter() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |e: lambda_runtime::LambdaEvent<aws_lambda_events::dynamodb::Event>| {
+            let app = app.clone();
+            async move { Ok::<_, Error>(streams::snapshot(&app, &e.payload).await) }
+        },
+    ))
+    .await
+}
+
+/// The activity-feed consumer (Kinesis).
+pub async fn run_activity() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        |e: lambda_runtime::LambdaEvent<aws_lambda_events::kinesis::KinesisEvent>| {
+            let app = app.clone();
+            async move { Ok::<_, Error>(activity::consume(&app, &e.payload).await) }
+        },
+    ))
+    .await
+}

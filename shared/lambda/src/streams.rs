@@ -1,0 +1,355 @@
+//! The DynamoDB Streams handlers. Each takes a batch as Lambda delivers it and answers with
+//! `ReportBatchItemFailures`: the sequence number of the first record it could not handle.
+//! Lambda then retries from that record, so everything here is idempotent; records of an
+//! aggregate after its failed one are not handled in this invocation, so each aggregate's
+//! events are handled in order. Other aggregates' records are handled regardless.
+
+use crate::App;
+use aws_lambda_events::dynamodb::{Event, EventRecord};
+use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use chronicle_aws::item::{self, StoredItem};
+use chronicle_kernel::{
+    index_values, DocWrite, EventEnvelope, EventStore, ModelRef, Projection, Publisher,
+    ReadModelStore, ReadRange, StreamId,
+};
+use futures::stream::{self, StreamExt};
+use serde_dynamo::AttributeValue;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tracing::Instrument;
+
+/// Aggregates handled at once within a batch.
+const CONCURRENCY: usize = 16;
+
+/// One record of a batch, decoded.
+#[derive(Debug)]
+pub struct Decoded {
+    /// Position in the batch (records arrive in sequence order).
+    pub index: usize,
+    pub event: Result<EventEnvelope, String>,
+}
+
+/// A batch's event records grouped by stream, in order, plus the index of the first record
+/// whose stream could not even be told (everything from there on is left for the retry).
+pub struct Batch {
+    pub streams: BTreeMap<String, Vec<Decoded>>,
+    pub unreadable_from: Option<usize>,
+}
+
+/// Decodes a batch: INSERTs of event items only (idempotency records and TTL removals are
+/// not events to consume).
+pub fn decode(records: &[EventRecord]) -> Batch {
+    let mut streams: BTreeMap<String, Vec<Decoded>> = BTreeMap::new();
+    for (index, r) in records.iter().enumerate() {
+        if r.event_name != "INSERT" {
+            continue;
+        }
+        let stream = match r.change.keys.get(item::PK) {
+            Some(AttributeValue::S(s)) => s.clone(),
+            _ => {
+                tracing::error!(index, "stream record without a `stream` key");
+                return Batch {
+                    streams,
+                    unreadable_from: Some(index),
+                };
+            }
+        };
+        let event = match item::decode_item(r.change.new_image.clone()) {
+            Ok(StoredItem::Event(e)) => Ok(*e),
+            Ok(StoredItem::Other) => continue,
+            Err(e) => Err(e.to_string()),
+        };
+        streams
+            .entry(stream)
+            .or_default()
+            .push(Decoded { index, event });
+    }
+    Batch {
+        streams,
+        unreadable_from: None,
+    }
+}
+
+/// The response naming the record at `first_failed` (if any).
+pub fn response(records: &[EventRecord], first_failed: Option<usize>) -> DynamoDbEventResponse {
+    let mut out = DynamoDbEventResponse::default();
+    if let Some(i) = first_failed {
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = records
+            .get(i)
+            .and_then(|r| r.change.sequence_number.clone());
+        out.batch_item_failures.push(failure);
+    }
+    out
+}
+
+fn min_failure(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Awaits the per-stream handlers, a few at a time; the first failed record overall.
+async fn gather<Fut>(start: Option<usize>, futures: impl Iterator<Item = Fut>) -> Option<usize>
+where
+    Fut: std::future::Future<Output = Option<usize>>,
+{
+    stream::iter(futures)
+        .buffer_unordered(CONCURRENCY)
+        .fold(start, |acc, f| async move { min_failure(acc, f) })
+        .await
+}
+
+fn span_for(e: &EventEnvelope) -> tracing::Span {
+    tracing::info_span!(
+        "record",
+        aggregate_type = %e.aggregate_type,
+        aggregate_id = %e.aggregate_id,
+        version = e.version
+    )
+}
+
+// ----------------------------------------------------------------------------------------
+// Projector
+// ----------------------------------------------------------------------------------------
+
+/// Applies the batch to every read model of each event's aggregate type.
+pub async fn project(app: &App, event: &Event) -> DynamoDbEventResponse {
+    let batch = decode(&event.records);
+    // Collected first: a closure held across the await would make the future not `Send`.
+    let work: Vec<_> = batch
+        .streams
+        .values()
+        .map(|r| project_stream(app, r))
+        .collect();
+    let failed = gather(batch.unreadable_from, work.into_iter()).await;
+    response(&event.records, failed)
+}
+
+async fn project_stream(app: &App, records: &[Decoded]) -> Option<usize> {
+    let first = records.first()?;
+    let Ok(sample) = &first.event else {
+        tracing::error!(index = first.index, error = ?first.event, "undecodable event record");
+        return Some(first.index);
+    };
+    let stream = sample.stream();
+    let Some(service) = app.chronicle.aggregate(&stream.aggregate_type) else {
+        tracing::error!(%stream, "events of an unregistered aggregate type");
+        return Some(first.index);
+    };
+    let schema = service.schema().clone();
+    let mut failed = None;
+    for projection in app.chronicle.projections_of(&stream.aggregate_type) {
+        let f = project_one(app, projection.clone(), &schema, &stream, records)
+            .instrument(tracing::info_span!("projection", name = projection.name(), %stream))
+            .await;
+        failed = min_failure(failed, f);
+    }
+    failed
+}
+
+/// Folds the records into one projection's document of this stream and writes it once.
+async fn project_one(
+    app: &App,
+    projection: Arc<dyn Projection>,
+    schema: &chronicle_kernel::EventSchema,
+    stream: &StreamId,
+    records: &[Decoded],
+) -> Option<usize> {
+    let model = ModelRef::active(projection.name());
+    let first = records.first()?.index;
+    let doc = match app.read_models.get(&model, &stream.aggregate_id).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the document failed");
+            return Some(first);
+        }
+    };
+    let start = doc.as_ref().map_or(0, |d| d.version);
+    let mut applied = start;
+    let mut body = doc.map(|d| d.body);
+    let mut failed = None;
+    let fold = |body: &mut Option<serde_json::Value>, e: EventEnvelope| -> Result<(), String> {
+        let _span = span_for(&e).entered();
+        let up = schema.upcast(e).map_err(|e| e.to_string())?;
+        *body = Some(projection.apply(body.as_ref(), &up)?);
+        Ok(())
+    };
+    for r in records {
+        let e = match &r.event {
+            Ok(e) => e,
+            Err(reason) => {
+                tracing::error!(index = r.index, %reason, "undecodable event record");
+                failed = Some(r.index);
+                break;
+            }
+        };
+        if e.version <= applied {
+            continue; // a duplicate or a replay
+        }
+        if e.version > applied + 1 {
+            // A gap (records lost to a bisected or skipped batch): read them from the store.
+            let range = ReadRange::from(applied + 1).to(e.version - 1);
+            let missing = match app.events.read_stream(stream, range).await {
+                Ok(m) => m,
+                Err(err) => {
+                    tracing::error!(error = %err, "reading a gap from the event store failed");
+                    failed = Some(r.index);
+                    break;
+                }
+            };
+            tracing::info!(%stream, from = applied + 1, to = e.version - 1, read = missing.len(), "filled a version gap from the event store");
+            if missing.len() as u64 != e.version - 1 - applied {
+                tracing::error!(%stream, "the event store does not have the gap's events yet");
+                failed = Some(r.index);
+                break;
+            }
+            let mut gap_failed = false;
+            for m in missing {
+                let v = m.version;
+                if let Err(reason) = fold(&mut body, m) {
+                    tracing::error!(%stream, version = v, %reason, "projection failed");
+                    gap_failed = true;
+                    break;
+                }
+                applied = v;
+            }
+            if gap_failed {
+                failed = Some(r.index);
+                break;
+            }
+        }
+        let v = e.version;
+        if let Err(reason) = fold(&mut body, e.clone()) {
+            tracing::error!(%stream, version = v, %reason, "projection failed; stopping this aggregate here");
+            failed = Some(r.index);
+            break;
+        }
+        applied = v;
+    }
+    if applied > start {
+        if let Some(body) = body {
+            let write = DocWrite {
+                index: index_values(projection.indexes(), &body),
+                key: stream.aggregate_id.clone(),
+                version: applied,
+                body,
+            };
+            if let Err(e) = app.read_models.apply(&model, vec![write], None).await {
+                tracing::error!(error = %e, "writing the document failed");
+                return Some(first);
+            }
+        }
+    }
+    failed
+}
+
+// ----------------------------------------------------------------------------------------
+// Publisher
+// ----------------------------------------------------------------------------------------
+
+/// Publishes the batch's events, upcast to the current schema, to Kinesis.
+pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
+    let batch = decode(&event.records);
+    let mut failed = batch.unreadable_from;
+    // Each stream's events up to its first undecodable one, in batch order.
+    let mut out: Vec<(usize, EventEnvelope)> = Vec::new();
+    for records in batch.streams.values() {
+        for r in records {
+            let up = r.event.clone().and_then(|e| {
+                let service = app
+                    .chronicle
+                    .aggregate(&e.aggregate_type)
+                    .ok_or_else(|| format!("unregistered aggregate type {}", e.aggregate_type))?;
+                service.schema().upcast(e).map_err(|e| e.to_string())
+            });
+            match up {
+                Ok(e) => out.push((r.index, e)),
+                Err(reason) => {
+                    tracing::error!(index = r.index, %reason, "event can't be published; stopping this aggregate here");
+                    failed = min_failure(failed, Some(r.index));
+                    break;
+                }
+            }
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    // Nothing at or after the first failure needs sending now: the retry starts there.
+    if let Some(f) = failed {
+        out.retain(|(i, _)| *i < f);
+    }
+    let (indexes, envelopes): (Vec<usize>, Vec<EventEnvelope>) = out.into_iter().unzip();
+    if let Err(e) = app.publisher.publish(&envelopes).await {
+        tracing::error!(error = %e, "publishing failed");
+        let first = e.failed.first().and_then(|&i| indexes.get(i).copied());
+        failed = min_failure(failed, first);
+    }
+    response(&event.records, failed)
+}
+
+// ----------------------------------------------------------------------------------------
+// Snapshotter
+// ----------------------------------------------------------------------------------------
+
+/// Snapshots each aggregate whose events in this batch cross a multiple of the interval.
+pub async fn snapshot(app: &App, event: &Event) -> DynamoDbEventResponse {
+    let every = app.settings.snapshot_every;
+    let batch = decode(&event.records);
+    if every == 0 {
+        return response(&event.records, batch.unreadable_from);
+    }
+    let work: Vec<_> = batch
+        .streams
+        .values()
+        .map(|r| snapshot_stream(app, every, r))
+        .collect();
+    let failed = gather(batch.unreadable_from, work.into_iter()).await;
+    response(&event.records, failed)
+}
+
+async fn snapshot_stream(app: &App, every: u64, records: &[Decoded]) -> Option<usize> {
+    let first = records.first()?.index;
+    let mut failed = None;
+    let mut versions = Vec::new();
+    let mut stream = None;
+    for r in records {
+        match &r.event {
+            Ok(e) => {
+                versions.push(e.version);
+                stream.get_or_insert_with(|| e.stream());
+            }
+            Err(reason) => {
+                tracing::error!(index = r.index, %reason, "undecodable event record");
+                failed = Some(r.index);
+                break;
+            }
+        }
+    }
+    let stream = stream?;
+    let (Some(&lo), Some(&hi)) = (versions.iter().min(), versions.iter().max()) else {
+        return failed;
+    };
+    if (lo - 1) / every == hi / every {
+        return failed;
+    }
+    let Some(service) = app.chronicle.aggregate(&stream.aggregate_type) else {
+        tracing::error!(%stream, "events of an unregistered aggregate type");
+        return Some(first);
+    };
+    let span = tracing::info_span!("snapshot", aggregate_type = %stream.aggregate_type, aggregate_id = %stream.aggregate_id, version = hi);
+    match service
+        .snapshot(&stream.aggregate_id, Some(hi))
+        .instrument(span)
+        .await
+    {
+        Ok(v) => {
+            tracing::info!(%stream, version = ?v, "snapshot saved");
+            failed
+        }
+        Err(e) => {
+            tracing::error!(%stream, error = %e, "snapshot failed");
+            Some(first)
+        }
+    }
+}
