@@ -326,7 +326,9 @@ async fn snapshot_stream(app: &App, every: u64, records: &[Decoded]) -> Option<u
             }
         }
     }
-    let stream = stream?;
+    let Some(stream) = stream else {
+        return failed;
+    };
     let (Some(&lo), Some(&hi)) = (versions.iter().min(), versions.iter().max()) else {
         return failed;
     };

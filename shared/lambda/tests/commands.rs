@@ -1,0 +1,178 @@
+//! Commands on the AWS adapters: conditional-write conflicts under concurrency, idempotent
+//! repeats after a timeout, and the transaction-size limit.
+
+mod common;
+
+use chronicle_aws::DynamoEventStore;
+use chronicle_kernel::{
+    AppendError, CommandOptions, Error, EventStore, ReadRange, StoreError, StreamId,
+};
+use chronicle_lambda::App;
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_on_one_aggregate_store_each_acknowledged_one_exactly_once() {
+    const N: u32 = 32;
+    let Some((env, app)) = common::app("concurrent commands", 100).await else {
+        return;
+    };
+    open_with(&app, "hot", "hal", &[]).await;
+    // One App per command: 32 Lambda instances, no shared cache or lock, only DynamoDB's
+    // conditional writes between them.
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let app = App::new(env.clients.clone(), env.settings.clone());
+            tokio::spawn(async move {
+                let amount = 1u64 << i;
+                (
+                    amount,
+                    run(&app, "hot", json!({"type": "Deposit", "amount": amount})).await,
+                )
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for t in tasks {
+        let (amount, r) = t.await.expect("task");
+        match r {
+            Ok(_) => acknowledged.push(amount),
+            // Retries ran out under contention: the client is told, nothing is stored.
+            Err(Error::Conflict { .. }) => {}
+            Err(e) => panic!("deposit {amount}: unexpected error {e}"),
+        }
+    }
+    assert!(!acknowledged.is_empty());
+    let events = app
+        .events
+        .read_stream(&StreamId::new("accounts", "hot"), ReadRange::all())
+        .await
+        .expect("read");
+    let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+    assert_eq!(
+        versions,
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "gapless"
+    );
+    let mut stored: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event_type == "Deposited")
+        .map(|e| e.data["amount"].as_u64().expect("an amount"))
+        .collect();
+    stored.sort_unstable();
+    acknowledged.sort_unstable();
+    assert_eq!(
+        stored, acknowledged,
+        "every acknowledged deposit stored exactly once, no other"
+    );
+    let state = app
+        .chronicle
+        .aggregate("accounts")
+        .expect("accounts")
+        .state("hot", None)
+        .await
+        .expect("state");
+    assert_eq!(state.body["balance"], acknowledged.iter().sum::<u64>());
+    env.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_after_a_timeout_appends_nothing() {
+    let Some((env, first)) = common::app("idempotent retry", 100).await else {
+        return;
+    };
+    open_with(&first, "idem", "ida", &[50]).await;
+    let opts = || CommandOptions {
+        idempotency_key: Some("withdraw-7".into()),
+        ..Default::default()
+    };
+    let command = json!({"type": "Withdraw", "amount": 7});
+    // The first attempt commits, but the client never hears back (a timeout) ...
+    let original = run_with(&first, "idem", command.clone(), opts())
+        .await
+        .expect("first attempt");
+    assert!(!original.replayed);
+    // ... and retries, landing on another instance with a cold cache.
+    let other = App::new(env.clients.clone(), env.settings.clone());
+    let retry = run_with(&other, "idem", command.clone(), opts())
+        .await
+        .expect("retry");
+    assert!(
+        retry.replayed,
+        "the retry is answered from the idempotency record"
+    );
+    assert_eq!(retry.result, original.result);
+    let stream = StreamId::new("accounts", "idem");
+    assert_eq!(
+        other.events.stream_version(&stream).await.expect("version"),
+        3
+    );
+
+    // The same transaction sent again at the store level: refused as a duplicate, nothing added.
+    let record = other
+        .events
+        .idempotency_record("withdraw-7")
+        .await
+        .expect("read")
+        .expect("the record");
+    let again = chronicle_kernel::AppendRequest {
+        stream: stream.clone(),
+        expected_version: 2,
+        events: original.result.events.clone(),
+        idempotency: Some(record),
+    };
+    match other.events.append(&again).await {
+        Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, "withdraw-7"),
+        r => panic!("expected DuplicateIdempotencyKey, got {r:?}"),
+    }
+    assert_eq!(
+        other.events.stream_version(&stream).await.expect("version"),
+        3
+    );
+
+    // The same key with another command is refused.
+    let reused = run_with(
+        &other,
+        "idem",
+        json!({"type": "Withdraw", "amount": 8}),
+        opts(),
+    )
+    .await;
+    assert!(
+        matches!(reused, Err(Error::IdempotencyKeyReused { .. })),
+        "{reused:?}"
+    );
+    env.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_too_big_for_one_transaction_is_refused_whole() {
+    let Some((env, app)) = common::app("transaction limit", 100).await else {
+        return;
+    };
+    let stream = chronicle_testkit::new_stream();
+    let store: &DynamoEventStore = &app.events;
+    let first = chronicle_testkit::events(&stream, 0, 1);
+    store
+        .append(&chronicle_testkit::request(&stream, 0, first))
+        .await
+        .expect("first event");
+    // 99 events + the expected-version check + the idempotency record: 101 actions.
+    let mut too_big =
+        chronicle_testkit::request(&stream, 1, chronicle_testkit::events(&stream, 1, 99));
+    too_big.idempotency = Some(chronicle_testkit::idempotency_record("big", &stream));
+    match store.append(&too_big).await {
+        Err(AppendError::Store(StoreError::Invalid(msg))) => {
+            assert!(msg.contains("at most 98"), "{msg}")
+        }
+        r => panic!("expected a refusal, got {r:?}"),
+    }
+    assert_eq!(store.stream_version(&stream).await.expect("version"), 1);
+    // The largest that fits is stored whole.
+    let mut fits =
+        chronicle_testkit::request(&stream, 1, chronicle_testkit::events(&stream, 1, 98));
+    fits.idempotency = Some(chronicle_testkit::idempotency_record("fits", &stream));
+    store.append(&fits).await.expect("98 events fit");
+    assert_eq!(store.stream_version(&stream).await.expect("version"), 99);
+    env.remove().await;
+}
