@@ -508,3 +508,40 @@ async fn a_path_that_is_not_utf8_is_a_json_400() {
         server.get(path).await.expect_error(400, "invalid_path");
     }
 }
+
+/// `serve --publish-log`: every event, upcast, lands in the JSON-lines log in order.
+#[tokio::test]
+async fn serve_publishes_events_to_the_log() {
+    let logdir = tempfile::tempdir().expect("temp dir");
+    let log = logdir.path().join("published.jsonl");
+    let log_arg = log.display().to_string();
+    let server = Server::start_with(&["--publish-log", &log_arg]).await;
+    server
+        .command("pub-1", json!({"type": "Open", "owner": "pia"}), &[])
+        .await
+        .expect_status(200);
+    server
+        .command("pub-1", json!({"type": "Deposit", "amount": 3}), &[])
+        .await
+        .expect_status(200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let lines: Vec<Value> = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        if lines.len() >= 2 {
+            assert_eq!(lines.len(), 2, "{lines:?}");
+            assert_eq!(versions(&lines), vec![1, 2]);
+            assert_eq!(lines[1]["event_type"], "Deposited");
+            assert_eq!(lines[1]["data"]["currency"], "EUR");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never got both events"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -90,6 +90,18 @@ impl Server {
         Self::spawn(dir, &["serve", "--data-dir", &dir_arg], &[]).await
     }
 
+    /// The embedded server with extra `serve` arguments (its own temp data directory).
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let dir = tmp.path().to_path_buf();
+        let dir_arg = dir.display().to_string();
+        let mut args = vec!["serve", "--data-dir", &dir_arg];
+        args.extend_from_slice(extra);
+        let mut s = Self::spawn(&dir, &args, &[]).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// `chronicle serve --backend aws` with the given environment (resource names).
     pub async fn start_aws(env: &[(&str, String)]) -> Self {
         Self::spawn(Path::new("."), &["serve", "--backend", "aws"], env).await

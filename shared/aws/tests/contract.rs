@@ -33,3 +33,63 @@ async fn dynamodb_read_model_store_passes_the_read_model_store_contract() {
     chronicle_testkit::read_model_store_contract(Arc::new(store)).await;
     env.remove().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kinesis_publisher_passes_the_publisher_contract() {
+    let Some(env) = AwsTestEnv::create("publisher contract").await else {
+        return;
+    };
+    let publisher = chronicle_aws::KinesisPublisher::new(
+        env.clients.kinesis.clone(),
+        &env.settings.event_stream,
+    );
+    let kinesis = env.clients.kinesis.clone();
+    let stream = env.settings.event_stream.clone();
+    chronicle_testkit::publisher_contract(Arc::new(publisher), || {
+        let (kinesis, stream) = (kinesis.clone(), stream.clone());
+        async move { read_kinesis(&kinesis, &stream).await }
+    })
+    .await;
+    env.remove().await;
+}
+
+/// Every envelope on the stream, shard by shard from the start.
+async fn read_kinesis(
+    k: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Vec<chronicle_kernel::EventEnvelope> {
+    let mut out = Vec::new();
+    let shards = k
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("ListShards");
+    for shard in shards.shards() {
+        let mut it = k
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("GetShardIterator")
+            .shard_iterator;
+        while let Some(i) = it {
+            let got = k
+                .get_records()
+                .shard_iterator(i)
+                .send()
+                .await
+                .expect("GetRecords");
+            if got.records().is_empty() {
+                break;
+            }
+            for r in got.records() {
+                out.push(serde_json::from_slice(r.data().as_ref()).expect("an envelope"));
+            }
+            it = got.next_shard_iterator().map(str::to_owned);
+        }
+    }
+    out
+}

@@ -46,6 +46,10 @@ enum Command {
         /// the CHRONICLE_* variables on the endpoint the AWS_* variables give.
         #[arg(long, env = "CHRONICLE_BACKEND", value_enum, default_value_t = Backend::Embedded)]
         backend: Backend,
+        /// Embedded: also publish every event (upcast) as a JSON line to this file, the local
+        /// stand-in for the Kinesis stream (`tail -f` it).
+        #[arg(long, env = "CHRONICLE_PUBLISH_LOG")]
+        publish_log: Option<PathBuf>,
     },
     /// Create the DynamoDB tables (with streams), S3 buckets and Kinesis stream named by the
     /// CHRONICLE_* variables, if missing, on the configured endpoint (moto, LocalStack, AWS).
@@ -146,7 +150,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store,
                 addr,
                 backend: Backend::Embedded,
-            } => serve::serve(&store, &addr).await,
+                publish_log,
+            } => serve::serve(&store, &addr, publish_log.as_deref()).await,
             Command::Serve {
                 addr,
                 backend: Backend::Aws,

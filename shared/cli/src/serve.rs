@@ -4,10 +4,22 @@ use crate::StoreArgs;
 use anyhow::Context;
 use tokio::sync::watch;
 
-pub(crate) async fn serve(args: &StoreArgs, addr: &str) -> anyhow::Result<()> {
+pub(crate) async fn serve(
+    args: &StoreArgs,
+    addr: &str,
+    publish_log: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     let (store, chronicle) = crate::open(args)?;
     let (stop, stopped) = watch::channel(false);
     let mut runners = Vec::new();
+    if let Some(path) = publish_log {
+        let publisher = chronicle_embedded::JsonlPublisher::open(path)
+            .with_context(|| format!("opening the publish log {}", path.display()))?;
+        let runner = chronicle
+            .publish_runner(std::sync::Arc::new(publisher))
+            .context("the embedded registry has a feed")?;
+        runners.push(tokio::spawn(runner.run(stopped.clone())));
+    }
     for p in chronicle.projections() {
         let runner = chronicle
             .runner(p.name())

@@ -5,7 +5,10 @@
 //! stored or none are. The events table is append-only: triggers refuse UPDATE and DELETE, and
 //! no code path issues either.
 
+mod publisher;
 mod writer;
+
+pub use publisher::JsonlPublisher;
 
 use async_trait::async_trait;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};

@@ -208,3 +208,15 @@ async fn events_table_is_append_only() {
         "the events must be unchanged"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jsonl_publisher_passes_the_publisher_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("published.jsonl");
+    let publisher = chronicle_embedded::JsonlPublisher::open(&path).expect("open the log");
+    kit::publisher_contract(Arc::new(publisher), || {
+        let path = path.clone();
+        async move { chronicle_embedded::JsonlPublisher::read_all(&path).expect("read the log") }
+    })
+    .await;
+}

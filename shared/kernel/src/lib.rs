@@ -7,6 +7,7 @@ pub mod envelope;
 pub mod error;
 pub mod ports;
 pub mod projection;
+pub mod publishing;
 pub mod replay;
 pub mod schema;
 pub mod service;
@@ -19,6 +20,7 @@ pub use ports::*;
 pub use projection::{
     index_values, Projection, ProjectionError, ProjectionRunner, StateProjection,
 };
+pub use publishing::PublishRunner;
 pub use schema::{EventSchema, UpcastError};
 pub use service::{AggregateService, Chronicle, ChronicleBuilder, StateView};
 

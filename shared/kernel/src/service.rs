@@ -252,6 +252,24 @@ impl Chronicle {
         ))
     }
 
+    /// A runner that publishes every event from the feed to `publisher`; `None` without a feed.
+    pub fn publish_runner(
+        &self,
+        publisher: Arc<dyn crate::ports::Publisher>,
+    ) -> Option<crate::publishing::PublishRunner> {
+        Some(crate::publishing::PublishRunner {
+            feed: self.feed.clone()?,
+            store: self.read_models.clone(),
+            publisher,
+            schemas: self
+                .aggregates
+                .iter()
+                .map(|(t, s)| ((*t).to_owned(), s.schema().clone()))
+                .collect(),
+            batch_size: 500,
+        })
+    }
+
     /// `GET /{aggregate_type}?{field}={value}`: documents of the type's list read model.
     pub async fn list(
         &self,
