@@ -121,6 +121,39 @@ async fn aws_setup_then_serve_backend_aws_end_to_end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // The inspection commands read the same AWS store.
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chronicle"))
+            .args(args)
+            .args(["--backend", "aws"])
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .expect("running chronicle")
+    };
+    let out = cli(&["history", "accounts", id, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("history --json prints JSON");
+    assert_eq!(versions(&events), vec![1, 2, 3]);
+    let out = cli(&["state", "accounts", id, "--version", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state prints JSON");
+    assert_eq!(state["balance"], 120);
+    let out = cli(&["rebuild", "accounts_state"]);
+    assert!(
+        !out.status.success(),
+        "rebuild on AWS is refused, not faked"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("embedded backend only"));
+
     drop(server);
     env.remove().await;
 }

@@ -90,24 +90,46 @@ impl KinesisPublisher {
                     }
                 }
                 Ok(out) => {
-                    for (&i, r) in idx.iter().zip(out.records()) {
-                        let key = (
-                            events[i].aggregate_type.as_str(),
-                            events[i].aggregate_id.as_str(),
+                    let results = out.records();
+                    if let Some(r) = results.iter().find(|r| r.error_code().is_some()) {
+                        reason = format!(
+                            "{}: {}",
+                            r.error_code().unwrap_or(""),
+                            r.error_message().unwrap_or("")
                         );
-                        if r.error_code().is_some() || blocked.contains(&key) {
-                            if let Some(code) = r.error_code() {
-                                reason = format!("{code}: {}", r.error_message().unwrap_or(""));
-                            }
-                            blocked.insert(key);
-                            left.push(i);
-                        }
                     }
+                    // A response shorter than the request leaves the rest failed.
+                    let failed: Vec<bool> = (0..idx.len())
+                        .map(|k| results.get(k).is_none_or(|r| r.error_code().is_some()))
+                        .collect();
+                    settle(events, &idx, &failed, &mut blocked, &mut left);
                 }
             }
         }
         left.sort_unstable();
         (left, reason)
+    }
+}
+
+/// After one `PutRecords` of `sent` (indexes into `events`, in order): adds to `left` every
+/// record that failed and every later record of an aggregate that had a failure, so the retry
+/// delivers each aggregate's events in order from its first failure on.
+fn settle<'a>(
+    events: &'a [EventEnvelope],
+    sent: &[usize],
+    failed: &[bool],
+    blocked: &mut HashSet<(&'a str, &'a str)>,
+    left: &mut Vec<usize>,
+) {
+    for (k, &i) in sent.iter().enumerate() {
+        let key = (
+            events[i].aggregate_type.as_str(),
+            events[i].aggregate_id.as_str(),
+        );
+        if failed.get(k).copied().unwrap_or(true) || blocked.contains(&key) {
+            blocked.insert(key);
+            left.push(i);
+        }
     }
 }
 
@@ -138,5 +160,59 @@ impl Publisher for KinesisPublisher {
             failed: pending,
             reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ev(id: &str, version: u64) -> EventEnvelope {
+        EventEnvelope {
+            event_id: uuid::Uuid::new_v4(),
+            aggregate_type: "accounts".into(),
+            aggregate_id: id.into(),
+            version,
+            event_type: "Deposited".into(),
+            schema_version: 2,
+            data: json!({}),
+            metadata: Default::default(),
+            recorded_at: chronicle_kernel::envelope::now(),
+        }
+    }
+
+    fn pending(events: &[EventEnvelope], failed: &[bool]) -> Vec<(String, u64)> {
+        let sent: Vec<usize> = (0..events.len()).collect();
+        let mut left = Vec::new();
+        settle(events, &sent, failed, &mut HashSet::new(), &mut left);
+        left.iter()
+            .map(|&i| (events[i].aggregate_id.clone(), events[i].version))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_record_holds_back_the_rest_of_its_aggregate_only() {
+        let events = [ev("a", 1), ev("a", 2), ev("b", 1), ev("a", 3), ev("b", 2)];
+        assert_eq!(pending(&events, &[false; 5]), vec![]);
+        // a v2 failed: a v3 (accepted) goes again after it; b is done.
+        assert_eq!(
+            pending(&events, &[false, true, false, false, false]),
+            vec![("a".into(), 2), ("a".into(), 3)]
+        );
+        assert_eq!(
+            pending(&events, &[true, false, false, false, true]),
+            vec![
+                ("a".into(), 1),
+                ("a".into(), 2),
+                ("a".into(), 3),
+                ("b".into(), 2)
+            ]
+        );
+        // A short response: the unanswered records count as failed.
+        assert_eq!(
+            pending(&events, &[false, false, false]),
+            vec![("a".into(), 3), ("b".into(), 2)]
+        );
     }
 }

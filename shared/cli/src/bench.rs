@@ -92,6 +92,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let store_args = crate::StoreArgs {
         data_dir: dir.clone(),
         snapshot_every: args.snapshot_every,
+        backend: crate::Backend::Embedded,
     };
     let total_events = (args.accounts * args.events_per_account) as u64;
     let (hist, append_secs, append_peak) = if args.replay_only {

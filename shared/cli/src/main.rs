@@ -31,6 +31,10 @@ struct StoreArgs {
     /// Snapshot every N events of an aggregate (0: never).
     #[arg(long, env = "CHRONICLE_SNAPSHOT_EVERY", default_value_t = 100)]
     snapshot_every: u64,
+    /// Where events live: the embedded store in --data-dir, or the AWS resources named by
+    /// the CHRONICLE_* variables on the endpoint the AWS_* variables give.
+    #[arg(long, env = "CHRONICLE_BACKEND", value_enum, default_value_t = Backend::Embedded)]
+    backend: Backend,
 }
 
 #[derive(Subcommand)]
@@ -42,10 +46,6 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "CHRONICLE_ADDR", default_value = "127.0.0.1:8080")]
         addr: String,
-        /// Where events live: the embedded store in --data-dir, or the AWS resources named by
-        /// the CHRONICLE_* variables on the endpoint the AWS_* variables give.
-        #[arg(long, env = "CHRONICLE_BACKEND", value_enum, default_value_t = Backend::Embedded)]
-        backend: Backend,
         /// Embedded: also publish every event (upcast) as a JSON line to this file, the local
         /// stand-in for the Kinesis stream (`tail -f` it).
         #[arg(long, env = "CHRONICLE_PUBLISH_LOG")]
@@ -96,6 +96,20 @@ enum Command {
 enum Backend {
     Embedded,
     Aws,
+}
+
+/// The registry on whichever backend `args` names; the embedded store comes along (to close
+/// it) when that is the backend.
+pub(crate) async fn open_any(
+    args: &StoreArgs,
+) -> anyhow::Result<(Option<Arc<EmbeddedStore>>, Chronicle)> {
+    match args.backend {
+        Backend::Embedded => open(args).map(|(s, c)| (Some(s), c)),
+        Backend::Aws => {
+            let app = chronicle_lambda::App::from_env().await?;
+            Ok((None, app.chronicle))
+        }
+    }
 }
 
 /// Opens the embedded store and registers the sample domain on it.
@@ -149,14 +163,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Serve {
                 store,
                 addr,
-                backend: Backend::Embedded,
                 publish_log,
-            } => serve::serve(&store, &addr, publish_log.as_deref()).await,
-            Command::Serve {
-                addr,
-                backend: Backend::Aws,
-                ..
-            } => serve::serve_aws(&addr).await,
+            } => match store.backend {
+                Backend::Embedded => serve::serve(&store, &addr, publish_log.as_deref()).await,
+                Backend::Aws if publish_log.is_some() => Err(anyhow::anyhow!(
+                    "--publish-log is for the embedded backend; on AWS events go to Kinesis"
+                )),
+                Backend::Aws => serve::serve_aws(&addr).await,
+            },
             Command::AwsSetup => serve::aws_setup().await,
             Command::History {
                 store,

@@ -257,6 +257,7 @@ pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
     let mut out: Vec<(usize, EventEnvelope)> = Vec::new();
     for records in batch.streams.values() {
         for r in records {
+            let _span = r.event.as_ref().ok().map(|e| span_for(e).entered());
             let up = r.event.clone().and_then(|e| {
                 let service = app
                     .chronicle
