@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: formatting, lints, then every test, including the
-# AWS suite against a local AWS endpoint.
+# The whole test suite, from a fresh clone: formatting, the SAM template's checks, lints, then
+# every test, including the AWS suite against a local AWS endpoint.
 #
 # The AWS endpoint: by default moto server (pinned in scripts/requirements-aws.txt, installed
 # into .venv-aws) started here on a free loopback port and stopped at the end. Set
@@ -44,6 +44,9 @@ export CHRONICLE_AWS_TESTS=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+
+# The SAM template: cfn-lint, sam validate --lint, checkov and the template test (offline).
+./scripts/check-infra.sh
 
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
