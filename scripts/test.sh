@@ -53,3 +53,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test (AWS endpoint $AWS_ENDPOINT_URL)"
 cargo test --workspace --locked
+
+echo "== the function binaries behind a Lambda runtime API (cargo lambda watch)"
+./scripts/lambda-smoke.sh

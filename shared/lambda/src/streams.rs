@@ -346,8 +346,12 @@ async fn snapshot_stream(app: &App, every: u64, records: &[Decoded]) -> Option<u
         .instrument(span)
         .await
     {
-        Ok(v) => {
-            tracing::info!(%stream, version = ?v, "snapshot saved");
+        Ok(Some(v)) => {
+            tracing::info!(%stream, version = v, "snapshot saved");
+            failed
+        }
+        Ok(None) => {
+            tracing::warn!(%stream, "stream records of an aggregate the store has no events of");
             failed
         }
         Err(e) => {

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The function binaries as Lambda runs them: each built `main`, configured only from its
+# environment, polling a Lambda runtime API (`cargo lambda watch --only-lambda-apis`, loopback
+# only), invoked with its payloads from events/ against the AWS endpoint in AWS_ENDPOINT_URL.
+# Run by scripts/test.sh while moto is up; needs cargo, python3 and that endpoint.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${AWS_ENDPOINT_URL:?set AWS_ENDPOINT_URL (scripts/test.sh does)}"
+
+VENV=.venv-lambda
+REQ=scripts/requirements-lambda.txt
+if ! cmp -s "$REQ" "$VENV/.installed" 2>/dev/null; then
+    echo "== installing cargo-lambda into $VENV"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
+    cp "$REQ" "$VENV/.installed"
+fi
+export PATH="$PWD/$VENV/bin:$PATH"
+PY="$VENV/bin/python"
+
+FUNCTIONS=(command query projector publisher snapshotter activity)
+echo "== building the function binaries"
+cargo build --locked -p chronicle-cli $(printf -- '-p %s ' "${FUNCTIONS[@]}")
+
+# Fresh, uniquely named resources on the endpoint.
+SUFFIX=$("$PY" -c 'import uuid; print(uuid.uuid4().hex[:10])')
+export CHRONICLE_EVENTS_TABLE="smoke-$SUFFIX-events" CHRONICLE_READ_TABLE="smoke-$SUFFIX-read" \
+       CHRONICLE_SNAPSHOT_BUCKET="smoke-$SUFFIX-snapshots" CHRONICLE_ARCHIVE_BUCKET="smoke-$SUFFIX-archive" \
+       CHRONICLE_EVENT_STREAM="smoke-$SUFFIX-stream" CHRONICLE_SNAPSHOT_EVERY=2 RUST_LOG=info
+target/debug/chronicle aws-setup >/dev/null
+
+WORK=$(mktemp -d -t chronicle-smoke.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cargo lambda watch --only-lambda-apis --invoke-address 127.0.0.1 --invoke-port "$PORT" >"$WORK/watch.txt" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do
+    "$PY" -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break
+    sleep 0.2
+done
+
+start() { # start FN: the binary, on its own runtime API path, like a Lambda sandbox
+    AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/$1" AWS_LAMBDA_FUNCTION_NAME="$1" \
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256 AWS_LAMBDA_FUNCTION_VERSION='$LATEST' \
+        "target/debug/$1" >"$WORK/$1.log" 2>&1 &
+    PIDS+=($!)
+}
+for f in "${FUNCTIONS[@]}"; do start "$f"; done
+
+FAILED=0
+# invoke FN FILE CHECK: CHECK is a Python expression over `r`, the function's JSON answer.
+invoke() {
+    local fn=$1 file=$2 check=$3 out
+    if ! out=$(timeout 60 cargo lambda invoke "$fn" --invoke-address 127.0.0.1 --invoke-port "$PORT" \
+            --data-file "$file" --output-format json 2>&1); then
+        echo "FAIL $fn $file: invoke failed: $out"; FAILED=1; return
+    fi
+    if printf '%s' "$out" | "$PY" -c "import json, sys; r = json.load(sys.stdin); sys.exit(0 if ($check) else 1)"; then
+        echo "ok   $fn $(basename "$file")"
+    else
+        echo "FAIL $fn $file: $check: $out"; FAILED=1
+    fi
+}
+body() { echo "json.loads(r['body'])$1"; }
+
+invoke command events/apigw/01-open.json "r['statusCode'] == 200 and $(body "['version']") == 1"
+invoke command events/apigw/02-deposit.json "r['statusCode'] == 200 and $(body "['version']") == 2"
+invoke command events/apigw/12-bad-json.json "r['statusCode'] == 400 and $(body "['error']['code']") == 'malformed_json'"
+invoke command events/apigw/43-reads-on-command-function.json "r['statusCode'] == 404"
+invoke query events/apigw/05-state-consistent.json "r['statusCode'] == 200 and $(body "['balance']") == 100"
+invoke query events/apigw/07-history.json "r['statusCode'] == 200 and len($(body "['events']")) == 2"
+invoke query events/apigw/00-health.json "r['statusCode'] == 200"
+invoke projector events/dynamodb/stream-batch.json "r['batchItemFailures'] == []"
+invoke publisher events/dynamodb/stream-batch.json "r['batchItemFailures'] == []"
+invoke snapshotter events/dynamodb/stream-batch.json "r['batchItemFailures'] == []"
+invoke activity events/kinesis/batch.json "r['batchItemFailures'] == []"
+# The projector's read model, through the query function.
+"$PY" - "$WORK/projected.json" <<'PYEOF'
+import json, sys
+ev = json.load(open("events/apigw/05-state-consistent.json"))
+ev["rawPath"] = ev["requestContext"]["http"]["path"] = "/accounts/acc-stream-1"
+ev["rawQueryString"] = ""
+ev.pop("queryStringParameters", None)
+json.dump(ev, open(sys.argv[1], "w"))
+PYEOF
+invoke query "$WORK/projected.json" "r['statusCode'] == 200 and $(body "['balance']") == 200 and $(body "['version']") == 3"
+
+# Configuration comes from the environment: a bad value stops the function at init, named.
+if CHRONICLE_SNAPSHOT_EVERY=often AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/bad" \
+        AWS_LAMBDA_FUNCTION_NAME=bad timeout 20 target/debug/projector >"$WORK/bad.txt" 2>&1; then
+    echo "FAIL a bad CHRONICLE_SNAPSHOT_EVERY was accepted"; FAILED=1
+elif grep -q CHRONICLE_SNAPSHOT_EVERY "$WORK/bad.txt"; then
+    echo "ok   a bad CHRONICLE_SNAPSHOT_EVERY stops the function at init, named"
+else
+    echo "FAIL the init error does not name the variable: $(cat "$WORK/bad.txt")"; FAILED=1
+fi
+# Logs are JSON inside Lambda: every line any function wrote.
+cat "$WORK"/*.log >"$WORK/all-lines"
+if ! "$PY" -c "import json, sys; lines = [l for l in open(sys.argv[1]) if l.strip()]; [json.loads(l) for l in lines]; sys.exit(0 if lines else 1)" "$WORK/all-lines"; then
+    echo "FAIL function logs are not all JSON"; FAILED=1
+else
+    echo "ok   function logs are JSON lines"
+fi
+
+if [ "$FAILED" != 0 ]; then
+    for f in "${FUNCTIONS[@]}"; do echo "--- $f log"; tail -n 20 "$WORK/$f.log"; done
+    exit 1
+fi
+echo "== function binaries: every invocation answered as expected"
