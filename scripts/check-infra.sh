@@ -12,17 +12,7 @@ command -v python3 >/dev/null || { echo "python3 (3.9+) is required" >&2; exit 1
 TEMPLATE=infra/template.yaml
 START=$(date +%s)
 
-# Creates (or reuses) a venv; reinstalls when the pinned set differs from the one installed.
-ensure_venv() {
-    local venv=$1 req=$2
-    if ! cmp -s "$req" "$venv/.installed" 2>/dev/null; then
-        echo "== installing $req into $venv"
-        rm -rf "$venv"
-        python3 -m venv "$venv"
-        "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
-        cp "$req" "$venv/.installed"
-    fi
-}
+. scripts/lib.sh
 ensure_venv .venv-infra scripts/requirements-infra.txt
 ensure_venv .venv-checkov scripts/requirements-checkov.txt
 

@@ -7,15 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${AWS_ENDPOINT_URL:?set AWS_ENDPOINT_URL (scripts/test.sh does)}"
 
+. scripts/lib.sh
 VENV=.venv-lambda
-REQ=scripts/requirements-lambda.txt
-if ! cmp -s "$REQ" "$VENV/.installed" 2>/dev/null; then
-    echo "== installing cargo-lambda into $VENV"
-    rm -rf "$VENV"
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
-    cp "$REQ" "$VENV/.installed"
-fi
+ensure_venv "$VENV" scripts/requirements-lambda.txt
 export PATH="$PWD/$VENV/bin:$PATH"
 PY="$VENV/bin/python"
 
@@ -38,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(free_port "$PY")
 cargo lambda watch --only-lambda-apis --invoke-address 127.0.0.1 --invoke-port "$PORT" >"$WORK/watch.txt" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do

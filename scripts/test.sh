@@ -13,17 +13,10 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&
 command -v python3 >/dev/null || { echo "python3 (3.9+) is required for the local AWS endpoint" >&2; exit 1; }
 
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
+    . scripts/lib.sh
     VENV=.venv-aws
-    REQ=scripts/requirements-aws.txt
-    # Reinstall when the pinned set changes.
-    if ! cmp -s "$REQ" "$VENV/.installed" 2>/dev/null; then
-        echo "== installing moto into $VENV"
-        rm -rf "$VENV"
-        python3 -m venv "$VENV"
-        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQ"
-        cp "$REQ" "$VENV/.installed"
-    fi
-    PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    ensure_venv "$VENV" scripts/requirements-aws.txt
+    PORT=$(free_port "$VENV/bin/python")
     LOG=$(mktemp -t chronicle-moto.XXXXXX)
     "$VENV/bin/python" scripts/moto_server.py "$PORT" >"$LOG" 2>&1 &
     MOTO_PID=$!

@@ -71,3 +71,44 @@ impl AwsTestEnv {
         }
     }
 }
+
+/// Every record on a Kinesis stream, shard by shard from the start (what a consumer that
+/// started at TRIM_HORIZON has seen).
+pub async fn kinesis_records(
+    kinesis: &aws_sdk_kinesis::Client,
+    stream: &str,
+) -> Vec<aws_sdk_kinesis::types::Record> {
+    use aws_sdk_kinesis::types::ShardIteratorType;
+    let shards = kinesis
+        .list_shards()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("ListShards");
+    let mut out = Vec::new();
+    for shard in shards.shards() {
+        let mut it = kinesis
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard.shard_id())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("GetShardIterator")
+            .shard_iterator;
+        while let Some(i) = it {
+            let got = kinesis
+                .get_records()
+                .shard_iterator(i)
+                .send()
+                .await
+                .expect("GetRecords");
+            if got.records().is_empty() {
+                break;
+            }
+            it = got.next_shard_iterator().map(str::to_owned);
+            out.extend(got.records);
+        }
+    }
+    out
+}

@@ -58,38 +58,9 @@ async fn read_kinesis(
     k: &aws_sdk_kinesis::Client,
     stream: &str,
 ) -> Vec<chronicle_kernel::EventEnvelope> {
-    let mut out = Vec::new();
-    let shards = k
-        .list_shards()
-        .stream_name(stream)
-        .send()
+    chronicle_aws::testing::kinesis_records(k, stream)
         .await
-        .expect("ListShards");
-    for shard in shards.shards() {
-        let mut it = k
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .expect("GetShardIterator")
-            .shard_iterator;
-        while let Some(i) = it {
-            let got = k
-                .get_records()
-                .shard_iterator(i)
-                .send()
-                .await
-                .expect("GetRecords");
-            if got.records().is_empty() {
-                break;
-            }
-            for r in got.records() {
-                out.push(serde_json::from_slice(r.data().as_ref()).expect("an envelope"));
-            }
-            it = got.next_shard_iterator().map(str::to_owned);
-        }
-    }
-    out
+        .iter()
+        .map(|r| serde_json::from_slice(r.data().as_ref()).expect("an envelope"))
+        .collect()
 }

@@ -115,46 +115,13 @@ pub fn poisoned(r: &EventRecord) -> EventRecord {
     p
 }
 
-/// Every record of the Kinesis stream, from the start.
+/// Every record of the Kinesis stream, from the start, as Lambda would deliver them.
 pub async fn kinesis_records(app: &App) -> Vec<KinesisEventRecord> {
-    let k = &app.clients.kinesis;
-    let stream = &app.settings.event_stream;
-    let shards = k
-        .list_shards()
-        .stream_name(stream)
-        .send()
+    chronicle_aws::testing::kinesis_records(&app.clients.kinesis, &app.settings.event_stream)
         .await
-        .expect("ListShards");
-    let mut out = Vec::new();
-    for shard in shards.shards() {
-        let mut it = k
-            .get_shard_iterator()
-            .stream_name(stream)
-            .shard_id(shard.shard_id())
-            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .expect("GetShardIterator")
-            .shard_iterator;
-        while let Some(i) = it {
-            let got = k
-                .get_records()
-                .shard_iterator(i)
-                .send()
-                .await
-                .expect("GetRecords");
-            if got.records().is_empty() {
-                break;
-            }
-            it = got.next_shard_iterator().map(str::to_owned);
-            out.extend(
-                got.records
-                    .into_iter()
-                    .map(|r| local::kinesis_record(r, "arn:test")),
-            );
-        }
-    }
-    out
+        .into_iter()
+        .map(|r| local::kinesis_record(r, "arn:test"))
+        .collect()
 }
 
 pub fn failures(r: &aws_lambda_events::streams::DynamoDbEventResponse) -> Vec<String> {

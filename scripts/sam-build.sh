@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `sam build` of infra/template.yaml, offline: every function through cargo-lambda (Zig,
+# glibc 2.30 at most, arm64), then each bootstrap's size and the newest glibc symbol it needs.
+# A separate check from scripts/test.sh: a cold run compiles the AWS SDK once more, for arm64
+# in release (its time is in the README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v rustup >/dev/null || { echo "rustup is required (for the aarch64 target)" >&2; exit 1; }
+
+. scripts/lib.sh
+ensure_venv .venv-infra scripts/requirements-infra.txt
+ensure_venv .venv-lambda scripts/requirements-lambda.txt
+rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup target add aarch64-unknown-linux-gnu
+
+# cargo-lambda runs Zig as `python -m ziglang`: its venv must come first on PATH.
+export PATH="$PWD/.venv-lambda/bin:$PWD/.venv-infra/bin:$PATH"
+export SAM_CLI_TELEMETRY=0
+# One target directory for every function: the dependencies compile once.
+export CARGO_TARGET_DIR="$PWD/target"
+# Deployed binaries carry no debug info or symbols (the local release profile keeps line
+# tables for profiling): smaller zips, faster cold starts.
+export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
+
+START=$(date +%s)
+echo "== sam build"
+sam build --template-file infra/template.yaml --build-dir .aws-sam/build
+echo "== sam build took $(( $(date +%s) - START )) s"
+
+printf '%-20s %10s  %s\n' FUNCTION BYTES "NEWEST GLIBC SYMBOL"
+for dir in .aws-sam/build/*/; do
+    b="$dir/bootstrap"
+    [ -f "$b" ] || continue
+    glibc=$(readelf --dyn-syms --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
+    printf '%-20s %10s  %s\n' "$(basename "$dir")" "$(stat -c %s "$b")" "$glibc"
+done
