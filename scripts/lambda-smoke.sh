@@ -3,6 +3,10 @@
 # environment, polling a Lambda runtime API (`cargo lambda watch --only-lambda-apis`, loopback
 # only), invoked with its payloads from events/ against the AWS endpoint in AWS_ENDPOINT_URL.
 # Run by scripts/test.sh while moto is up; needs cargo, python3 and that endpoint.
+#
+# By default it runs the mains built for this machine. With SMOKE_BOOTSTRAPS=DIR (a `sam build`
+# directory, as scripts/sam-build.sh sets) it runs the deployed artifacts instead,
+# DIR/<Name>Function/bootstrap, arm64, under qemu-aarch64 with an aarch64 glibc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${AWS_ENDPOINT_URL:?set AWS_ENDPOINT_URL (scripts/test.sh does)}"
@@ -40,10 +44,18 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 
+binary() { # binary FN: the command that runs FN's main
+    if [ -n "${SMOKE_BOOTSTRAPS:-}" ]; then
+        echo "qemu-aarch64 -L ${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu} $SMOKE_BOOTSTRAPS/${1^}Function/bootstrap"
+    else
+        echo "target/debug/$1"
+    fi
+}
 start() { # start FN: the binary, on its own runtime API path, like a Lambda sandbox
+    # shellcheck disable=SC2046
     AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/$1" AWS_LAMBDA_FUNCTION_NAME="$1" \
     AWS_LAMBDA_FUNCTION_MEMORY_SIZE=256 AWS_LAMBDA_FUNCTION_VERSION='$LATEST' \
-        "target/debug/$1" >"$WORK/$1.log" 2>&1 &
+        $(binary "$1") >"$WORK/$1.log" 2>&1 &
     PIDS+=($!)
 }
 for f in "${FUNCTIONS[@]}"; do start "$f"; done
@@ -88,7 +100,7 @@ invoke query "$WORK/projected.json" "r['statusCode'] == 200 and $(body "['balanc
 
 # Configuration comes from the environment: a bad value stops the function at init, named.
 if CHRONICLE_SNAPSHOT_EVERY=often AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/bad" \
-        AWS_LAMBDA_FUNCTION_NAME=bad timeout 20 target/debug/projector >"$WORK/bad.txt" 2>&1; then
+        AWS_LAMBDA_FUNCTION_NAME=bad timeout 20 $(binary projector) >"$WORK/bad.txt" 2>&1; then
     echo "FAIL a bad CHRONICLE_SNAPSHOT_EVERY was accepted"; FAILED=1
 elif grep -q CHRONICLE_SNAPSHOT_EVERY "$WORK/bad.txt"; then
     echo "ok   a bad CHRONICLE_SNAPSHOT_EVERY stops the function at init, named"
@@ -107,4 +119,4 @@ if [ "$FAILED" != 0 ]; then
     for f in "${FUNCTIONS[@]}"; do echo "--- $f log"; tail -n 20 "$WORK/$f.log"; done
     exit 1
 fi
-echo "== function binaries: every invocation answered as expected"
+echo "== function binaries (${SMOKE_BOOTSTRAPS:-target/debug}): every invocation answered as expected"

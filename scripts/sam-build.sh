@@ -33,3 +33,12 @@ for dir in .aws-sam/build/*/; do
     glibc=$(readelf --dyn-syms --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
     printf '%-20s %10s  %s\n' "$(basename "$dir")" "$(stat -c %s "$b")" "$glibc"
 done
+
+# The deployed artifacts themselves, run as Lambda runs them (scripts/lambda-smoke.sh), where
+# this machine can execute arm64 code.
+if command -v qemu-aarch64 >/dev/null && [ -e "${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu}/lib/ld-linux-aarch64.so.1" ]; then
+    if [ -z "${AWS_ENDPOINT_URL:-}" ]; then start_moto; fi
+    SMOKE_BOOTSTRAPS=.aws-sam/build ./scripts/lambda-smoke.sh
+else
+    echo "== not running the arm64 bootstraps: install qemu-user and libc6-arm64-cross (Debian) to run them here"
+fi

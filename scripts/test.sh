@@ -12,25 +12,9 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 (3.9+) is required for the local AWS endpoint" >&2; exit 1; }
 
+. scripts/lib.sh
 if [ -z "${AWS_ENDPOINT_URL:-}" ]; then
-    . scripts/lib.sh
-    VENV=.venv-aws
-    ensure_venv "$VENV" scripts/requirements-aws.txt
-    PORT=$(free_port "$VENV/bin/python")
-    LOG=$(mktemp -t chronicle-moto.XXXXXX)
-    "$VENV/bin/python" scripts/moto_server.py "$PORT" >"$LOG" 2>&1 &
-    MOTO_PID=$!
-    trap 'kill $MOTO_PID 2>/dev/null || true; rm -f "$LOG"' EXIT
-    for _ in $(seq 1 100); do
-        curl -fs "http://127.0.0.1:$PORT/moto-api/" >/dev/null 2>&1 && break
-        kill -0 $MOTO_PID 2>/dev/null || { cat "$LOG" >&2; echo "moto server exited" >&2; exit 1; }
-        sleep 0.2
-    done
-    curl -fs "http://127.0.0.1:$PORT/moto-api/" >/dev/null || { cat "$LOG" >&2; echo "moto server did not start" >&2; exit 1; }
-    echo "== moto server on 127.0.0.1:$PORT"
-    export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT"
-    export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
-    unset AWS_PROFILE AWS_SESSION_TOKEN
+    start_moto
 fi
 export AWS_REGION="${AWS_REGION:-us-east-1}"
 export CHRONICLE_AWS_TESTS=1
