@@ -121,6 +121,16 @@ case("unknown-route", "query", 404, "route_not_found", get("/accounts/acc-1/even
 case("commands-on-query-function", "query", 404, "route_not_found", cmd("acc-1", {"type": "Deposit", "amount": 1}))
 case("reads-on-command-function", "command", 404, "route_not_found", get("/accounts/acc-1"))
 
+# Audit reads: history filters and state as of a time.
+case("history-to-version", "query", 200, None, get("/accounts/acc-1/events", "from_version=2&to_version=3"))
+case("history-event-type", "query", 200, None, get("/accounts/acc-1/events", "event_type=Deposited&limit=10"))
+case("history-time-range", "query", 200, None, get("/accounts/acc-1/events", "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"))
+case("history-bad-time", "query", 400, "invalid_query", get("/accounts/acc-1/events", "from=yesterday"))
+case("history-inverted-versions", "query", 400, "invalid_query", get("/accounts/acc-1/events", "from_version=3&to_version=2"))
+case("state-at-now", "query", 200, None, get("/accounts/acc-1", "at=2100-01-01T00:00:00Z"))
+case("state-before-first-event", "query", 404, "version_not_found", get("/accounts/acc-1", "at=2000-01-01T00:00:00Z"))
+case("state-at-and-version", "query", 400, "invalid_query", get("/accounts/acc-1", "at=2100-01-01T00:00:00Z&version=1"))
+
 
 STREAM_ARN = f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/chronicle-events/stream/2026-11-26T00:00:00.000"
 ACCT = "acc-stream-1"

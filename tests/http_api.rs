@@ -545,3 +545,108 @@ async fn serve_publishes_events_to_the_log() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// History filters (versions, recorded time, event type) with pagination, and state as of a time.
+#[tokio::test]
+async fn history_filters_and_state_at_a_time() {
+    let server = Server::start().await;
+    let id = "filtered";
+    server
+        .command(id, json!({"type": "Open", "owner": "fay"}), &[])
+        .await
+        .expect_status(200);
+    for amount in [10, 20, 30] {
+        server
+            .command(id, json!({"type": "Deposit", "amount": amount}), &[])
+            .await
+            .expect_status(200);
+        server
+            .command(id, json!({"type": "Withdraw", "amount": 1}), &[])
+            .await
+            .expect_status(200);
+    }
+    let all = server.history(id).await;
+    assert_eq!(versions(&all), (1..=7).collect::<Vec<u64>>());
+    let page = |q: &str| {
+        let server = &server;
+        let q = q.to_owned();
+        async move {
+            let r = server.get(&format!("/accounts/{id}/events?{q}")).await;
+            r.expect_status(200);
+            (
+                versions(r.body["events"].as_array().expect("events")),
+                r.body["next_from_version"].as_u64(),
+            )
+        }
+    };
+    assert_eq!(
+        page("from_version=2&to_version=4").await,
+        (vec![2, 3, 4], None)
+    );
+    assert_eq!(page("event_type=Deposited").await, (vec![2, 4, 6], None));
+    // Filtered pages: each holds `limit` matches, next_from_version is the next match.
+    assert_eq!(
+        page("event_type=Deposited&limit=2").await,
+        (vec![2, 4], Some(6))
+    );
+    assert_eq!(
+        page("event_type=Deposited&limit=2&from_version=6").await,
+        (vec![6], None)
+    );
+    assert_eq!(
+        page("event_type=Withdrawn&to_version=5").await,
+        (vec![3, 5], None)
+    );
+    assert_eq!(page("event_type=Nothing").await, (vec![], None));
+    // Recorded time, inclusive at both ends.
+    let t = |v: usize| {
+        all[v - 1]["recorded_at"]
+            .as_str()
+            .expect("a time")
+            .to_owned()
+    };
+    let q = format!("from={}&to={}", t(3), t(5));
+    assert_eq!(page(&q).await, (vec![3, 4, 5], None));
+    assert_eq!(
+        page(&format!("from={}&event_type=Deposited", t(5))).await,
+        (vec![6], None)
+    );
+
+    // State as of a time: the newest version recorded at or before it.
+    let r = server.get(&format!("/accounts/{id}?at={}", t(4))).await;
+    r.expect_status(200);
+    assert_eq!(
+        (r.body["version"].as_u64(), r.body["balance"].as_u64()),
+        (Some(4), Some(29))
+    );
+    server
+        .get(&format!("/accounts/{id}?at=2000-01-01T00:00:00Z"))
+        .await
+        .expect_error(404, "version_not_found");
+    server
+        .get("/accounts/nobody-here?at=2100-01-01T00:00:00Z")
+        .await
+        .expect_error(404, "not_found");
+
+    // Bad filters are refused.
+    for q in [
+        "from=yesterday",
+        "to=2026-13-01T00:00:00Z",
+        "from_version=5&to_version=4",
+        "from=2026-11-26T12:00:00Z&to=2026-11-26T11:00:00Z",
+        "event_type=",
+    ] {
+        server
+            .get(&format!("/accounts/{id}/events?{q}"))
+            .await
+            .expect_error(400, "invalid_query");
+    }
+    server
+        .get(&format!("/accounts/{id}?at=soon"))
+        .await
+        .expect_error(400, "invalid_query");
+    server
+        .get(&format!("/accounts/{id}?at={}&version=2", t(4)))
+        .await
+        .expect_error(400, "invalid_query");
+}

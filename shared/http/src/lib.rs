@@ -12,8 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chronicle_kernel::{
-    validate_id, AggregateService, Chronicle, CommandOptions, Error, ReadRange,
+    validate_id, AggregateService, Chronicle, CommandOptions, Error, EventEnvelope, ReadRange,
 };
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -259,8 +260,18 @@ async fn state(
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let (svc, id) = aggregate_route(&chronicle, path)?;
-    let params = query_params(raw, &["consistent", "version"])?;
-    let version = parse_u64(&params, "version")?;
+    let params = query_params(raw, &["consistent", "version", "at"])?;
+    let mut version = parse_u64(&params, "version")?;
+    let at = parse_time(&params, "at")?;
+    if let Some(at) = at {
+        if version.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "give `version` or `at`, not both",
+            ));
+        }
+        version = Some(version_at(svc.as_ref(), &id, at).await?);
+    }
     let view = if version.is_some() || parse_bool(&params, "consistent")? {
         svc.state(&id, version).await?
     } else {
@@ -271,18 +282,103 @@ async fn state(
     Ok(resp)
 }
 
+/// Events read per store call while scanning a history.
+const SCAN_CHUNK: usize = 1000;
+/// Most events one filtered history request scans; past it the page ends early with a
+/// `next_from_version` to continue from, so no request reads a whole long stream.
+pub const MAX_SCAN: usize = 10_000;
+
+/// The newest version recorded at or before `at`.
+async fn version_at(
+    svc: &dyn AggregateService,
+    id: &str,
+    at: DateTime<Utc>,
+) -> Result<u64, ApiError> {
+    let mut cursor = 1;
+    let mut found = None;
+    loop {
+        let chunk = svc
+            .history(id, ReadRange::from(cursor).limit(SCAN_CHUNK), true)
+            .await?;
+        let Some(last) = chunk.last() else { break };
+        cursor = last.version + 1;
+        // Clocks of different writers may disagree: every event is looked at.
+        for e in &chunk {
+            if e.recorded_at <= at {
+                found = Some(e.version);
+            }
+        }
+        if chunk.len() < SCAN_CHUNK {
+            break;
+        }
+    }
+    if cursor == 1 {
+        return Err(Error::not_found(
+            "not_found",
+            format!("{}/{id} does not exist", svc.aggregate_type()),
+        )
+        .into());
+    }
+    found.ok_or_else(|| {
+        Error::not_found(
+            "version_not_found",
+            format!(
+                "{}/{id} had no events at {}",
+                svc.aggregate_type(),
+                chronicle_kernel::envelope::format_timestamp(&at)
+            ),
+        )
+        .into()
+    })
+}
+
+fn parse_time(
+    params: &BTreeMap<String, String>,
+    name: &str,
+) -> Result<Option<DateTime<Utc>>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            chronicle_kernel::envelope::parse_timestamp(v).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_query",
+                    format!("`{name}` must be an RFC 3339 time such as 2026-11-26T12:00:00Z, not {v:?}: {e}"),
+                )
+            })
+        })
+        .transpose()
+}
+
 async fn history(
     State(chronicle): State<Chronicle>,
     path: Result<Path<(String, String)>, PathRejection>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult {
     let (svc, id) = aggregate_route(&chronicle, path)?;
-    let params = query_params(raw, &["from_version", "limit", "raw"])?;
+    let params = query_params(
+        raw,
+        &[
+            "from_version",
+            "to_version",
+            "from",
+            "to",
+            "event_type",
+            "limit",
+            "raw",
+        ],
+    )?;
     let from = parse_u64(&params, "from_version")?.unwrap_or(1);
     if from == 0 {
         return Err(ApiError::bad_request(
             "invalid_query",
             "`from_version` starts at 1",
+        ));
+    }
+    let to_version = parse_u64(&params, "to_version")?;
+    if to_version.is_some_and(|t| t < from) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`to_version` must not be below `from_version`",
         ));
     }
     let limit = parse_u64(&params, "limit")?.unwrap_or(DEFAULT_PAGE as u64);
@@ -292,18 +388,67 @@ async fn history(
             format!("`limit` must be between 1 and {MAX_PAGE}"),
         ));
     }
+    let limit = limit as usize;
+    let (from_t, to_t) = (parse_time(&params, "from")?, parse_time(&params, "to")?);
+    if let (Some(a), Some(b)) = (from_t, to_t) {
+        if b < a {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "`to` must not be before `from`",
+            ));
+        }
+    }
+    let event_type = params.get("event_type").cloned();
+    if event_type.as_deref() == Some("") {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "`event_type` must not be empty",
+        ));
+    }
     let raw = parse_bool(&params, "raw")?;
-    // One more than asked: a next page exists only if that one came back.
-    let mut events = svc
-        .history(&id, ReadRange::from(from).limit(limit as usize + 1), raw)
-        .await?;
-    let next = if events.len() as u64 > limit {
-        events.truncate(limit as usize);
-        events.last().map(|last| last.version + 1)
-    } else {
-        None
+    let filtering = from_t.is_some() || to_t.is_some() || event_type.is_some();
+    let matches = |e: &EventEnvelope| {
+        from_t.is_none_or(|t| e.recorded_at >= t)
+            && to_t.is_none_or(|t| e.recorded_at <= t)
+            && event_type.as_deref().is_none_or(|t| e.event_type == t)
     };
-    if events.is_empty()
+
+    // Scan from `from`: a page holds `limit` matches, and the next page starts at the next
+    // match, found by looking one match ahead (within the scan budget).
+    let mut events = Vec::new();
+    let mut next = None;
+    let mut cursor = from;
+    let mut scanned = 0usize;
+    let mut any = false;
+    'scan: loop {
+        let chunk_size = if filtering { SCAN_CHUNK } else { limit + 1 };
+        let mut range = ReadRange::from(cursor).limit(chunk_size);
+        if let Some(t) = to_version {
+            range = range.to(t);
+        }
+        let chunk = svc.history(&id, range, raw).await?;
+        let n = chunk.len();
+        any |= n > 0;
+        for e in chunk {
+            scanned += 1;
+            cursor = e.version + 1;
+            if matches(&e) {
+                if events.len() == limit {
+                    next = Some(e.version);
+                    break 'scan;
+                }
+                events.push(e);
+            }
+            if scanned >= MAX_SCAN {
+                next = Some(cursor);
+                break 'scan;
+            }
+        }
+        if n < chunk_size || to_version.is_some_and(|t| cursor > t) {
+            break;
+        }
+    }
+    if !any
         && (from == 1
             || svc
                 .history(&id, ReadRange::all().limit(1), true)

@@ -120,5 +120,15 @@ async fn http_functions_answer_api_gateway_v2_payloads() {
         body("-deposit.json")["events"][0]["metadata"]["correlation_id"],
         "corr-1"
     );
+    let versions = |b: Value| -> Vec<u64> {
+        b["events"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["version"].as_u64()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(versions(body("-history-to-version.json")), vec![2, 3]);
+    assert_eq!(versions(body("-history-event-type.json")), vec![2]);
+    assert_eq!(versions(body("-history-time-range.json")), vec![1, 2, 3]);
+    assert_eq!(body("-state-at-now.json")["version"], 3);
     env.remove().await;
 }
