@@ -80,6 +80,54 @@ async fn history_and_state_read_the_data_directory() {
     let state: Value = serde_json::from_str(&out).expect("JSON state");
     assert_eq!(state["balance"], 100);
 
+    // Filters, as on the HTTP API.
+    let versions_of = |out: &str| -> Vec<u64> {
+        serde_json::from_str::<Vec<Value>>(out)
+            .expect("JSON history")
+            .iter()
+            .filter_map(|e| e["version"].as_u64())
+            .collect()
+    };
+    let (ok, out, err) = chronicle(
+        dir.path(),
+        &[
+            "history",
+            "accounts",
+            "cli-1",
+            "--event-type",
+            "Deposited",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(versions_of(&out), vec![2, 3]);
+    let third = events[2]["recorded_at"].as_str().expect("a time");
+    let (ok, out, err) = chronicle(
+        dir.path(),
+        &[
+            "history",
+            "accounts",
+            "cli-1",
+            "--from",
+            third,
+            "--to-version",
+            "4",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(versions_of(&out), vec![3, 4]);
+    let (ok, out, err) = chronicle(dir.path(), &["state", "accounts", "cli-1", "--at", third]);
+    assert!(ok, "{err}");
+    let state: Value = serde_json::from_str(&out).expect("JSON state");
+    assert_eq!(
+        (state["version"].as_u64(), state["balance"].as_u64()),
+        (Some(3), Some(350))
+    );
+    let (ok, _, err) = chronicle(dir.path(), &["state", "accounts", "cli-1", "--at", "soon"]);
+    assert!(!ok);
+    assert!(err.contains("RFC 3339"), "{err}");
+
     let (ok, _, err) = chronicle(dir.path(), &["state", "accounts", "nobody"]);
     assert!(!ok);
     assert!(err.contains("does not exist"), "{err}");

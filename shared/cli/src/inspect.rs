@@ -2,7 +2,8 @@
 
 use crate::StoreArgs;
 use anyhow::{anyhow, Context};
-use chronicle_kernel::{validate_id, AggregateService, Chronicle, ReadRange};
+use chronicle_kernel::audit::{history_page, version_at, HistoryQuery};
+use chronicle_kernel::{validate_id, AggregateService, Chronicle};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 
@@ -22,20 +23,31 @@ pub(crate) async fn history(
     args: &StoreArgs,
     aggregate_type: &str,
     id: &str,
-    from_version: u64,
+    mut query: HistoryQuery,
     limit: Option<usize>,
-    raw: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     validate_id(id)?;
     let (_store, chronicle) = crate::open_any(args).await?;
-    let mut range = ReadRange::from(from_version);
-    range.limit = limit;
-    let events = service(&chronicle, aggregate_type)?
-        .history(id, range, raw)
-        .await?;
+    let svc = service(&chronicle, aggregate_type)?;
+    // Page by page until the filters' matches (or `--limit` of them) are all read.
+    let mut events = Vec::new();
+    loop {
+        let page = history_page(svc.as_ref(), id, &query).await?;
+        events.extend(page.events);
+        if let Some(max) = limit {
+            if events.len() >= max {
+                events.truncate(max);
+                break;
+            }
+        }
+        match page.next_from_version {
+            Some(next) => query.from_version = next,
+            None => break,
+        }
+    }
     if events.is_empty() {
-        anyhow::bail!("{aggregate_type}/{id} has no events from version {from_version}");
+        anyhow::bail!("{aggregate_type}/{id} has no events that match");
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&events)?);
@@ -63,12 +75,16 @@ pub(crate) async fn state(
     aggregate_type: &str,
     id: &str,
     version: Option<u64>,
+    at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> anyhow::Result<()> {
     validate_id(id)?;
     let (_store, chronicle) = crate::open_any(args).await?;
-    let view = service(&chronicle, aggregate_type)?
-        .state(id, version)
-        .await?;
+    let svc = service(&chronicle, aggregate_type)?;
+    let version = match at {
+        Some(at) => Some(version_at(svc.as_ref(), id, at).await?),
+        None => version,
+    };
+    let view = svc.state(id, version).await?;
     println!("{}", serde_json::to_string_pretty(&view.body)?);
     Ok(())
 }

@@ -63,6 +63,17 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         from_version: u64,
         #[arg(long)]
+        to_version: Option<u64>,
+        /// Only events recorded at or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events recorded at or before this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only events of this type.
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long)]
         limit: Option<usize>,
         /// Events as stored, before upcasting.
         #[arg(long)]
@@ -78,8 +89,11 @@ enum Command {
         aggregate_type: String,
         id: String,
         /// State as of this version.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "at")]
         version: Option<u64>,
+        /// State as of this RFC 3339 time (the newest version recorded at or before it).
+        #[arg(long, value_parser = parse_time)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Replay every event into a fresh generation of a read model, then switch reads to it.
     Rebuild {
@@ -131,6 +145,11 @@ pub(crate) fn open(args: &StoreArgs) -> anyhow::Result<(Arc<EmbeddedStore>, Chro
     Ok((store, chronicle))
 }
 
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chronicle_kernel::envelope::parse_timestamp(s)
+        .map_err(|e| format!("not an RFC 3339 time (e.g. 2026-11-26T12:00:00Z): {e}"))
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -177,18 +196,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 aggregate_type,
                 id,
                 from_version,
+                to_version,
+                from,
+                to,
+                event_type,
                 limit,
                 raw,
                 json,
             } => {
-                inspect::history(&store, &aggregate_type, &id, from_version, limit, raw, json).await
+                let query = chronicle_kernel::audit::HistoryQuery {
+                    from_version,
+                    to_version,
+                    from,
+                    to,
+                    event_type,
+                    limit: 1000,
+                    raw,
+                };
+                inspect::history(&store, &aggregate_type, &id, query, limit, json).await
             }
             Command::State {
                 store,
                 aggregate_type,
                 id,
                 version,
-            } => inspect::state(&store, &aggregate_type, &id, version).await,
+                at,
+            } => inspect::state(&store, &aggregate_type, &id, version, at).await,
             Command::Rebuild { store, projection } => inspect::rebuild(&store, &projection).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -11,9 +11,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chronicle_kernel::{
-    validate_id, AggregateService, Chronicle, CommandOptions, Error, EventEnvelope, ReadRange,
-};
+use chronicle_kernel::audit::{history_page, HistoryQuery};
+use chronicle_kernel::{validate_id, AggregateService, Chronicle, CommandOptions, Error};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -270,7 +269,7 @@ async fn state(
                 "give `version` or `at`, not both",
             ));
         }
-        version = Some(version_at(svc.as_ref(), &id, at).await?);
+        version = Some(chronicle_kernel::audit::version_at(svc.as_ref(), &id, at).await?);
     }
     let view = if version.is_some() || parse_bool(&params, "consistent")? {
         svc.state(&id, version).await?
@@ -280,56 +279,6 @@ async fn state(
     let mut resp = Json(view.body).into_response();
     resp.headers_mut().insert(header::ETAG, etag(view.version));
     Ok(resp)
-}
-
-/// Events read per store call while scanning a history.
-const SCAN_CHUNK: usize = 1000;
-/// Most events one filtered history request scans; past it the page ends early with a
-/// `next_from_version` to continue from, so no request reads a whole long stream.
-pub const MAX_SCAN: usize = 10_000;
-
-/// The newest version recorded at or before `at`.
-async fn version_at(
-    svc: &dyn AggregateService,
-    id: &str,
-    at: DateTime<Utc>,
-) -> Result<u64, ApiError> {
-    let mut cursor = 1;
-    let mut found = None;
-    loop {
-        let chunk = svc
-            .history(id, ReadRange::from(cursor).limit(SCAN_CHUNK), true)
-            .await?;
-        let Some(last) = chunk.last() else { break };
-        cursor = last.version + 1;
-        // Clocks of different writers may disagree: every event is looked at.
-        for e in &chunk {
-            if e.recorded_at <= at {
-                found = Some(e.version);
-            }
-        }
-        if chunk.len() < SCAN_CHUNK {
-            break;
-        }
-    }
-    if cursor == 1 {
-        return Err(Error::not_found(
-            "not_found",
-            format!("{}/{id} does not exist", svc.aggregate_type()),
-        )
-        .into());
-    }
-    found.ok_or_else(|| {
-        Error::not_found(
-            "version_not_found",
-            format!(
-                "{}/{id} had no events at {}",
-                svc.aggregate_type(),
-                chronicle_kernel::envelope::format_timestamp(&at)
-            ),
-        )
-        .into()
-    })
 }
 
 fn parse_time(
@@ -367,20 +316,6 @@ async fn history(
             "raw",
         ],
     )?;
-    let from = parse_u64(&params, "from_version")?.unwrap_or(1);
-    if from == 0 {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`from_version` starts at 1",
-        ));
-    }
-    let to_version = parse_u64(&params, "to_version")?;
-    if to_version.is_some_and(|t| t < from) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`to_version` must not be below `from_version`",
-        ));
-    }
     let limit = parse_u64(&params, "limit")?.unwrap_or(DEFAULT_PAGE as u64);
     if limit == 0 || limit > MAX_PAGE as u64 {
         return Err(ApiError::bad_request(
@@ -388,83 +323,20 @@ async fn history(
             format!("`limit` must be between 1 and {MAX_PAGE}"),
         ));
     }
-    let limit = limit as usize;
-    let (from_t, to_t) = (parse_time(&params, "from")?, parse_time(&params, "to")?);
-    if let (Some(a), Some(b)) = (from_t, to_t) {
-        if b < a {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "`to` must not be before `from`",
-            ));
-        }
-    }
-    let event_type = params.get("event_type").cloned();
-    if event_type.as_deref() == Some("") {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            "`event_type` must not be empty",
-        ));
-    }
-    let raw = parse_bool(&params, "raw")?;
-    let filtering = from_t.is_some() || to_t.is_some() || event_type.is_some();
-    let matches = |e: &EventEnvelope| {
-        from_t.is_none_or(|t| e.recorded_at >= t)
-            && to_t.is_none_or(|t| e.recorded_at <= t)
-            && event_type.as_deref().is_none_or(|t| e.event_type == t)
+    let query = HistoryQuery {
+        from_version: parse_u64(&params, "from_version")?.unwrap_or(1),
+        to_version: parse_u64(&params, "to_version")?,
+        from: parse_time(&params, "from")?,
+        to: parse_time(&params, "to")?,
+        event_type: params.get("event_type").cloned(),
+        limit: limit as usize,
+        raw: parse_bool(&params, "raw")?,
     };
-
-    // Scan from `from`: a page holds `limit` matches, and the next page starts at the next
-    // match, found by looking one match ahead (within the scan budget).
-    let mut events = Vec::new();
-    let mut next = None;
-    let mut cursor = from;
-    let mut scanned = 0usize;
-    let mut any = false;
-    'scan: loop {
-        let chunk_size = if filtering { SCAN_CHUNK } else { limit + 1 };
-        let mut range = ReadRange::from(cursor).limit(chunk_size);
-        if let Some(t) = to_version {
-            range = range.to(t);
-        }
-        let chunk = svc.history(&id, range, raw).await?;
-        let n = chunk.len();
-        any |= n > 0;
-        for e in chunk {
-            scanned += 1;
-            cursor = e.version + 1;
-            if matches(&e) {
-                if events.len() == limit {
-                    next = Some(e.version);
-                    break 'scan;
-                }
-                events.push(e);
-            }
-            if scanned >= MAX_SCAN {
-                next = Some(cursor);
-                break 'scan;
-            }
-        }
-        if n < chunk_size || to_version.is_some_and(|t| cursor > t) {
-            break;
-        }
-    }
-    if !any
-        && (from == 1
-            || svc
-                .history(&id, ReadRange::all().limit(1), true)
-                .await?
-                .is_empty())
-    {
-        return Err(Error::not_found(
-            "not_found",
-            format!("{}/{id} does not exist", svc.aggregate_type()),
-        )
-        .into());
-    }
+    let page = history_page(svc.as_ref(), &id, &query).await?;
     Ok(Json(json!({
         "aggregate_id": id,
-        "events": events,
-        "next_from_version": next,
+        "events": page.events,
+        "next_from_version": page.next_from_version,
     }))
     .into_response())
 }

@@ -2,6 +2,7 @@
 //! through the ports in [`ports`], domains through [`aggregate::Aggregate`].
 
 pub mod aggregate;
+pub mod audit;
 pub mod command;
 pub mod envelope;
 pub mod error;
