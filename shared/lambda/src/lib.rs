@@ -133,50 +133,54 @@ pub async fn run_query() -> Result<(), Error> {
     lambda_http::run(http::router(&app, chronicle_http::Routes::Reads)).await
 }
 
-/// The projector function (DynamoDB Streams).
-pub async fn run_projector() -> Result<(), Error> {
+/// Runs a function that takes events of type `E` and answers `R` (a batch response).
+async fn run_handler<E, R, F, Fut>(handler: F) -> Result<(), Error>
+where
+    E: serde::de::DeserializeOwned + Send + 'static,
+    R: serde::Serialize + Send + 'static,
+    F: Fn(App, E) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = R> + Send,
+{
     let app = app_or_exit().await?;
     lambda_runtime::run(lambda_runtime::service_fn(
-        |e: lambda_runtime::LambdaEvent<aws_lambda_events::dynamodb::Event>| {
-            let app = app.clone();
-            async move { Ok::<_, Error>(streams::project(&app, &e.payload).await) }
+        move |e: lambda_runtime::LambdaEvent<E>| {
+            let (app, handler) = (app.clone(), handler.clone());
+            async move { Ok::<_, Error>(handler(app, e.payload).await) }
         },
     ))
+    .await
+}
+
+/// The projector function (DynamoDB Streams).
+pub async fn run_projector() -> Result<(), Error> {
+    run_handler(|app, e: aws_lambda_events::dynamodb::Event| async move {
+        streams::project(&app, &e).await
+    })
     .await
 }
 
 /// The publisher function (DynamoDB Streams to Kinesis).
 pub async fn run_publisher() -> Result<(), Error> {
-    let app = app_or_exit().await?;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        |e: lambda_runtime::LambdaEvent<aws_lambda_events::dynamodb::Event>| {
-            let app = app.clone();
-            async move { Ok::<_, Error>(streams::publish(&app, &e.payload).await) }
-        },
-    ))
+    run_handler(|app, e: aws_lambda_events::dynamodb::Event| async move {
+        streams::publish(&app, &e).await
+    })
     .await
 }
 
 /// The snapshotter function (DynamoDB Streams to S3).
 pub async fn run_snapshotter() -> Result<(), Error> {
-    let app = app_or_exit().await?;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        |e: lambda_runtime::LambdaEvent<aws_lambda_events::dynamodb::Event>| {
-            let app = app.clone();
-            async move { Ok::<_, Error>(streams::snapshot(&app, &e.payload).await) }
-        },
-    ))
+    run_handler(|app, e: aws_lambda_events::dynamodb::Event| async move {
+        streams::snapshot(&app, &e).await
+    })
     .await
 }
 
 /// The activity-feed consumer (Kinesis).
 pub async fn run_activity() -> Result<(), Error> {
-    let app = app_or_exit().await?;
-    lambda_runtime::run(lambda_runtime::service_fn(
-        |e: lambda_runtime::LambdaEvent<aws_lambda_events::kinesis::KinesisEvent>| {
-            let app = app.clone();
-            async move { Ok::<_, Error>(activity::consume(&app, &e.payload).await) }
+    run_handler(
+        |app, e: aws_lambda_events::kinesis::KinesisEvent| async move {
+            activity::consume(&app, &e).await
         },
-    ))
+    )
     .await
 }
