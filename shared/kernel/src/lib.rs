@@ -19,7 +19,8 @@ pub use envelope::{EventEnvelope, Metadata, StreamId};
 pub use error::Error;
 pub use ports::*;
 pub use projection::{
-    index_values, Projection, ProjectionError, ProjectionRunner, StateProjection,
+    doc_write, fold_event, index_values, Projection, ProjectionError, ProjectionRunner,
+    StateProjection,
 };
 pub use publishing::PublishRunner;
 pub use schema::{EventSchema, UpcastError};

@@ -76,6 +76,31 @@ impl<A: Aggregate> Projection for StateProjection<A> {
     }
 }
 
+/// Folds one stored event into a projection's document: upcast to the current schema, then
+/// `apply`. The one fold every runner uses, in-process or stream-driven.
+pub fn fold_event(
+    projection: &dyn Projection,
+    schema: &EventSchema,
+    doc: Option<&Value>,
+    event: EventEnvelope,
+) -> Result<Value, String> {
+    let event = schema
+        .upcast(event)
+        .map_err(|e: UpcastError| e.to_string())?;
+    projection.apply(doc, &event)
+}
+
+/// The write that stores `body` as the projection's document `key` at `version`, findable by
+/// the projection's index fields.
+pub fn doc_write(projection: &dyn Projection, key: String, version: u64, body: Value) -> DocWrite {
+    DocWrite {
+        index: index_values(projection.indexes(), &body),
+        key,
+        version,
+        body,
+    }
+}
+
 /// What one step of a runner did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Step {
@@ -183,14 +208,13 @@ impl ProjectionRunner {
                 version,
                 reason,
             };
-            let upcast = self
-                .schema
-                .upcast(ev)
-                .map_err(|e: UpcastError| fail(e.to_string()))?;
-            let body = self
-                .projection
-                .apply(slot.as_ref().map(|d| &d.body), &upcast)
-                .map_err(fail)?;
+            let body = fold_event(
+                self.projection.as_ref(),
+                &self.schema,
+                slot.as_ref().map(|d| &d.body),
+                ev,
+            )
+            .map_err(fail)?;
             *slot = Some(Doc { key, version, body });
             *changed = true;
         }
@@ -200,11 +224,13 @@ impl ProjectionRunner {
             .collect();
         let writes: Vec<DocWrite> = changed
             .iter()
-            .map(|d| DocWrite {
-                index: index_values(self.projection.indexes(), &d.body),
-                key: d.key.clone(),
-                version: d.version,
-                body: d.body.clone(),
+            .map(|d| {
+                doc_write(
+                    self.projection.as_ref(),
+                    d.key.clone(),
+                    d.version,
+                    d.body.clone(),
+                )
             })
             .collect();
         let written = self.store.apply(&model, writes, Some(last)).await?;

@@ -2,9 +2,8 @@
 //! [`Publisher`], with a durable checkpoint: the embedded counterpart of the AWS publisher
 //! function on DynamoDB Streams. At least once: after a crash the last batch may go out again.
 
-use crate::ports::{EventFeed, ModelRef, Publisher, ReadModelStore, StoreError};
-use crate::schema::EventSchema;
-use std::collections::HashMap;
+use crate::ports::{EventFeed, ModelRef, Publisher, StoreError};
+use crate::service::Chronicle;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +12,9 @@ pub const PUBLISHER_CHECKPOINT: &str = "_publisher";
 
 pub struct PublishRunner {
     pub(crate) feed: Arc<dyn EventFeed>,
-    pub(crate) store: Arc<dyn ReadModelStore>,
+    /// The registry: its schemas upcast, its read-model store keeps the checkpoint.
+    pub(crate) chronicle: Chronicle,
     pub(crate) publisher: Arc<dyn Publisher>,
-    pub(crate) schemas: HashMap<String, Arc<EventSchema>>,
     pub batch_size: usize,
 }
 
@@ -25,6 +24,9 @@ pub enum PublishRunError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Publish(#[from] crate::ports::PublishError),
+    /// An event that can't be brought to the current schema: the runner stalls on it.
+    #[error(transparent)]
+    Event(#[from] crate::error::Error),
 }
 
 impl PublishRunner {
@@ -34,25 +36,23 @@ impl PublishRunner {
 
     /// Publishes the next batch after the checkpoint; returns how many events it read.
     pub async fn step(&self) -> Result<usize, PublishRunError> {
-        let after = self.store.checkpoint(&Self::model()).await?;
+        let after = self
+            .chronicle
+            .read_models()
+            .checkpoint(&Self::model())
+            .await?;
         let batch = self.feed.read_feed(after, self.batch_size).await?;
         let Some(last) = batch.last().map(|f| f.position) else {
             return Ok(0);
         };
         let read = batch.len();
-        let mut events = Vec::with_capacity(read);
-        for fe in batch {
-            match self.schemas.get(&fe.event.aggregate_type) {
-                Some(schema) => match schema.upcast(fe.event) {
-                    Ok(e) => events.push(e),
-                    // Never skipped silently: the runner stalls here and says why.
-                    Err(e) => return Err(StoreError::Corrupt(e.to_string()).into()),
-                },
-                None => events.push(fe.event), // a type this process doesn't know: as stored
-            }
-        }
+        let events = batch
+            .into_iter()
+            .map(|fe| self.chronicle.upcast(fe.event))
+            .collect::<Result<Vec<_>, _>>()?;
         self.publisher.publish(&events).await?;
-        self.store
+        self.chronicle
+            .read_models()
             .apply(&Self::model(), Vec::new(), Some(last))
             .await?;
         Ok(read)
@@ -80,7 +80,8 @@ impl PublishRunner {
             };
             if idle {
                 let position = self
-                    .store
+                    .chronicle
+                    .read_models()
                     .checkpoint(&Self::model())
                     .await
                     .unwrap_or(u64::MAX);

@@ -252,6 +252,18 @@ impl Chronicle {
         ))
     }
 
+    /// An event in its type's current schema: what publishers hand to other services. An event
+    /// of an aggregate type this registry doesn't know is an error, never passed on as stored.
+    pub fn upcast(&self, event: EventEnvelope) -> Result<EventEnvelope, Error> {
+        match self.aggregates.get(event.aggregate_type.as_str()) {
+            Some(svc) => Ok(svc.schema().upcast(event)?),
+            None => Err(Error::Decode(format!(
+                "{}/{} v{}: no aggregate type `{}` is registered",
+                event.aggregate_type, event.aggregate_id, event.version, event.aggregate_type
+            ))),
+        }
+    }
+
     /// A runner that publishes every event from the feed to `publisher`; `None` without a feed.
     pub fn publish_runner(
         &self,
@@ -259,13 +271,8 @@ impl Chronicle {
     ) -> Option<crate::publishing::PublishRunner> {
         Some(crate::publishing::PublishRunner {
             feed: self.feed.clone()?,
-            store: self.read_models.clone(),
+            chronicle: self.clone(),
             publisher,
-            schemas: self
-                .aggregates
-                .iter()
-                .map(|(t, s)| ((*t).to_owned(), s.schema().clone()))
-                .collect(),
             batch_size: 500,
         })
     }

@@ -9,7 +9,7 @@ use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use chronicle_aws::item::{self, StoredItem};
 use chronicle_kernel::{
-    index_values, DocWrite, EventEnvelope, EventStore, ModelRef, Projection, Publisher,
+    doc_write, fold_event, EventEnvelope, EventStore, ModelRef, Projection, Publisher,
     ReadModelStore, ReadRange, StreamId,
 };
 use futures::stream::{self, StreamExt};
@@ -172,8 +172,7 @@ async fn project_one(
     let mut failed = None;
     let fold = |body: &mut Option<serde_json::Value>, e: EventEnvelope| -> Result<(), String> {
         let _span = span_for(&e).entered();
-        let up = schema.upcast(e).map_err(|e| e.to_string())?;
-        *body = Some(projection.apply(body.as_ref(), &up)?);
+        *body = Some(fold_event(projection.as_ref(), schema, body.as_ref(), e)?);
         Ok(())
     };
     for r in records {
@@ -230,12 +229,12 @@ async fn project_one(
     }
     if applied > start {
         if let Some(body) = body {
-            let write = DocWrite {
-                index: index_values(projection.indexes(), &body),
-                key: stream.aggregate_id.clone(),
-                version: applied,
+            let write = doc_write(
+                projection.as_ref(),
+                stream.aggregate_id.clone(),
+                applied,
                 body,
-            };
+            );
             if let Err(e) = app.read_models.apply(&model, vec![write], None).await {
                 tracing::error!(error = %e, "writing the document failed");
                 return Some(first);
@@ -255,16 +254,12 @@ pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
     let mut failed = batch.unreadable_from;
     // Each stream's events up to its first undecodable one, in batch order.
     let mut out: Vec<(usize, EventEnvelope)> = Vec::new();
-    for records in batch.streams.values() {
+    for records in batch.streams.into_values() {
         for r in records {
             let _span = r.event.as_ref().ok().map(|e| span_for(e).entered());
-            let up = r.event.clone().and_then(|e| {
-                let service = app
-                    .chronicle
-                    .aggregate(&e.aggregate_type)
-                    .ok_or_else(|| format!("unregistered aggregate type {}", e.aggregate_type))?;
-                service.schema().upcast(e).map_err(|e| e.to_string())
-            });
+            let up = r
+                .event
+                .and_then(|e| app.chronicle.upcast(e).map_err(|e| e.to_string()));
             match up {
                 Ok(e) => out.push((r.index, e)),
                 Err(reason) => {
