@@ -4,6 +4,7 @@
 
 mod common;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use chronicle_aws::testing::AwsTestEnv;
 use chronicle_aws::DynamoReadModelStore;
 use chronicle_kernel::{ModelRef, ReadModelStore};
@@ -139,7 +140,7 @@ async fn aws_setup_then_serve_backend_aws_end_to_end() {
     let events: Vec<serde_json::Value> =
         serde_json::from_slice(&out.stdout).expect("history --json prints JSON");
     assert_eq!(versions(&events), vec![1, 2, 3]);
-    let out = cli(&["state", "accounts", id, "--version", "2"]);
+    let out = cli(&["state", "accounts", id, "--version", "2", "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -153,6 +154,60 @@ async fn aws_setup_then_serve_backend_aws_end_to_end() {
         "rebuild on AWS is refused, not faked"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("embedded backend only"));
+
+    // Tamper evidence on DynamoDB: an intact chain verifies; an event changed behind the
+    // store's back (a plain PutItem over it) is named.
+    let out = cli(&["verify", "--all"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("1 of 1 streams verified (3 events)"),
+        "{stdout}"
+    );
+    let key = |v: u64| {
+        std::collections::HashMap::from([
+            (
+                "stream".to_owned(),
+                AttributeValue::S(format!("accounts#{id}")),
+            ),
+            ("version".to_owned(), AttributeValue::N(v.to_string())),
+        ])
+    };
+    let mut item = env
+        .clients
+        .dynamodb
+        .get_item()
+        .table_name(&env.settings.events_table)
+        .set_key(Some(key(2)))
+        .send()
+        .await
+        .expect("GetItem")
+        .item
+        .expect("event v2 is stored");
+    let Some(AttributeValue::S(data)) = item.get("data").cloned() else {
+        panic!("data is a string attribute: {item:?}");
+    };
+    item.insert(
+        "data".to_owned(),
+        AttributeValue::S(data.replace("120", "120000")),
+    );
+    env.clients
+        .dynamodb
+        .put_item()
+        .table_name(&env.settings.events_table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("PutItem");
+    for args in [&["verify", "accounts", id][..], &["verify", "--all"][..]] {
+        let out = cli(args);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{args:?} must fail: {stdout}");
+        assert!(
+            stdout.contains(&format!("accounts/{id} v2: changed")),
+            "{args:?}: {stdout}"
+        );
+    }
 
     drop(server);
     env.remove().await;

@@ -66,7 +66,15 @@ async fn history_and_state_read_the_data_directory() {
     assert_eq!(versions, vec![1, 2, 3, 4]);
     assert_eq!(events[2]["data"]["amount"], 250);
 
+    // A table for people: a title line, then one aligned field per line.
     let (ok, out, err) = chronicle(dir.path(), &["state", "accounts", "cli-1"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "accounts/cli-1 at version 4", "{out}");
+    assert!(lines.contains(&"  balance   300"), "{out}");
+    assert!(lines.contains(&"  owner     dora"), "{out}");
+
+    let (ok, out, err) = chronicle(dir.path(), &["state", "accounts", "cli-1", "--json"]);
     assert!(ok, "{err}");
     let state: Value = serde_json::from_str(&out).expect("JSON state");
     assert_eq!(state["balance"], 300);
@@ -74,7 +82,7 @@ async fn history_and_state_read_the_data_directory() {
 
     let (ok, out, err) = chronicle(
         dir.path(),
-        &["state", "accounts", "cli-1", "--version", "2"],
+        &["state", "accounts", "cli-1", "--version", "2", "--json"],
     );
     assert!(ok, "{err}");
     let state: Value = serde_json::from_str(&out).expect("JSON state");
@@ -117,7 +125,10 @@ async fn history_and_state_read_the_data_directory() {
     );
     assert!(ok, "{err}");
     assert_eq!(versions_of(&out), vec![3, 4]);
-    let (ok, out, err) = chronicle(dir.path(), &["state", "accounts", "cli-1", "--at", third]);
+    let (ok, out, err) = chronicle(
+        dir.path(),
+        &["state", "accounts", "cli-1", "--at", third, "--json"],
+    );
     assert!(ok, "{err}");
     let state: Value = serde_json::from_str(&out).expect("JSON state");
     assert_eq!(
@@ -192,4 +203,102 @@ async fn rebuild_switches_a_live_server_to_a_fresh_read_model() {
         err.contains("accounts_by_owner"),
         "names the known projections: {err}"
     );
+}
+
+/// Runs SQL on the store's database behind its back: the append-only triggers are dropped
+/// first, as someone with write access to the file could.
+fn tamper(dir: &Path, sql: &str) {
+    let conn = r2d2_sqlite::rusqlite::Connection::open(dir.join("chronicle.db"))
+        .expect("opening the database file");
+    conn.execute_batch(&format!(
+        "DROP TRIGGER IF EXISTS events_no_update; DROP TRIGGER IF EXISTS events_no_delete; {sql}"
+    ))
+    .expect("tampering");
+}
+
+#[tokio::test]
+async fn verify_names_the_first_changed_removed_or_reordered_event() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Snapshots every 2 events: each account's chain head is also recorded in a snapshot.
+    let mut server = common::Server::start_in_with(dir.path(), &["--snapshot-every", "2"]).await;
+    for id in ["v-changed", "v-removed", "v-swapped", "v-cut", "v-intact"] {
+        server
+            .command(id, json!({"type": "Open", "owner": "vera"}), &[])
+            .await
+            .expect_status(200);
+        for amount in [10, 20, 30] {
+            server
+                .command(id, json!({"type": "Deposit", "amount": amount}), &[])
+                .await
+                .expect_status(200);
+        }
+    }
+    server.kill();
+
+    let (ok, out, err) = chronicle(dir.path(), &["verify", "--all"]);
+    assert!(ok, "an untouched store verifies: {out}{err}");
+    assert!(out.contains("5 of 5 streams verified (20 events)"), "{out}");
+
+    tamper(
+        dir.path(),
+        "UPDATE events SET data = replace(data, '20', '2000') \
+             WHERE aggregate_id = 'v-changed' AND version = 3;
+         DELETE FROM events WHERE aggregate_id = 'v-removed' AND version = 2;
+         UPDATE events SET version = 100 WHERE aggregate_id = 'v-swapped' AND version = 2;
+         UPDATE events SET version = 2 WHERE aggregate_id = 'v-swapped' AND version = 3;
+         UPDATE events SET version = 3 WHERE aggregate_id = 'v-swapped' AND version = 100;
+         DELETE FROM events WHERE aggregate_id = 'v-cut' AND version >= 3;",
+    );
+
+    let expect = [
+        ("v-changed", "v3: changed"),
+        ("v-removed", "v2: missing"),
+        ("v-swapped", "v2: changed"),
+        // The chain of v1..v2 is intact, but the snapshot at v4 recorded a longer one.
+        ("v-cut", "v3: missing: a snapshot at v4"),
+    ];
+    for (id, want) in expect {
+        let (ok, out, err) = chronicle(dir.path(), &["verify", "accounts", id]);
+        assert!(!ok, "{id} must fail verification: {out}");
+        assert!(
+            out.contains(&format!("accounts/{id} {want}")),
+            "{id}: {out}"
+        );
+        assert!(err.contains(&format!("accounts/{id} {want}")), "{err}");
+    }
+    let (ok, out, _) = chronicle(dir.path(), &["verify", "accounts", "v-intact"]);
+    assert!(ok, "{out}");
+
+    let (ok, out, _) = chronicle(dir.path(), &["verify", "--all", "--json"]);
+    assert!(!ok);
+    let report: Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(report["streams"], 5);
+    let broken: Vec<(&str, u64)> = report["breaks"]
+        .as_array()
+        .expect("breaks")
+        .iter()
+        .map(|b| {
+            (
+                b["aggregate_id"].as_str().unwrap_or_default(),
+                b["version"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        broken,
+        vec![
+            ("v-changed", 3),
+            ("v-cut", 3),
+            ("v-removed", 2),
+            ("v-swapped", 2)
+        ]
+    );
+
+    // Bad input: no stream named, an unknown option, a bad id.
+    let (ok, _, err) = chronicle(dir.path(), &["verify"]);
+    assert!(!ok && err.contains("<ID>"), "{err}");
+    let (ok, _, err) = chronicle(dir.path(), &["verify", "accounts", "no/such"]);
+    assert!(!ok && err.contains("may contain only"), "{err}");
+    let (ok, _, err) = chronicle(dir.path(), &["verify", "accounts", "never-opened"]);
+    assert!(!ok && err.contains("no events"), "{err}");
 }

@@ -90,6 +90,14 @@ impl Server {
         Self::spawn(dir, &["serve", "--data-dir", &dir_arg], &[]).await
     }
 
+    /// Starts a server on an existing data directory with extra `serve` arguments.
+    pub async fn start_in_with(dir: &Path, extra: &[&str]) -> Self {
+        let dir_arg = dir.display().to_string();
+        let mut args = vec!["serve", "--data-dir", &dir_arg];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, &args, &[]).await
+    }
+
     /// The embedded server with extra `serve` arguments (its own temp data directory).
     pub async fn start_with(extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("temp dir");

@@ -10,7 +10,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWrite
 use aws_sdk_dynamodb::Client;
 use chronicle_kernel::{
     AppendError, AppendRequest, EventEnvelope, EventStore, IdempotencyRecord, ReadRange,
-    StoreError, StreamId,
+    StoreError, StreamId, StreamPage,
 };
 use std::collections::HashMap;
 
@@ -273,5 +273,67 @@ impl EventStore for DynamoEventStore {
         let rec: IdempotencyItem = serde_dynamo::from_item(it)
             .map_err(|e| StoreError::Corrupt(format!("idempotency record {key}: {e}")))?;
         rec.into_record().map(Some)
+    }
+
+    async fn list_streams(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<StreamPage, StoreError> {
+        // A Scan projecting the keys: a stream's items are stored together, so a stream shows
+        // up once per page it spans; the cursor carries the last one to skip its repeats.
+        let (start, mut last) = match cursor {
+            Some(c) => {
+                let (stream, version, last): (String, u64, String) = serde_json::from_str(&c)
+                    .map_err(|e| StoreError::Invalid(format!("stream cursor `{c}`: {e}")))?;
+                (Some(key(&stream, version)), last)
+            }
+            None => (None, String::new()),
+        };
+        let page = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .projection_expression("#pk, #v, aggregate_type, aggregate_id")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#v", SK)
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| backend("Scan", e))?;
+        let mut streams = Vec::new();
+        for it in page.items.unwrap_or_default() {
+            let text = |name: &str| match it.get(name) {
+                Some(AttributeValue::S(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let Some(pk) = text(PK) else { continue };
+            if pk.starts_with(item::IDEMPOTENCY_PREFIX) || pk == last {
+                continue;
+            }
+            let (Some(t), Some(id)) = (text("aggregate_type"), text("aggregate_id")) else {
+                return Err(StoreError::Corrupt(format!(
+                    "event item {pk} has no aggregate_type or aggregate_id"
+                )));
+            };
+            streams.push(StreamId::new(t, id));
+            last = pk;
+        }
+        let next = match page.last_evaluated_key {
+            Some(k) if !k.is_empty() => {
+                let (Some(AttributeValue::S(pk)), Some(AttributeValue::N(v))) =
+                    (k.get(PK), k.get(SK))
+                else {
+                    return Err(StoreError::Corrupt(format!("unexpected scan key {k:?}")));
+                };
+                let v: u64 = v
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("scan key version `{v}`")))?;
+                Some(serde_json::to_string(&(pk, v, &last)).map_err(|e| backend("Scan", e))?)
+            }
+            _ => None,
+        };
+        Ok(StreamPage { streams, next })
     }
 }

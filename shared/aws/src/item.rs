@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const PK: &str = "stream";
 /// Sort key attribute: the version (number); idempotency records use 0.
 pub const SK: &str = "version";
-const IDEMPOTENCY_PREFIX: &str = "idempotency#";
+pub const IDEMPOTENCY_PREFIX: &str = "idempotency#";
 
 pub fn stream_key(stream: &StreamId) -> String {
     format!("{}#{}", stream.aggregate_type, stream.aggregate_id)
@@ -33,6 +33,9 @@ pub struct EventItem {
     #[serde(default)]
     pub metadata: Metadata,
     pub recorded_at: String,
+    /// The chain hash (kernel `chain`); absent on events stored before chains.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
 }
 
 impl EventItem {
@@ -48,6 +51,7 @@ impl EventItem {
             data: e.data.to_string(),
             metadata: e.metadata.clone(),
             recorded_at: format_timestamp(&e.recorded_at),
+            hash: e.hash.clone(),
         }
     }
 
@@ -66,6 +70,7 @@ impl EventItem {
             event_type: self.event_type,
             schema_version: self.schema_version,
             metadata: self.metadata,
+            hash: self.hash,
         })
     }
 }

@@ -179,6 +179,7 @@ mod tests {
             data: json!({}),
             metadata: Default::default(),
             recorded_at: chronicle_kernel::envelope::now(),
+            hash: String::new(),
         }
     }
 

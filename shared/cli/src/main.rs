@@ -94,6 +94,25 @@ enum Command {
         /// State as of this RFC 3339 time (the newest version recorded at or before it).
         #[arg(long, value_parser = parse_time)]
         at: Option<chrono::DateTime<chrono::Utc>>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recompute the hash chains of one stream or of the whole store; exits non-zero naming
+    /// the first changed, removed or reordered event of every broken stream.
+    Verify {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(required_unless_present = "all", requires = "id")]
+        aggregate_type: Option<String>,
+        #[arg(required_unless_present = "all")]
+        id: Option<String>,
+        /// Every stream in the store.
+        #[arg(long, conflicts_with_all = ["aggregate_type", "id"])]
+        all: bool,
+        /// A JSON report instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Replay every event into a fresh generation of a read model, then switch reads to it.
     Rebuild {
@@ -221,7 +240,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 id,
                 version,
                 at,
-            } => inspect::state(&store, &aggregate_type, &id, version, at).await,
+                json,
+            } => inspect::state(&store, &aggregate_type, &id, version, at, json).await,
+            Command::Verify {
+                store,
+                aggregate_type,
+                id,
+                all: _,
+                json,
+            } => {
+                let one = aggregate_type.zip(id);
+                inspect::verify(&store, one, json).await
+            }
             Command::Rebuild { store, projection } => inspect::rebuild(&store, &projection).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -15,7 +15,7 @@ use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{
     AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
     IdempotencyRecord, Metadata, ModelRef, RawBatch, RawEvent, ReadModelStore, ReadRange, Snapshot,
-    SnapshotStore, StoreError, StreamId,
+    SnapshotStore, StoreError, StreamId, StreamPage,
 };
 use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
 use r2d2_sqlite::SqliteConnectionManager;
@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS events (
     data           TEXT    NOT NULL,
     metadata       TEXT    NOT NULL,
     recorded_at    TEXT    NOT NULL,
+    -- SHA-256 chaining the event to its predecessor in the stream (kernel `chain`).
+    hash           TEXT    NOT NULL DEFAULT '',
     UNIQUE (aggregate_type, aggregate_id, version)
 );
 CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
@@ -62,6 +64,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     state_version  INTEGER NOT NULL,
     state          TEXT    NOT NULL,
     taken_at       TEXT    NOT NULL,
+    chain_head     TEXT,
     PRIMARY KEY (aggregate_type, aggregate_id, version)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS read_models (
@@ -96,7 +99,28 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 "#;
 
 const EVENT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, version, \
-    event_type, schema_version, data, metadata, recorded_at";
+    event_type, schema_version, data, metadata, recorded_at, hash";
+
+/// Columns added after the first release, for data directories created before them. ADD
+/// COLUMN rewrites no rows, so the append-only triggers are not involved.
+const MIGRATIONS: &[(&str, &str, &str)] = &[
+    ("events", "hash", "TEXT NOT NULL DEFAULT ''"),
+    ("snapshots", "chain_head", "TEXT"),
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, column, decl) in MIGRATIONS {
+        let present: bool = conn.query_row(
+            &format!("SELECT COUNT(*) > 0 FROM pragma_table_info('{table}') WHERE name = ?1"),
+            [column],
+            |r| r.get(0),
+        )?;
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Every Chronicle port on one SQLite database.
 pub struct EmbeddedStore {
@@ -190,6 +214,7 @@ impl EmbeddedStore {
             )));
         }
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&conn).map_err(backend)?;
         let head: i64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
                 r.get(0)
@@ -267,6 +292,7 @@ fn event_from_row(row: &Row<'_>) -> Result<(u64, EventEnvelope), StoreError> {
         metadata: serde_json::from_str::<Metadata>(get_str(8)?)
             .map_err(|e| corrupt("metadata", e))?,
         recorded_at: parse_timestamp(get_str(9)?).map_err(|e| corrupt("recorded_at", e))?,
+        hash: get_str(10)?.to_owned(),
     };
     Ok((position as u64, env))
 }
@@ -397,6 +423,7 @@ struct EventRow {
     data: String,
     metadata: String,
     recorded_at: String,
+    hash: String,
 }
 
 struct IdempotencyRow {
@@ -438,6 +465,7 @@ fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
                 data: e.data.to_string(),
                 metadata: serde_json::to_string(&e.metadata).map_err(backend)?,
                 recorded_at: format_timestamp(&e.recorded_at),
+                hash: e.hash.clone(),
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
@@ -468,9 +496,9 @@ fn insert_event(
         // OR FAIL: a one-row insert fails before changing anything, so SQLite can skip
         // the statement journal it would keep for OR ABORT.
         "INSERT OR FAIL INTO events ({EVENT_COLUMNS}) \
-         SELECT NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 \
+         SELECT NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
          WHERE (SELECT COALESCE(MAX(version), 0) FROM events \
-                WHERE aggregate_type = ?2 AND aggregate_id = ?3) = ?10"
+                WHERE aggregate_type = ?2 AND aggregate_id = ?3) = ?11"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -483,6 +511,7 @@ fn insert_event(
             row.data,
             row.metadata,
             row.recorded_at,
+            row.hash,
             to_i64(expected),
         ])
     })
@@ -629,6 +658,47 @@ impl EventStore for EmbeddedStore {
         }
         Ok(record)
     }
+
+    async fn list_streams(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<StreamPage, StoreError> {
+        // Keyset pagination on the (type, id, version) index: the cursor is the last stream.
+        let after: (String, String) = match cursor {
+            Some(c) => serde_json::from_str(&c)
+                .map_err(|e| StoreError::Invalid(format!("stream cursor `{c}`: {e}")))?,
+            None => (String::new(), String::new()),
+        };
+        let limit = limit.max(1);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT DISTINCT aggregate_type, aggregate_id FROM events \
+                     WHERE (aggregate_type, aggregate_id) > (?1, ?2) \
+                     ORDER BY aggregate_type, aggregate_id LIMIT ?3",
+                )
+                .map_err(backend)?;
+            let streams = stmt
+                .query_map(params![after.0, after.1, to_i64(limit as u64)], |r| {
+                    Ok(StreamId::new(
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            let next = match streams.last() {
+                Some(last) if streams.len() == limit => Some(
+                    serde_json::to_string(&(&last.aggregate_type, &last.aggregate_id))
+                        .map_err(backend)?,
+                ),
+                _ => None,
+            };
+            Ok(StreamPage { streams, next })
+        })
+        .await
+    }
 }
 
 impl EmbeddedStore {
@@ -746,7 +816,7 @@ impl SnapshotStore for EmbeddedStore {
         self.read(move |conn| {
             let row = conn
                 .prepare_cached(
-                    "SELECT version, state_version, state, taken_at FROM snapshots \
+                    "SELECT version, state_version, state, taken_at, chain_head FROM snapshots \
                      WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version <= ?3 \
                      ORDER BY version DESC LIMIT 1",
                 )
@@ -763,13 +833,14 @@ impl SnapshotStore for EmbeddedStore {
                                 r.get::<_, i64>(1)?,
                                 r.get::<_, String>(2)?,
                                 r.get::<_, String>(3)?,
+                                r.get::<_, Option<String>>(4)?,
                             ))
                         },
                     )
                     .optional()
                 })
                 .map_err(backend)?;
-            let Some((version, state_version, state, taken_at)) = row else {
+            let Some((version, state_version, state, taken_at, chain_head)) = row else {
                 return Ok(None);
             };
             Ok(Some(Snapshot {
@@ -779,6 +850,7 @@ impl SnapshotStore for EmbeddedStore {
                     .map_err(|e| corrupt("state_version", e))?,
                 state: serde_json::from_str(&state).map_err(|e| corrupt("snapshot", e))?,
                 taken_at: parse_timestamp(&taken_at).map_err(|e| corrupt("taken_at", e))?,
+                chain_head,
             }))
         })
         .await
@@ -789,8 +861,8 @@ impl SnapshotStore for EmbeddedStore {
             .write(move |conn| {
                 conn.prepare_cached(
                     "INSERT OR REPLACE INTO snapshots \
-                     (aggregate_type, aggregate_id, version, state_version, state, taken_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     (aggregate_type, aggregate_id, version, state_version, state, taken_at, \
+                      chain_head) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
@@ -800,6 +872,7 @@ impl SnapshotStore for EmbeddedStore {
                         snapshot.state_version,
                         snapshot.state.to_string(),
                         format_timestamp(&snapshot.taken_at),
+                        snapshot.chain_head,
                     ])
                 })
                 .map(|_| ())

@@ -1,6 +1,7 @@
 //! Command handling: load (snapshot + later events), decide, append with the expected version.
 
 use crate::aggregate::{Aggregate, DomainError, DomainEvent, Refusal};
+use crate::chain;
 use crate::envelope::{self, EventEnvelope, Metadata, StreamId};
 use crate::error::Error;
 use crate::ports::{
@@ -71,13 +72,32 @@ pub struct CommandHandler<A: Aggregate, E, S> {
     snapshots: Arc<S>,
     schema: Arc<EventSchema>,
     config: HandlerConfig,
-    cache: Mutex<HashMap<String, (u64, A)>>,
+    cache: Mutex<HashMap<String, Loaded<A>>>,
     /// Commands for one aggregate in this process take turns instead of conflicting;
     /// striped so memory stays bounded. Other processes are still handled by the version check.
     stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 const STRIPES: usize = 1024;
+
+/// An aggregate's state at `version`, with the hash of the event at `version` (the chain head
+/// the next event links to).
+#[derive(Clone, Debug)]
+pub struct Loaded<A> {
+    pub state: A,
+    pub version: u64,
+    pub head: String,
+}
+
+impl<A: Default> Loaded<A> {
+    fn empty() -> Self {
+        Self {
+            state: A::default(),
+            version: 0,
+            head: chain::GENESIS.to_owned(),
+        }
+    }
+}
 
 impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
     pub fn new(events: Arc<E>, snapshots: Arc<S>, config: HandlerConfig) -> Self {
@@ -118,73 +138,100 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
     /// State and version of an aggregate, as of `max_version` when given; served from the
     /// cache, then the newest usable snapshot, then the events after it.
     pub async fn load(&self, id: &str, max_version: Option<u64>) -> Result<(A, u64), Error> {
+        let loaded = self.load_with_head(id, max_version).await?;
+        Ok((loaded.state, loaded.version))
+    }
+
+    /// [`Self::load`], with the chain head at the loaded version.
+    pub async fn load_with_head(
+        &self,
+        id: &str,
+        max_version: Option<u64>,
+    ) -> Result<Loaded<A>, Error> {
         let stream = Self::stream(id);
         let cached = match max_version {
             None => self.cache_get(id),
             Some(_) => None,
         };
-        let (mut state, mut version) = match cached {
+        let mut loaded = match cached {
             Some(hit) => hit,
             None => self.snapshot_state(&stream, max_version).await?,
         };
-        let mut range = ReadRange::from(version + 1);
+        let mut range = ReadRange::from(loaded.version + 1);
         if let Some(max) = max_version {
-            if max <= version {
-                return Ok((state, version));
+            if max <= loaded.version {
+                return Ok(loaded);
             }
             range = range.to(max);
         }
         for env in self.events.read_stream(&stream, range).await? {
-            if env.version != version + 1 {
+            if env.version != loaded.version + 1 {
                 return Err(StoreError::Corrupt(format!(
                     "{stream}: expected version {} but read {}",
-                    version + 1,
+                    loaded.version + 1,
                     env.version
                 ))
                 .into());
             }
-            version = env.version;
+            loaded.version = env.version;
+            loaded.head.clone_from(&env.hash);
             let (_, event) = self.decode(env)?;
-            state.evolve(&event);
+            loaded.state.evolve(&event);
         }
         // Streams without events aren't cached: reads of made-up ids must not evict real ones.
-        if max_version.is_none() && version > 0 {
-            self.cache_put(id, version, &state);
+        if max_version.is_none() && loaded.version > 0 {
+            self.cache_put(id, &loaded);
         }
-        Ok((state, version))
+        Ok(loaded)
     }
 
     async fn snapshot_state(
         &self,
         stream: &StreamId,
         max_version: Option<u64>,
-    ) -> Result<(A, u64), Error> {
+    ) -> Result<Loaded<A>, Error> {
         let Some(snap) = self.snapshots.latest(stream, max_version).await? else {
-            return Ok((A::default(), 0));
+            return Ok(Loaded::empty());
         };
         if snap.state_version != A::STATE_VERSION {
             // An older state shape: rebuild from events rather than guess.
             tracing::debug!(%stream, found = snap.state_version, "ignoring snapshot of another state version");
-            return Ok((A::default(), 0));
+            return Ok(Loaded::empty());
         }
-        match serde_json::from_value::<A>(snap.state) {
-            Ok(state) => Ok((state, snap.version)),
+        let state = match serde_json::from_value::<A>(snap.state) {
+            Ok(state) => state,
             Err(e) => {
                 tracing::warn!(%stream, version = snap.version, error = %e, "ignoring undecodable snapshot");
-                Ok((A::default(), 0))
+                return Ok(Loaded::empty());
             }
-        }
+        };
+        let head = match snap.chain_head {
+            Some(head) => head,
+            // A snapshot from before chains: the head is the hash of the event it stopped at.
+            None => self
+                .events
+                .read_stream(stream, ReadRange::from(snap.version).to(snap.version))
+                .await?
+                .pop()
+                .map(|e| e.hash)
+                .unwrap_or_default(),
+        };
+        Ok(Loaded {
+            state,
+            version: snap.version,
+            head,
+        })
     }
 
-    fn cache_get(&self, id: &str) -> Option<(A, u64)> {
+    fn cache_get(&self, id: &str) -> Option<Loaded<A>> {
         if self.config.cache_capacity == 0 {
             return None;
         }
         let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(id).map(|(v, s)| (s.clone(), *v))
+        cache.get(id).cloned()
     }
 
-    fn cache_put(&self, id: &str, version: u64, state: &A) {
+    fn cache_put(&self, id: &str, loaded: &Loaded<A>) {
         if self.config.cache_capacity == 0 {
             return;
         }
@@ -195,7 +242,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 cache.remove(&k);
             }
         }
-        cache.insert(id.to_owned(), (version, state.clone()));
+        cache.insert(id.to_owned(), loaded.clone());
     }
 
     fn cache_forget(&self, id: &str) {
@@ -297,9 +344,13 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
             } else {
                 None
             };
-            let (state, version) = match cached {
+            let Loaded {
+                state,
+                version,
+                head,
+            } = match cached {
                 Some(hit) => hit,
-                None => self.load(id, None).await?,
+                None => self.load_with_head(id, None).await?,
             };
             if let Some(expected) = opts.expected_version {
                 if expected != version && trust_cache {
@@ -351,8 +402,10 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                     data: event.to_data(),
                     metadata: metadata.clone(),
                     recorded_at,
+                    hash: String::new(),
                 });
             }
+            let new_head = chain::seal(&head, &mut envelopes);
             let new_version = version + envelopes.len() as u64;
             let mut result = CommandResult {
                 aggregate_id: id.to_owned(),
@@ -388,9 +441,13 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
             match self.events.append(&request).await {
                 Ok(()) => {
                     result.events = request.events;
-                    self.cache_put(id, new_version, &new_state);
-                    self.maybe_snapshot(&stream, version, new_version, &new_state)
-                        .await;
+                    let loaded = Loaded {
+                        state: new_state,
+                        version: new_version,
+                        head: new_head,
+                    };
+                    self.cache_put(id, &loaded);
+                    self.maybe_snapshot(&stream, version, &loaded).await;
                     return Ok(CommandOutcome {
                         result,
                         replayed: false,
@@ -433,11 +490,12 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
     /// Folds the aggregate up to `max_version` and saves a snapshot of that state: the
     /// off-the-command-path snapshotter's entry point.
     pub async fn snapshot(&self, id: &str, max_version: Option<u64>) -> Result<Option<u64>, Error> {
-        let (state, version) = self.load(id, max_version).await?;
+        let loaded = self.load_with_head(id, max_version).await?;
+        let version = loaded.version;
         if version == 0 {
             return Ok(None);
         }
-        let state = serde_json::to_value(&state)
+        let state = serde_json::to_value(&loaded.state)
             .map_err(|e| Error::Decode(format!("state of {}/{id}: {e}", A::TYPE)))?;
         self.snapshots
             .save(Snapshot {
@@ -446,23 +504,26 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 state_version: A::STATE_VERSION,
                 state,
                 taken_at: envelope::now(),
+                chain_head: Some(loaded.head),
             })
             .await?;
         Ok(Some(version))
     }
 
-    async fn maybe_snapshot(&self, stream: &StreamId, old: u64, new: u64, state: &A) {
+    async fn maybe_snapshot(&self, stream: &StreamId, old: u64, loaded: &Loaded<A>) {
         let every = self.config.snapshot_every;
+        let new = loaded.version;
         if !self.config.inline_snapshots || every == 0 || old / every == new / every {
             return;
         }
-        let snapshot = match serde_json::to_value(state) {
+        let snapshot = match serde_json::to_value(&loaded.state) {
             Ok(state) => Snapshot {
                 stream: stream.clone(),
                 version: new,
                 state_version: A::STATE_VERSION,
                 state,
                 taken_at: envelope::now(),
+                chain_head: Some(loaded.head.clone()),
             },
             Err(e) => {
                 tracing::warn!(%stream, error = %e, "state does not serialize; no snapshot");

@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod audit;
+pub mod chain;
 pub mod command;
 pub mod envelope;
 pub mod error;

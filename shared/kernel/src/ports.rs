@@ -98,6 +98,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// The stream's latest version, 0 if it has no events.
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
+    /// One page of the store's streams, in an order of the store's choosing; `cursor` is the
+    /// previous page's `next`. For audits over the whole store (`verify --all`), not hot paths.
+    async fn list_streams(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<StreamPage, StoreError>;
+}
+
+/// A page of [`EventStore::list_streams`]. A store may name a stream on two pages; callers
+/// that must see each once deduplicate.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StreamPage {
+    pub streams: Vec<StreamId>,
+    /// `None` on the last page.
+    pub next: Option<String>,
 }
 
 /// An event with its position in the store's global order.
@@ -209,6 +225,10 @@ pub struct Snapshot {
     pub state: Value,
     #[serde(with = "crate::envelope::rfc3339")]
     pub taken_at: DateTime<Utc>,
+    /// The hash of the event at `version`: the chain head the state was folded to. `None` on
+    /// snapshots taken before chains existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_head: Option<String>,
 }
 
 #[async_trait]

@@ -162,6 +162,9 @@ pub struct Chronicle {
     /// The ordered feed projections follow. `None` where something else drives them
     /// (DynamoDB Streams on AWS): then there are no in-process runners.
     feed: Option<Arc<dyn EventFeed>>,
+    /// The stores themselves, for audits across aggregate types (`verify`).
+    events: Arc<dyn EventStore>,
+    snapshots: Arc<dyn SnapshotStore>,
 }
 
 impl Chronicle {
@@ -196,16 +199,18 @@ impl Chronicle {
         R: ReadModelStore,
     {
         ChronicleBuilder {
-            events,
-            snapshots,
-            config,
             inner: Chronicle {
                 aggregates: BTreeMap::new(),
                 projections: Vec::new(),
                 lists: BTreeMap::new(),
                 read_models,
                 feed: None,
+                events: events.clone(),
+                snapshots: snapshots.clone(),
             },
+            events,
+            snapshots,
+            config,
         }
     }
 
@@ -262,6 +267,28 @@ impl Chronicle {
                 event.aggregate_type, event.aggregate_id, event.version, event.aggregate_type
             ))),
         }
+    }
+
+    /// Recomputes one stream's hash chain, held to its latest snapshot's chain head; `Ok`
+    /// holds the number of events verified, `Err` the first place it breaks.
+    pub async fn verify(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Result<u64, crate::chain::ChainBreak>, Error> {
+        let snap = self.snapshots.latest(stream, None).await?;
+        Ok(crate::chain::verify_stream_against(&*self.events, stream, snap.as_ref()).await?)
+    }
+
+    /// Recomputes every stream's chain in the store, `concurrency` streams at a time.
+    pub async fn verify_all(
+        &self,
+        concurrency: usize,
+        progress: impl Fn(u64),
+    ) -> Result<crate::chain::VerifyReport, Error> {
+        Ok(
+            crate::chain::verify_all(&*self.events, Some(&*self.snapshots), concurrency, progress)
+                .await?,
+        )
     }
 
     /// A runner that publishes every event from the feed to `publisher`; `None` without a feed.

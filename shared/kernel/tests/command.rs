@@ -7,7 +7,7 @@ use chronicle_kernel::{
     Aggregate, AppendError, AppendRequest, CommandHandler, CommandOptions, CommandOutcome,
     CommandResult, DomainError, DomainEvent, Error, EventEnvelope, EventSchema, EventStore,
     HandlerConfig, IdempotencyRecord, Metadata, ReadRange, Refusal, Snapshot, SnapshotStore,
-    StoreError, StreamId, UpcastError,
+    StoreError, StreamId, StreamPage, UpcastError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -347,6 +347,17 @@ impl EventStore for MemEvents {
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         Ok(self.lock().idempotency.get(key).cloned())
     }
+
+    async fn list_streams(
+        &self,
+        _cursor: Option<String>,
+        _limit: usize,
+    ) -> Result<StreamPage, StoreError> {
+        Ok(StreamPage {
+            streams: self.lock().streams.keys().cloned().collect(),
+            next: None,
+        })
+    }
 }
 
 /// A stored envelope of `counters/{id}`, as another writer would store it.
@@ -367,6 +378,7 @@ fn stored(
         data,
         metadata: Metadata::default(),
         recorded_at: envelope::now(),
+        hash: String::new(),
     }
 }
 

@@ -55,6 +55,7 @@ fn envelope(event_type: &str, schema_version: u32, data: Value) -> EventEnvelope
             ..Metadata::default()
         },
         recorded_at: chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        hash: String::new(),
     }
 }
 

@@ -179,6 +179,7 @@ async fn publisher_sends_upcast_events_to_kinesis_keyed_by_aggregate() {
         data: json!({"amount": 9}),
         metadata: Default::default(),
         recorded_at: chronicle_kernel::envelope::now(),
+        hash: String::new(),
     };
     app.clients
         .dynamodb

@@ -14,6 +14,7 @@
 //!
 //! The checks each suite runs are public too, so an adapter's tests can run one alone.
 
+use chronicle_kernel::chain;
 use chronicle_kernel::envelope::now;
 use chronicle_kernel::{
     AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
@@ -55,6 +56,8 @@ pub fn event(stream: &StreamId, version: u64, event_type: &str, data: Value) -> 
         data,
         metadata: Metadata::default(),
         recorded_at: now(),
+        // Opaque to a store, which must keep it as given.
+        hash: format!("{version:08}{}", Uuid::new_v4().simple()),
     }
 }
 
@@ -252,6 +255,8 @@ pub async fn event_store_contract<S: EventStore>(store: Arc<S>) {
     es_concurrent_appends_distinct_streams(store.clone()).await;
     es_large_append_is_atomic_and_gapless(&*store).await;
     es_streams_are_keyed_by_type_and_id(&*store).await;
+    es_chains_verify_after_a_round_trip(&*store).await;
+    es_list_streams(&*store).await;
 }
 
 /// A new stream is empty at version 0; appends at the right expected version are read back
@@ -664,6 +669,63 @@ pub async fn es_streams_are_keyed_by_type_and_id<S: EventStore + ?Sized>(store: 
     assert_conflict(r, &a, 1, 2, CTX);
 }
 
+/// A hash-chained stream (the kernel's `chain::seal`) verifies after a round trip through the
+/// store: the store keeps every hashed field exactly (JSON text, timestamps, metadata).
+pub async fn es_chains_verify_after_a_round_trip<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore hash chains";
+    let stream = new_stream();
+    let mut all = vec![rich_event(&stream, 1)];
+    all.extend(events(&stream, 1, 4));
+    let head = chain::seal(chain::GENESIS, &mut all[..3]);
+    chain::seal(&head, &mut all[3..]);
+    append_ok(store, request(&stream, 0, all[..3].to_vec()), CTX).await;
+    append_ok(store, request(&stream, 3, all[3..].to_vec()), CTX).await;
+    let verified = chain::verify_stream(store, &stream)
+        .await
+        .unwrap_or_else(|e| panic!("{CTX}: reading {stream} failed: {e}"));
+    assert_eq!(
+        verified,
+        Ok(5),
+        "{CTX}: the chain of {stream} must verify as stored"
+    );
+}
+
+/// `list_streams` pages through every stream, whatever else the store holds.
+pub async fn es_list_streams<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore list_streams";
+    let id = unique("listed");
+    let mine = [
+        StreamId::new("ContractAccount", format!("{id}-a")),
+        StreamId::new("ContractAccount", format!("{id}-b")),
+        StreamId::new("ContractLedger", format!("{id}-a")),
+    ];
+    for s in &mine {
+        append_ok(store, request(s, 0, events(s, 0, 3)), CTX).await;
+    }
+    let mut found = HashSet::new();
+    let mut cursor = None;
+    for _ in 0..100_000 {
+        let page = store
+            .list_streams(cursor.take(), 7)
+            .await
+            .unwrap_or_else(|e| panic!("{CTX}: list_streams failed: {e}"));
+        assert!(
+            page.streams.len() <= 7,
+            "{CTX}: a page holds at most limit streams"
+        );
+        found.extend(page.streams);
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    for s in &mine {
+        assert!(found.contains(s), "{CTX}: {s} was not listed");
+    }
+    let bad = store.list_streams(Some("not a cursor".into()), 7).await;
+    assert!(bad.is_err(), "{CTX}: a malformed cursor must be refused");
+}
+
 // ---------------------------------------------------------------------------------------------
 // EventFeed
 // ---------------------------------------------------------------------------------------------
@@ -1028,6 +1090,7 @@ pub fn snapshot(stream: &StreamId, version: u64, state_version: u32, tag: &str) 
             "history": [version, { "nested": null }],
         }),
         taken_at: now(),
+        chain_head: Some(format!("head-{version}-{tag}")),
     }
 }
 
