@@ -37,6 +37,9 @@ pub(crate) struct BenchArgs {
     replay_only: bool,
 }
 
+/// Streams verified at once: enough to keep both cores and the reader pool busy.
+const VERIFY_CONCURRENCY: usize = 16;
+
 fn command_for(round: usize) -> serde_json::Value {
     match round {
         0 => json!({"type": "Open", "owner": "bench"}),
@@ -114,7 +117,21 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (states, read) = replay_all::<Account>(feed.as_ref(), &schema, 1024).await?;
     let replay_secs = started.elapsed().as_secs_f64();
     let replay_peak = peak_rss();
+
+    // Verify: every stream's hash chain recomputed, as `chronicle verify --all` does.
+    let started = Instant::now();
+    let verified = chronicle.verify_all(VERIFY_CONCURRENCY, |_| {}).await?;
+    let verify_secs = started.elapsed().as_secs_f64();
     store.close();
+    if !verified.breaks.is_empty() || verified.events != total_events {
+        bail!(
+            "verify found {} events in {} streams and {} broken chains (first: {:?})",
+            verified.events,
+            verified.streams,
+            verified.breaks.len(),
+            verified.breaks.first().map(ToString::to_string)
+        );
+    }
 
     // The figures mean nothing if the result is wrong.
     let want = expected_balance(args.events_per_account);
@@ -154,6 +171,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "replay_seconds": replay_secs,
         "replay_events_per_sec": read as f64 / replay_secs,
         "replay_peak_rss_bytes": replay_peak,
+        "verify_seconds": verify_secs,
+        "verify_events_per_sec": verified.events as f64 / verify_secs,
         "peak_rss_bytes": append_peak.max(replay_peak),
     });
     if args.json {
@@ -165,6 +184,12 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             states.len(),
             read as f64 / replay_secs,
             mb(replay_peak)
+        );
+        println!(
+            "verify  {} events, {} hash chains in {verify_secs:.3} s = {:.0} events/s",
+            verified.events,
+            verified.streams,
+            verified.events as f64 / verify_secs
         );
     } else {
         let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
@@ -185,7 +210,13 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             read as f64 / replay_secs,
             mb(replay_peak)
         );
-        println!("checked every account's balance ({want}) and version");
+        println!(
+            "verify  {} events, {} hash chains in {verify_secs:.3} s = {:.0} events/s",
+            verified.events,
+            verified.streams,
+            verified.events as f64 / verify_secs
+        );
+        println!("checked every account's balance ({want}) and version, and every chain");
     }
     Ok(())
 }

@@ -117,6 +117,8 @@ pub struct ChainCheck {
     head: String,
     /// The first break; later events are not checked against a broken chain.
     broken: Option<ChainBreak>,
+    /// A (version, hash) the chain must pass through: a snapshot's recorded head.
+    pin: Option<(u64, String)>,
 }
 
 impl ChainCheck {
@@ -126,7 +128,23 @@ impl ChainCheck {
             version: 0,
             head: GENESIS.to_owned(),
             broken: None,
+            pin: None,
         }
+    }
+
+    /// Also holds the chain to a snapshot's recorded head: events cut off the end of a stream
+    /// leave a chain that verifies, but not one that reaches the snapshot.
+    pub fn pinned(mut self, snapshot: Option<(u64, String)>) -> Self {
+        self.pin = snapshot;
+        self
+    }
+
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     fn fail(&mut self, version: u64, problem: String) {
@@ -178,6 +196,14 @@ impl ChainCheck {
         }
         self.version = expected_version;
         self.head = computed;
+        if let Some((v, head)) = &self.pin {
+            if *v == self.version && *head != self.head {
+                let problem = format!(
+                    "the snapshot at v{v} was taken at another chain head: history up to v{v} was rewritten"
+                );
+                self.fail(self.version, problem);
+            }
+        }
     }
 
     pub fn next_envelope(&mut self, e: &EventEnvelope) {
@@ -202,7 +228,14 @@ impl ChainCheck {
         (self.version, &self.head)
     }
 
-    pub fn finish(self) -> Result<u64, ChainBreak> {
+    pub fn finish(mut self) -> Result<u64, ChainBreak> {
+        if let Some((v, _)) = &self.pin {
+            if self.broken.is_none() && self.version < *v {
+                let problem =
+                    format!("missing: a snapshot at v{v} covers events that are no longer stored");
+                self.fail(self.version + 1, problem);
+            }
+        }
         match self.broken {
             Some(b) => Err(b),
             None => Ok(self.version),
@@ -227,9 +260,8 @@ pub async fn verify_stream_against<E: EventStore + ?Sized>(
     snapshot: Option<&Snapshot>,
 ) -> Result<Result<u64, ChainBreak>, StoreError> {
     const PAGE: usize = 1000;
-    let mut check = ChainCheck::new(stream.clone());
-    let pin = snapshot.and_then(|s| Some((s.version, s.chain_head.as_deref()?)));
-    let mut pinned_ok = false;
+    let pin = snapshot.and_then(|s| Some((s.version, s.chain_head.clone()?)));
+    let mut check = ChainCheck::new(stream.clone()).pinned(pin);
     let mut from = 1;
     loop {
         let page = store
@@ -238,30 +270,10 @@ pub async fn verify_stream_against<E: EventStore + ?Sized>(
         let n = page.len();
         for e in &page {
             check.next_envelope(e);
-            if let Some((v, head)) = pin {
-                if check.broken.is_none() && check.version == v {
-                    if check.head != head {
-                        let problem = format!(
-                            "the snapshot at v{v} was taken at another chain head: history up to v{v} was rewritten"
-                        );
-                        check.fail(v, problem);
-                    }
-                    pinned_ok = true;
-                }
-            }
         }
         match page.last() {
             Some(last) if n == PAGE && check.broken.is_none() => from = last.version + 1,
             _ => break,
-        }
-    }
-    if let Some((v, _)) = pin {
-        if check.broken.is_none() && !pinned_ok {
-            let at = check.version + 1;
-            check.fail(
-                at,
-                format!("missing: a snapshot at v{v} covers events that are no longer stored"),
-            );
         }
     }
     Ok(check.finish())

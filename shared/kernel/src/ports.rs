@@ -105,6 +105,16 @@ pub trait EventStore: Send + Sync + 'static {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<StreamPage, StoreError>;
+    /// A bulk path for verifying every stream's hash chain, each held to its latest snapshot's
+    /// recorded head where the store keeps snapshots too; `progress` gets streams done so far.
+    /// `None` (the default): no bulk path, and the kernel verifies stream by stream through
+    /// `list_streams` and `read_stream`, which must find the same breaks.
+    async fn verify_all_chains(
+        &self,
+        _progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Option<Result<crate::chain::VerifyReport, StoreError>> {
+        None
+    }
 }
 
 /// A page of [`EventStore::list_streams`]. A store may name a stream on two pages; callers

@@ -279,12 +279,16 @@ impl Chronicle {
         Ok(crate::chain::verify_stream_against(&*self.events, stream, snap.as_ref()).await?)
     }
 
-    /// Recomputes every stream's chain in the store, `concurrency` streams at a time.
+    /// Recomputes every stream's chain in the store: through the store's bulk path if it has
+    /// one, else `concurrency` streams at a time.
     pub async fn verify_all(
         &self,
         concurrency: usize,
-        progress: impl Fn(u64),
+        progress: impl Fn(u64) + Send + Sync,
     ) -> Result<crate::chain::VerifyReport, Error> {
+        if let Some(report) = self.events.verify_all_chains(&progress).await {
+            return Ok(report?);
+        }
         Ok(
             crate::chain::verify_all(&*self.events, Some(&*self.snapshots), concurrency, progress)
                 .await?,
