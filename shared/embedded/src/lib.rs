@@ -664,9 +664,9 @@ impl EventStore for EmbeddedStore {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Option<Result<chronicle_kernel::chain::VerifyReport, StoreError>> {
         let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let pool = self.readers.clone();
+        let db = self.dir.join(DB_FILE);
         let counter = done.clone();
-        let mut job = tokio::task::spawn_blocking(move || verify_all_blocking(&pool, &counter));
+        let mut job = tokio::task::spawn_blocking(move || verify_all_blocking(&db, &counter));
         loop {
             tokio::select! {
                 r = &mut job => {
@@ -833,14 +833,31 @@ fn verify_range(
     Ok(report)
 }
 
+/// A read-only connection for a whole-store scan in index order, which jumps from the index
+/// to table pages row by row: memory-mapped, so those jumps are loads, not read() calls, and
+/// without SQLite's per-call mutex since one thread uses it.
+fn scan_connection(db: &Path) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(backend)?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(backend)?;
+    conn.execute_batch("PRAGMA mmap_size = 17179869184; PRAGMA cache_size = -65536;")
+        .map_err(backend)?;
+    Ok(conn)
+}
+
 /// Both cores: the stream key space is cut in two at the middle event, and each half is
 /// verified on its own connection; `done` counts streams finished.
 fn verify_all_blocking(
-    pool: &r2d2::Pool<SqliteConnectionManager>,
+    db: &Path,
     done: &std::sync::atomic::AtomicU64,
 ) -> Result<chronicle_kernel::chain::VerifyReport, StoreError> {
     {
-        let conn = pool.get().map_err(backend)?;
+        let conn = scan_connection(db)?;
         let pins = snapshot_pins(&conn)?;
         let mid: Option<(String, String)> = conn
             .query_row(
@@ -855,7 +872,7 @@ fn verify_all_blocking(
         let (mut a, b) = std::thread::scope(|scope| {
             let second = scope.spawn(|| match &mid {
                 Some(m) => {
-                    let conn = pool.get().map_err(backend)?;
+                    let conn = scan_connection(db)?;
                     verify_range(&conn, Some(m), None, &pins, done)
                 }
                 None => Ok(Default::default()),
