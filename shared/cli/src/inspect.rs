@@ -206,15 +206,22 @@ pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Resul
     );
     bar.set_message(format!("rebuilding {projection}"));
     let started = std::time::Instant::now();
-    let generation = runner
+    let rebuilt = runner
         .rebuild(|done, total| {
             bar.set_length(total);
             bar.set_position(done);
         })
         .await?;
     bar.finish_and_clear();
+    if let Some(at) = rebuilt.resumed_from {
+        println!(
+            "resumed the unfinished rebuild of generation {} from feed position {at}",
+            rebuilt.generation
+        );
+    }
     println!(
-        "rebuilt {projection} as generation {generation} from {} events in {:.2?}; reads now use it",
+        "rebuilt {projection} as generation {} up to feed position {} in {:.2?}; reads now use it",
+        rebuilt.generation,
         bar.position(),
         started.elapsed()
     );

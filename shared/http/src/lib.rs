@@ -52,6 +52,13 @@ pub fn router_for(chronicle: Chronicle, routes: Routes) -> Router {
     if routes != Routes::Reads {
         r = r.route("/{aggregate_type}/{id}/commands", post(command));
     }
+    if routes == Routes::All {
+        // Operators' routes, on the local server only: a rebuild runs as a background task,
+        // which a Lambda invocation can't host.
+        r = r
+            .route("/admin/projections", get(admin_projections))
+            .route("/admin/projections/{name}/rebuild", post(admin_rebuild));
+    }
     r.fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // One span per request (method, path); responses with status and latency at DEBUG:
@@ -139,6 +146,56 @@ type ApiResult = Result<Response, ApiError>;
 
 async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// `GET /admin/projections`: every projection's state, checkpoint, lag and last rebuild.
+async fn admin_projections(
+    State(chronicle): State<Chronicle>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    query_params(raw, &[])?;
+    let statuses = chronicle.projection_statuses().await?;
+    Ok(Json(json!({ "projections": statuses })).into_response())
+}
+
+/// `POST /admin/projections/{name}/rebuild`: starts (or resumes) a rebuild in the background;
+/// `GET /admin/projections` shows its progress.
+async fn admin_rebuild(
+    State(chronicle): State<Chronicle>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult {
+    query_params(raw, &[])?;
+    let name = path_params(path)?;
+    match chronicle.start_rebuild(&name) {
+        Ok(_) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "projection": name,
+                "state": "rebuilding",
+                "status": "/admin/projections",
+            })),
+        )
+            .into_response()),
+        Err(e @ chronicle_kernel::StartRebuildError::Unknown(_)) => {
+            let known: Vec<&str> = chronicle.projections().iter().map(|p| p.name()).collect();
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_projection",
+                format!("{e}; known: {}", known.join(", ")),
+            ))
+        }
+        Err(e @ chronicle_kernel::StartRebuildError::Running(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "rebuild_in_progress",
+            e.to_string(),
+        )),
+        Err(e @ chronicle_kernel::StartRebuildError::NoFeed) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "rebuild_unavailable",
+            e.to_string(),
+        )),
+    }
 }
 
 async fn route_not_found() -> ApiError {

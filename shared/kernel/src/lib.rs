@@ -1,6 +1,7 @@
 //! Chronicle's event-sourcing kernel. It knows nothing of AWS or SQLite: storage comes in
 //! through the ports in [`ports`], domains through [`aggregate::Aggregate`].
 
+pub mod admin;
 pub mod aggregate;
 pub mod audit;
 pub mod chain;
@@ -20,12 +21,12 @@ pub use envelope::{EventEnvelope, Metadata, StreamId};
 pub use error::Error;
 pub use ports::*;
 pub use projection::{
-    doc_write, fold_event, index_values, Projection, ProjectionError, ProjectionRunner,
+    doc_write, fold_event, index_values, Projection, ProjectionError, ProjectionRunner, Rebuilt,
     StateProjection,
 };
 pub use publishing::PublishRunner;
 pub use schema::{EventSchema, UpcastError};
-pub use service::{AggregateService, Chronicle, ChronicleBuilder, StateView};
+pub use service::{AggregateService, Chronicle, ChronicleBuilder, StartRebuildError, StateView};
 
 /// Aggregate ids: 1 to 128 characters from `[A-Za-z0-9._:-]`, safe as a key everywhere.
 pub fn validate_id(id: &str) -> Result<(), Error> {

@@ -2,6 +2,7 @@
 //! checkpoint. Applying an event twice changes nothing: each document remembers the last
 //! version of its aggregate it has applied.
 
+use crate::admin::{self, Failure, RebuildRecord, RebuildState};
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::envelope::EventEnvelope;
 use crate::ports::{Doc, DocWrite, EventFeed, ModelRef, ReadModelStore, StoreError};
@@ -101,6 +102,15 @@ pub fn doc_write(projection: &dyn Projection, key: String, version: u64, body: V
     }
 }
 
+/// What a rebuild did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rebuilt {
+    /// The generation reads now go to.
+    pub generation: u64,
+    /// The feed position an unfinished earlier rebuild had reached, when this one resumed it.
+    pub resumed_from: Option<u64>,
+}
+
 /// What one step of a runner did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Step {
@@ -119,6 +129,8 @@ pub struct ProjectionRunner {
     projection: Arc<dyn Projection>,
     schema: Arc<EventSchema>,
     pub batch_size: usize,
+    /// Feed events per step while rebuilding.
+    pub rebuild_batch: usize,
     /// Documents as this runner last wrote them, so a step reads the store only for
     /// aggregates it hasn't seen.
     cache: std::sync::Mutex<DocCache>,
@@ -149,6 +161,7 @@ impl ProjectionRunner {
             projection,
             schema,
             batch_size: 1000,
+            rebuild_batch: REBUILD_BATCH,
             cache: std::sync::Mutex::new(DocCache::default()),
         }
     }
@@ -276,12 +289,26 @@ impl ProjectionRunner {
             };
             let (idle, position) = match outcome {
                 Ok(step) => {
+                    if failing {
+                        tracing::info!(projection = self.name(), "projection moving again");
+                        if let Err(e) =
+                            admin::set_live_failure(self.store.as_ref(), self.name(), None).await
+                        {
+                            tracing::warn!(projection = self.name(), error = %e, "recovery not recorded");
+                        }
+                    }
                     failing = false;
                     (step.read == 0, step.position)
                 }
                 Err(e) => {
                     if !failing {
                         tracing::error!(projection = self.name(), error = %e, "projection stalled");
+                        let failure = Some(Failure::from_error(&e));
+                        if let Err(e) =
+                            admin::set_live_failure(self.store.as_ref(), self.name(), failure).await
+                        {
+                            tracing::warn!(projection = self.name(), error = %e, "failure not recorded");
+                        }
                     }
                     failing = true;
                     (true, u64::MAX)
@@ -302,31 +329,110 @@ impl ProjectionRunner {
     }
 
     /// Builds a new generation from the whole feed while the active one keeps serving, then
-    /// switches reads to it. `progress(processed, total)` is called after every batch.
+    /// switches reads to it. A rebuild that was interrupted or failed is resumed from its
+    /// checkpoint. `progress(processed, total)` is called after every batch.
     pub async fn rebuild(
         &self,
         mut progress: impl FnMut(u64, u64),
-    ) -> Result<u64, ProjectionError> {
+    ) -> Result<Rebuilt, ProjectionError> {
         let name = self.projection.name();
+        let store = self.store.as_ref();
         let active = self.store.active_generation(name).await?;
+        let (mut doc_version, last) = admin::rebuild_record(store, name).await?;
+        let unfinished = last.filter(|r| {
+            r.generation == active + 1
+                && matches!(r.state, RebuildState::Rebuilding | RebuildState::Failed)
+        });
         let generation = active + 1;
-        self.store.drop_generation(name, generation).await?;
-        if active > 1 {
-            // A runner mid-step during the last switch may have written to the generation
-            // that switch dropped; clear it again.
-            self.store.drop_generation(name, active - 1).await?;
-        }
-        loop {
-            let head = self.feed.feed_head().await?;
-            let step = self.step_with(generation, REBUILD_BATCH).await?;
-            progress(step.position, head.max(step.position));
-            if step.read == 0 {
-                break;
+        let (mut record, resumed_from) = match unfinished {
+            Some(r) => {
+                let at = self
+                    .store
+                    .checkpoint(&ModelRef::generation(name, generation))
+                    .await?;
+                (r, Some(at))
             }
+            None => {
+                self.store.drop_generation(name, generation).await?;
+                if active > 1 {
+                    // A runner mid-step during the last switch may have written to the
+                    // generation that switch dropped; clear it again.
+                    self.store.drop_generation(name, active - 1).await?;
+                }
+                let t = crate::envelope::now();
+                let r = RebuildRecord {
+                    generation,
+                    state: RebuildState::Rebuilding,
+                    processed: 0,
+                    total: 0,
+                    started_at: t,
+                    updated_at: t,
+                    failure: None,
+                };
+                (r, None)
+            }
+        };
+        record.state = RebuildState::Rebuilding;
+        record.failure = None;
+        self.save_record(&mut doc_version, &mut record).await?;
+        let mut beat = std::time::Instant::now();
+        let outcome: Result<(), ProjectionError> = async {
+            loop {
+                let head = self.feed.feed_head().await?;
+                let step = self.step_with(generation, self.rebuild_batch).await?;
+                let total = head.max(step.position);
+                progress(step.position, total);
+                if beat.elapsed() >= admin::REBUILD_HEARTBEAT {
+                    beat = std::time::Instant::now();
+                    (record.processed, record.total) = (step.position, total);
+                    self.save_record(&mut doc_version, &mut record).await?;
+                }
+                if step.read == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        .await;
+        if let Err(e) = outcome {
+            record.state = RebuildState::Failed;
+            record.failure = Some(Failure::from_error(&e));
+            if let Err(save) = self.save_record(&mut doc_version, &mut record).await {
+                tracing::warn!(projection = name, error = %save, "rebuild failure not recorded");
+            }
+            return Err(e);
         }
         self.store.activate(name, generation).await?;
         self.store.drop_generation(name, active).await?;
-        Ok(generation)
+        record.state = RebuildState::Done;
+        record.processed = self
+            .store
+            .checkpoint(&ModelRef::generation(name, generation))
+            .await?;
+        record.total = record.processed;
+        self.save_record(&mut doc_version, &mut record).await?;
+        Ok(Rebuilt {
+            generation,
+            resumed_from,
+        })
+    }
+
+    /// Saves the rebuild record one version on; another rebuild of the same projection that
+    /// moved it first makes this one stop rather than race it.
+    async fn save_record(
+        &self,
+        doc_version: &mut u64,
+        record: &mut RebuildRecord,
+    ) -> Result<(), ProjectionError> {
+        record.updated_at = crate::envelope::now();
+        if !admin::save_rebuild(self.store.as_ref(), self.name(), *doc_version, record).await? {
+            return Err(StoreError::Invalid(format!(
+                "another rebuild of `{}` is running",
+                self.name()
+            ))
+            .into());
+        }
+        *doc_version += 1;
+        Ok(())
     }
 }
 

@@ -165,6 +165,32 @@ pub struct Chronicle {
     /// The stores themselves, for audits across aggregate types (`verify`).
     events: Arc<dyn EventStore>,
     snapshots: Arc<dyn SnapshotStore>,
+    /// Projections this process is rebuilding in the background (admin route).
+    rebuilding: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+/// Why a background rebuild did not start.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StartRebuildError {
+    #[error("no projection `{0}`")]
+    Unknown(String),
+    #[error("`{0}` is being rebuilt already")]
+    Running(String),
+    #[error("rebuilds replay the store's ordered feed, which this backend does not have (on AWS, projections follow the DynamoDB stream)")]
+    NoFeed,
+}
+
+/// Takes a projection off the rebuilding set however its task ends.
+struct RebuildGuard {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    name: String,
+}
+
+impl Drop for RebuildGuard {
+    fn drop(&mut self) {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.name);
+    }
 }
 
 impl Chronicle {
@@ -207,6 +233,7 @@ impl Chronicle {
                 feed: None,
                 events: events.clone(),
                 snapshots: snapshots.clone(),
+                rebuilding: Default::default(),
             },
             events,
             snapshots,
@@ -267,6 +294,58 @@ impl Chronicle {
                 event.aggregate_type, event.aggregate_id, event.version, event.aggregate_type
             ))),
         }
+    }
+
+    /// Every projection's state, checkpoint, lag and last rebuild.
+    pub async fn projection_statuses(&self) -> Result<Vec<crate::admin::ProjectionStatus>, Error> {
+        let mut out = Vec::with_capacity(self.projections.len());
+        for p in &self.projections {
+            out.push(
+                crate::admin::projection_status(
+                    self.read_models.as_ref(),
+                    self.feed.as_deref(),
+                    p.name(),
+                    p.aggregate_type(),
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds a projection in a background task (resuming an unfinished rebuild); its
+    /// progress shows in [`Self::projection_statuses`].
+    pub fn start_rebuild(
+        &self,
+        projection: &str,
+    ) -> Result<tokio::task::JoinHandle<()>, StartRebuildError> {
+        if !self.projections.iter().any(|p| p.name() == projection) {
+            return Err(StartRebuildError::Unknown(projection.to_owned()));
+        }
+        let runner = self.runner(projection).ok_or(StartRebuildError::NoFeed)?;
+        {
+            let mut set = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+            if !set.insert(projection.to_owned()) {
+                return Err(StartRebuildError::Running(projection.to_owned()));
+            }
+        }
+        let guard = RebuildGuard {
+            set: self.rebuilding.clone(),
+            name: projection.to_owned(),
+        };
+        Ok(tokio::spawn(async move {
+            let _guard = guard;
+            match runner.rebuild(|_, _| {}).await {
+                Ok(r) => tracing::info!(
+                    projection = runner.name(),
+                    generation = r.generation,
+                    resumed_from = r.resumed_from,
+                    "rebuild finished; reads use the new generation"
+                ),
+                // The status document records it, with the event that failed.
+                Err(e) => tracing::error!(projection = runner.name(), error = %e, "rebuild failed"),
+            }
+        }))
     }
 
     /// Recomputes one stream's hash chain, held to its latest snapshot's chain head; `Ok`
