@@ -179,11 +179,7 @@ pub(crate) async fn verify(
 
 pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Result<()> {
     if args.backend == crate::Backend::Aws {
-        // A rebuild replays the whole store in order; on DynamoDB that needs the time-ordered
-        // archive and audit index, which arrive with the audit issue.
-        anyhow::bail!(
-            "rebuild runs on the embedded backend only for now: on AWS it needs a global event order (the archive and audit feed)"
-        );
+        return rebuild_by_streams(projection).await;
     }
     let (store, chronicle) = crate::open(args)?;
     let runner = chronicle.runner(projection).ok_or_else(|| {
@@ -226,5 +222,35 @@ pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Resul
         started.elapsed()
     );
     store.close();
+    Ok(())
+}
+
+/// On AWS there is no ordered feed: the rebuild folds every stream whole (a Scan for the
+/// stream list, a Query per stream), switches, then catches up what arrived meanwhile.
+async fn rebuild_by_streams(projection: &str) -> anyhow::Result<()> {
+    let app = chronicle_lambda::App::from_env().await?;
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {msg}: {pos} events ({per_sec})")
+            .context("progress bar template")?,
+    );
+    bar.set_message(format!("rebuilding {projection}"));
+    let started = std::time::Instant::now();
+    let rebuilt = app
+        .chronicle
+        .rebuild_by_streams(projection, |events, _| bar.set_position(events))
+        .await?;
+    bar.finish_and_clear();
+    if let Some(at) = rebuilt.resumed_from {
+        println!(
+            "resumed the unfinished rebuild of generation {} after {at} events",
+            rebuilt.generation
+        );
+    }
+    println!(
+        "rebuilt {projection} as generation {} from {} events in {:.2?}; reads now use it",
+        rebuilt.generation,
+        bar.position(),
+        started.elapsed()
+    );
     Ok(())
 }

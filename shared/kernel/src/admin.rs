@@ -85,6 +85,9 @@ pub struct RebuildRecord {
     pub updated_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// Where a feed-less rebuild (stream by stream) resumes: the stream listing's cursor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 fn rebuild_key(projection: &str) -> String {

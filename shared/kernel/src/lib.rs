@@ -11,6 +11,7 @@ pub mod error;
 pub mod ports;
 pub mod projection;
 pub mod publishing;
+pub mod rebuild;
 pub mod replay;
 pub mod schema;
 pub mod service;

@@ -368,6 +368,7 @@ impl ProjectionRunner {
                     started_at: t,
                     updated_at: t,
                     failure: None,
+                    cursor: None,
                 };
                 (r, None)
             }

@@ -313,6 +313,44 @@ impl Chronicle {
         Ok(out)
     }
 
+    /// Rebuilds a projection stream by stream from the event store, for registries without a
+    /// feed (AWS); resumes an unfinished rebuild. `progress` gets (events, streams) done.
+    pub async fn rebuild_by_streams(
+        &self,
+        projection: &str,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<crate::projection::Rebuilt, Error> {
+        let p = self
+            .projections
+            .iter()
+            .find(|p| p.name() == projection)
+            .ok_or_else(|| {
+                Error::not_found(
+                    "unknown_projection",
+                    format!("no projection `{projection}`"),
+                )
+            })?;
+        let svc = self.aggregates.get(p.aggregate_type()).ok_or_else(|| {
+            Error::Decode(format!(
+                "no aggregate type `{}` is registered",
+                p.aggregate_type()
+            ))
+        })?;
+        let job = crate::rebuild::StreamRebuild {
+            events: self.events.as_ref(),
+            store: self.read_models.as_ref(),
+            projection: p.as_ref(),
+            schema: svc.schema(),
+            page: crate::rebuild::PAGE,
+        };
+        job.run(|d| progress(d.events, d.streams))
+            .await
+            .map_err(|e| match e {
+                crate::projection::ProjectionError::Store(s) => Error::Store(s),
+                other => Error::Decode(other.to_string()),
+            })
+    }
+
     /// Rebuilds a projection in a background task (resuming an unfinished rebuild); its
     /// progress shows in [`Self::projection_statuses`].
     pub fn start_rebuild(

@@ -1,0 +1,219 @@
+//! Rebuilding a read model without an ordered feed (AWS, where a DynamoDB stream drives the
+//! projections): every stream of the projection's aggregate type is folded whole into a new
+//! generation, page by page of `EventStore::list_streams`, with the page cursor as the
+//! checkpoint an interrupted rebuild resumes from. Documents are per aggregate, so the order of
+//! aggregates doesn't matter.
+//!
+//! Events appended while it runs go to the active generation (the stream-driven projector
+//! writes there), so after switching reads to the new one a second pass brings every document
+//! up to its stream's version; the projector's own gap filling covers what arrives after.
+
+use crate::admin::{self, Failure, RebuildRecord, RebuildState};
+use crate::envelope::StreamId;
+use crate::ports::{Doc, DocWrite, EventStore, ModelRef, ReadModelStore, ReadRange, StoreError};
+use crate::projection::{doc_write, fold_event, Projection, ProjectionError, Rebuilt};
+use crate::schema::EventSchema;
+
+/// Streams per page of the store's stream listing, by default.
+pub const PAGE: usize = 500;
+
+pub struct StreamRebuild<'a> {
+    pub events: &'a dyn EventStore,
+    pub store: &'a dyn ReadModelStore,
+    pub projection: &'a dyn Projection,
+    pub schema: &'a EventSchema,
+    /// Streams per page: each page is one write of documents and one checkpoint.
+    pub page: usize,
+}
+
+/// Progress: events folded and streams done so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamProgress {
+    pub events: u64,
+    pub streams: u64,
+}
+
+impl StreamRebuild<'_> {
+    /// Folds `stream` from `after` (its document's version) to its end; `None` if there is
+    /// nothing new.
+    async fn fold(
+        &self,
+        stream: &StreamId,
+        mut doc: Option<Doc>,
+    ) -> Result<(Option<DocWrite>, u64), ProjectionError> {
+        let after = doc.as_ref().map_or(0, |d| d.version);
+        let events = self
+            .events
+            .read_stream(stream, ReadRange::from(after + 1))
+            .await?;
+        let n = events.len() as u64;
+        if n == 0 {
+            return Ok((None, 0));
+        }
+        for ev in events {
+            let version = ev.version;
+            let body = fold_event(
+                self.projection,
+                self.schema,
+                doc.as_ref().map(|d| &d.body),
+                ev,
+            )
+            .map_err(|reason| ProjectionError::Event {
+                projection: self.projection.name().to_owned(),
+                // Not from a feed: there is no position.
+                position: 0,
+                stream: stream.to_string(),
+                version,
+                reason,
+            })?;
+            doc = Some(Doc {
+                key: stream.aggregate_id.clone(),
+                version,
+                body,
+            });
+        }
+        Ok((
+            doc.map(|d| doc_write(self.projection, d.key, d.version, d.body)),
+            n,
+        ))
+    }
+
+    /// One pass over every stream of the projection's type, from `cursor`, writing into
+    /// `generation`; `catch_up` folds only what each document is missing.
+    async fn pass(
+        &self,
+        generation: u64,
+        catch_up: bool,
+        record: &mut RebuildRecord,
+        doc_version: &mut u64,
+        progress: &mut dyn FnMut(StreamProgress),
+        done: &mut StreamProgress,
+    ) -> Result<(), ProjectionError> {
+        let name = self.projection.name();
+        let model = ModelRef::generation(name, generation);
+        loop {
+            let page = self
+                .events
+                .list_streams(record.cursor.clone(), self.page.max(1))
+                .await?;
+            let mut writes = Vec::new();
+            for stream in page
+                .streams
+                .iter()
+                .filter(|s| s.aggregate_type == self.projection.aggregate_type())
+            {
+                let doc = if catch_up {
+                    self.store.get(&model, &stream.aggregate_id).await?
+                } else {
+                    None
+                };
+                let (write, n) = self.fold(stream, doc).await?;
+                writes.extend(write);
+                done.events += n;
+                done.streams += 1;
+            }
+            self.store.apply(&model, writes, None).await?;
+            record.cursor = page.next;
+            record.processed = done.events;
+            record.total = done.events;
+            save(self.store, name, doc_version, record).await?;
+            progress(*done);
+            if record.cursor.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Builds a new generation from every stream, switches reads to it, then catches it up.
+    /// An unfinished earlier rebuild (interrupted or failed) is resumed from its cursor.
+    pub async fn run(
+        &self,
+        mut progress: impl FnMut(StreamProgress),
+    ) -> Result<Rebuilt, ProjectionError> {
+        let name = self.projection.name();
+        let active = self.store.active_generation(name).await?;
+        let generation = active + 1;
+        let (mut doc_version, last) = admin::rebuild_record(self.store, name).await?;
+        let unfinished = last.filter(|r| {
+            r.generation == generation
+                && matches!(r.state, RebuildState::Rebuilding | RebuildState::Failed)
+        });
+        let resumed_from = unfinished.as_ref().map(|r| r.processed);
+        let mut record = match unfinished {
+            Some(r) => r,
+            None => {
+                self.store.drop_generation(name, generation).await?;
+                let t = crate::envelope::now();
+                RebuildRecord {
+                    generation,
+                    state: RebuildState::Rebuilding,
+                    processed: 0,
+                    total: 0,
+                    started_at: t,
+                    updated_at: t,
+                    failure: None,
+                    cursor: None,
+                }
+            }
+        };
+        record.state = RebuildState::Rebuilding;
+        record.failure = None;
+        save(self.store, name, &mut doc_version, &mut record).await?;
+        let mut done = StreamProgress {
+            events: record.processed,
+            streams: 0,
+        };
+        let built = self
+            .pass(
+                generation,
+                false,
+                &mut record,
+                &mut doc_version,
+                &mut progress,
+                &mut done,
+            )
+            .await;
+        if let Err(e) = built {
+            record.state = RebuildState::Failed;
+            record.failure = Some(Failure::from_error(&e));
+            if let Err(save_err) = save(self.store, name, &mut doc_version, &mut record).await {
+                tracing::warn!(projection = name, error = %save_err, "rebuild failure not recorded");
+            }
+            return Err(e);
+        }
+        self.store.activate(name, generation).await?;
+        self.store.drop_generation(name, active).await?;
+        // The catch-up pass: events the live projector wrote to the old generation meanwhile.
+        done.streams = 0;
+        record.cursor = None;
+        self.pass(
+            generation,
+            true,
+            &mut record,
+            &mut doc_version,
+            &mut progress,
+            &mut done,
+        )
+        .await?;
+        record.state = RebuildState::Done;
+        save(self.store, name, &mut doc_version, &mut record).await?;
+        Ok(Rebuilt {
+            generation,
+            resumed_from,
+        })
+    }
+}
+
+async fn save(
+    store: &dyn ReadModelStore,
+    name: &str,
+    doc_version: &mut u64,
+    record: &mut RebuildRecord,
+) -> Result<(), ProjectionError> {
+    record.updated_at = crate::envelope::now();
+    if !admin::save_rebuild(store, name, *doc_version, record).await? {
+        return Err(StoreError::Invalid(format!("another rebuild of `{name}` is running")).into());
+    }
+    *doc_version += 1;
+    Ok(())
+}
