@@ -353,12 +353,6 @@ impl ProjectionRunner {
                 (r, Some(at))
             }
             None => {
-                self.store.drop_generation(name, generation).await?;
-                if active > 1 {
-                    // A runner mid-step during the last switch may have written to the
-                    // generation that switch dropped; clear it again.
-                    self.store.drop_generation(name, active - 1).await?;
-                }
                 let t = crate::envelope::now();
                 let r = RebuildRecord {
                     generation,
@@ -375,7 +369,17 @@ impl ProjectionRunner {
         };
         record.state = RebuildState::Rebuilding;
         record.failure = None;
+        // Claimed before anything is dropped: a second rebuild started at the same moment
+        // loses this write and stops without touching the generation.
         self.save_record(&mut doc_version, &mut record).await?;
+        if resumed_from.is_none() {
+            self.store.drop_generation(name, generation).await?;
+            if active > 1 {
+                // A runner mid-step during the last switch may have written to the
+                // generation that switch dropped; clear it again.
+                self.store.drop_generation(name, active - 1).await?;
+            }
+        }
         let mut beat = std::time::Instant::now();
         let outcome: Result<(), ProjectionError> = async {
             loop {

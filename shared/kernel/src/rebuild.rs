@@ -142,7 +142,6 @@ impl StreamRebuild<'_> {
         let mut record = match unfinished {
             Some(r) => r,
             None => {
-                self.store.drop_generation(name, generation).await?;
                 let t = crate::envelope::now();
                 RebuildRecord {
                     generation,
@@ -158,7 +157,11 @@ impl StreamRebuild<'_> {
         };
         record.state = RebuildState::Rebuilding;
         record.failure = None;
+        // Claimed before anything is dropped (see `ProjectionRunner::rebuild`).
         save(self.store, name, &mut doc_version, &mut record).await?;
+        if resumed_from.is_none() {
+            self.store.drop_generation(name, generation).await?;
+        }
         let mut done = StreamProgress {
             events: record.processed,
             streams: 0,
