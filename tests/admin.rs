@@ -148,6 +148,21 @@ async fn a_projection_stuck_on_an_event_names_it() {
     assert!(s["lag"]["seconds"].as_f64().is_some_and(|l| l > 0.0), "{s}");
 }
 
+/// An embedded store in `dir` with accounts `rb-0..n`, each opened and given one deposit.
+async fn seeded(dir: &tempfile::TempDir, n: usize) -> (Arc<EmbeddedStore>, Chronicle) {
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let chronicle = chronicle_accounts::register(Chronicle::builder(
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        HandlerConfig::default(),
+    ))
+    .build();
+    seed(&chronicle, n).await;
+    (store, chronicle)
+}
+
 /// Accounts `rb-0..n`, each opened and given one deposit, through the command path.
 async fn seed(chronicle: &Chronicle, n: usize) {
     let accounts = chronicle.aggregate("accounts").expect("accounts");
@@ -168,16 +183,7 @@ async fn seed(chronicle: &Chronicle, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_rebuild_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path()).expect("open");
-    let chronicle = chronicle_accounts::register(Chronicle::builder(
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        HandlerConfig::default(),
-    ))
-    .build();
-    seed(&chronicle, 100).await;
+    let (store, chronicle) = seeded(&dir, 100).await;
     let read_models: Arc<dyn chronicle_kernel::ReadModelStore> = store.clone();
 
     // Interrupted: the rebuild is dropped (as a killed process would stop) after its first
@@ -251,16 +257,7 @@ async fn an_interrupted_rebuild_resumes_from_its_checkpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_without_a_feed_folds_stream_by_stream_and_resumes() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path()).expect("open");
-    let chronicle = chronicle_accounts::register(Chronicle::builder(
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        store.clone(),
-        HandlerConfig::default(),
-    ))
-    .build();
-    seed(&chronicle, 100).await;
+    let (store, chronicle) = seeded(&dir, 100).await;
     let projection = chronicle
         .projections()
         .iter()

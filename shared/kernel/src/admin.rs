@@ -90,6 +90,23 @@ pub struct RebuildRecord {
     pub cursor: Option<String>,
 }
 
+impl RebuildRecord {
+    /// A rebuild of `generation` starting now.
+    pub fn start(generation: u64) -> Self {
+        let t = now();
+        Self {
+            generation,
+            state: RebuildState::Rebuilding,
+            processed: 0,
+            total: 0,
+            started_at: t,
+            updated_at: t,
+            failure: None,
+            cursor: None,
+        }
+    }
+}
+
 fn rebuild_key(projection: &str) -> String {
     format!("{projection}/rebuild")
 }

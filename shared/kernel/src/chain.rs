@@ -61,22 +61,42 @@ pub fn stored_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// The hash of a decoded envelope (as stored, not upcast) given its predecessor's.
-pub fn hash_envelope(prev: &str, e: &EventEnvelope) -> String {
-    hash_fields(
-        prev,
-        &CanonicalFields {
-            event_id: &e.event_id.to_string(),
+/// A decoded envelope's fields rendered as the stores keep them.
+struct StoredText {
+    event_id: String,
+    data: String,
+    metadata: String,
+    recorded_at: String,
+}
+
+impl StoredText {
+    fn of(e: &EventEnvelope) -> Self {
+        Self {
+            event_id: e.event_id.to_string(),
+            data: stored_json(&e.data),
+            metadata: stored_json(&e.metadata),
+            recorded_at: format_timestamp(&e.recorded_at),
+        }
+    }
+
+    fn fields<'a>(&'a self, e: &'a EventEnvelope) -> CanonicalFields<'a> {
+        CanonicalFields {
+            event_id: &self.event_id,
             aggregate_type: &e.aggregate_type,
             aggregate_id: &e.aggregate_id,
             version: e.version,
             event_type: &e.event_type,
             schema_version: e.schema_version,
-            data: &stored_json(&e.data),
-            metadata: &stored_json(&e.metadata),
-            recorded_at: &format_timestamp(&e.recorded_at),
-        },
-    )
+            data: &self.data,
+            metadata: &self.metadata,
+            recorded_at: &self.recorded_at,
+        }
+    }
+}
+
+/// The hash of a decoded envelope (as stored, not upcast) given its predecessor's.
+pub fn hash_envelope(prev: &str, e: &EventEnvelope) -> String {
+    hash_fields(prev, &StoredText::of(e).fields(e))
 }
 
 /// Sets each event's hash, chaining from `prev`; returns the new head.
@@ -207,20 +227,7 @@ impl ChainCheck {
     }
 
     pub fn next_envelope(&mut self, e: &EventEnvelope) {
-        self.next(
-            &CanonicalFields {
-                event_id: &e.event_id.to_string(),
-                aggregate_type: &e.aggregate_type,
-                aggregate_id: &e.aggregate_id,
-                version: e.version,
-                event_type: &e.event_type,
-                schema_version: e.schema_version,
-                data: &stored_json(&e.data),
-                metadata: &stored_json(&e.metadata),
-                recorded_at: &format_timestamp(&e.recorded_at),
-            },
-            &e.hash,
-        );
+        self.next(&StoredText::of(e).fields(e), &e.hash);
     }
 
     /// The last verified version and its hash.

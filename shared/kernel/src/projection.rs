@@ -352,20 +352,7 @@ impl ProjectionRunner {
                     .await?;
                 (r, Some(at))
             }
-            None => {
-                let t = crate::envelope::now();
-                let r = RebuildRecord {
-                    generation,
-                    state: RebuildState::Rebuilding,
-                    processed: 0,
-                    total: 0,
-                    started_at: t,
-                    updated_at: t,
-                    failure: None,
-                    cursor: None,
-                };
-                (r, None)
-            }
+            None => (RebuildRecord::start(generation), None),
         };
         record.state = RebuildState::Rebuilding;
         record.failure = None;

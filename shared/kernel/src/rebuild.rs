@@ -141,19 +141,7 @@ impl StreamRebuild<'_> {
         let resumed_from = unfinished.as_ref().map(|r| r.processed);
         let mut record = match unfinished {
             Some(r) => r,
-            None => {
-                let t = crate::envelope::now();
-                RebuildRecord {
-                    generation,
-                    state: RebuildState::Rebuilding,
-                    processed: 0,
-                    total: 0,
-                    started_at: t,
-                    updated_at: t,
-                    failure: None,
-                    cursor: None,
-                }
-            }
+            None => RebuildRecord::start(generation),
         };
         record.state = RebuildState::Rebuilding;
         record.failure = None;
