@@ -97,6 +97,19 @@ ev.pop("queryStringParameters", None)
 json.dump(ev, open(sys.argv[1], "w"))
 PYEOF
 invoke query "$WORK/projected.json" "r['statusCode'] == 200 and $(body "['balance']") == 200 and $(body "['version']") == 3"
+# The audit feed (its GSI) through the query function: the two events stored above, asked
+# for the hours around now (the payload names a fixed day).
+"$PY" - "$WORK/audit.json" <<'PYEOF'
+import datetime, json, sys
+now = datetime.datetime.now(datetime.timezone.utc)
+at = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+q = {"from": at(now - datetime.timedelta(hours=1)), "to": at(now + datetime.timedelta(hours=1))}
+ev = json.load(open("events/apigw/52-audit-feed.json"))
+ev["rawQueryString"] = "&".join(f"{k}={v}" for k, v in q.items())
+ev["queryStringParameters"] = q
+json.dump(ev, open(sys.argv[1], "w"))
+PYEOF
+invoke query "$WORK/audit.json" "r['statusCode'] == 200 and [e['version'] for e in $(body "['events']")] == [1, 2]"
 
 # Configuration comes from the environment: a bad value stops the function at init, named.
 if CHRONICLE_SNAPSHOT_EVERY=often AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/bad" \
