@@ -94,6 +94,12 @@ pub(crate) async fn audit(
         limit: AUDIT_MAX_LIMIT,
         raw,
     };
+    // A long range can take many pages (on DynamoDB each covers at most a day): show progress
+    // on a terminal (indicatif draws nothing when stderr is not one).
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} reading the audit feed: {pos} pages, {msg}")
+            .context("progress bar template")?,
+    );
     let mut events = Vec::new();
     loop {
         if let Some(max) = limit {
@@ -101,6 +107,8 @@ pub(crate) async fn audit(
         }
         let page = audit_page(&chronicle, &query).await?;
         events.extend(page.events);
+        bar.inc(1);
+        bar.set_message(format!("{} events", events.len()));
         if limit.is_some_and(|max| events.len() >= max) {
             break;
         }
@@ -109,6 +117,7 @@ pub(crate) async fn audit(
             None => break,
         }
     }
+    bar.finish_and_clear();
     if let Some(store) = store {
         store.close();
     }

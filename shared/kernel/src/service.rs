@@ -362,6 +362,9 @@ pub struct ChronicleBuilder<E, S> {
 
 impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
     /// Registers an aggregate type: its commands, state, history and state read model.
+    ///
+    /// # Panics
+    /// If `A::TYPE` is one of [`RESERVED_AGGREGATE_TYPES`].
     pub fn aggregate<A: Aggregate>(mut self) -> Self {
         let state_model = state_projection_name(A::TYPE);
         let service = Service::<A, E, S> {
