@@ -131,6 +131,21 @@ case("state-at-now", "query", 200, None, get("/accounts/acc-1", "at=2100-01-01T0
 case("state-before-first-event", "query", 404, "version_not_found", get("/accounts/acc-1", "at=2000-01-01T00:00:00Z"))
 case("state-at-and-version", "query", 400, "invalid_query", get("/accounts/acc-1", "at=2100-01-01T00:00:00Z&version=1"))
 
+# The global audit feed, a route of the query function (appended: scripts/lambda-smoke.sh names
+# earlier files by their number). A fixed day: the test replays these for their status, then
+# asks for the hours its events were recorded in.
+audit = lambda query: request("GET", "/audit/events", query, route="GET /audit/events")
+DAY = "from=2026-11-26T00:00:00Z&to=2026-11-26T23:59:59.999999Z"
+case("audit-feed", "query", 200, None, audit(DAY))
+case("audit-feed-page", "query", 200, None, audit(DAY + "&limit=2"))
+case("audit-feed-raw", "query", 200, None, audit(DAY + "&raw=true"))
+case("audit-no-from", "query", 400, "invalid_query", audit("to=2026-11-26T23:59:59Z"))
+case("audit-inverted-range", "query", 400, "invalid_query", audit("from=2026-11-26T12:00:00Z&to=2026-11-26T11:00:00Z"))
+case("audit-bad-limit", "query", 400, "invalid_query", audit(DAY + "&limit=1001"))
+case("audit-bad-cursor", "query", 400, "invalid_query", audit(DAY + "&after=zz"))
+case("audit-unknown-param", "query", 400, "invalid_query", audit(DAY + "&event_type=Deposited"))
+case("audit-on-command-function", "command", 404, "route_not_found", audit(DAY))
+
 
 STREAM_ARN = f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/chronicle-events/stream/2026-11-26T00:00:00.000"
 ACCT = "acc-stream-1"

@@ -20,13 +20,15 @@ PY="$VENV/bin/python"
 FUNCTIONS=(command query projector publisher snapshotter activity)
 echo "== building the function binaries"
 cargo build --locked -p chronicle-cli $(printf -- '-p %s ' "${FUNCTIONS[@]}")
+# Where cargo put them: CARGO_TARGET_DIR when set (a relative one is relative to here).
+BIN="${CARGO_TARGET_DIR:-target}/debug"
 
 # Fresh, uniquely named resources on the endpoint.
 SUFFIX=$("$PY" -c 'import uuid; print(uuid.uuid4().hex[:10])')
 export CHRONICLE_EVENTS_TABLE="smoke-$SUFFIX-events" CHRONICLE_READ_TABLE="smoke-$SUFFIX-read" \
        CHRONICLE_SNAPSHOT_BUCKET="smoke-$SUFFIX-snapshots" CHRONICLE_ARCHIVE_BUCKET="smoke-$SUFFIX-archive" \
        CHRONICLE_EVENT_STREAM="smoke-$SUFFIX-stream" CHRONICLE_SNAPSHOT_EVERY=2 RUST_LOG=info
-target/debug/chronicle aws-setup >/dev/null
+"$BIN/chronicle" aws-setup >/dev/null
 
 WORK=$(mktemp -d -t chronicle-smoke.XXXXXX)
 PIDS=()
@@ -48,7 +50,7 @@ binary() { # binary FN: the command that runs FN's main
     if [ -n "${SMOKE_BOOTSTRAPS:-}" ]; then
         echo "qemu-aarch64 -L ${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu} $SMOKE_BOOTSTRAPS/${1^}Function/bootstrap"
     else
-        echo "target/debug/$1"
+        echo "$BIN/$1"
     fi
 }
 start() { # start FN: the binary, on its own runtime API path, like a Lambda sandbox
@@ -97,6 +99,19 @@ ev.pop("queryStringParameters", None)
 json.dump(ev, open(sys.argv[1], "w"))
 PYEOF
 invoke query "$WORK/projected.json" "r['statusCode'] == 200 and $(body "['balance']") == 200 and $(body "['version']") == 3"
+# The audit feed (its GSI) through the query function: the two events stored above, asked
+# for the hours around now (the payload names a fixed day).
+"$PY" - "$WORK/audit.json" <<'PYEOF'
+import datetime, json, sys
+now = datetime.datetime.now(datetime.timezone.utc)
+at = lambda t: t.strftime("%Y-%m-%dT%H:%M:%SZ")
+q = {"from": at(now - datetime.timedelta(hours=1)), "to": at(now + datetime.timedelta(hours=1))}
+ev = json.load(open("events/apigw/52-audit-feed.json"))
+ev["rawQueryString"] = "&".join(f"{k}={v}" for k, v in q.items())
+ev["queryStringParameters"] = q
+json.dump(ev, open(sys.argv[1], "w"))
+PYEOF
+invoke query "$WORK/audit.json" "r['statusCode'] == 200 and [e['version'] for e in $(body "['events']")] == [1, 2]"
 
 # Configuration comes from the environment: a bad value stops the function at init, named.
 if CHRONICLE_SNAPSHOT_EVERY=often AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/bad" \
@@ -119,4 +134,4 @@ if [ "$FAILED" != 0 ]; then
     for f in "${FUNCTIONS[@]}"; do echo "--- $f log"; tail -n 20 "$WORK/$f.log"; done
     exit 1
 fi
-echo "== function binaries (${SMOKE_BOOTSTRAPS:-target/debug}): every invocation answered as expected"
+echo "== function binaries (${SMOKE_BOOTSTRAPS:-$BIN}): every invocation answered as expected"

@@ -73,6 +73,17 @@ async fn aws_setup_then_serve_backend_aws_end_to_end() {
 
     let history = server.history(id).await;
     assert_eq!(versions(&history), vec![1, 2, 3]);
+    // The audit feed (the events table's by_time index), over the time of those events.
+    let (first, last) = (
+        history[0]["recorded_at"].as_str().expect("a time"),
+        history[2]["recorded_at"].as_str().expect("a time"),
+    );
+    let feed = server
+        .eventually(&format!("/audit/events?from={first}&to={last}"), |r| {
+            r.status == 200 && r.body["events"].as_array().map(Vec::len) == Some(3)
+        })
+        .await;
+    assert_eq!(feed.body["events"].as_array(), Some(&history));
     let state = server.consistent(id).await;
     state.expect_status(200);
     assert_eq!(state.body["balance"], 100);
@@ -148,6 +159,15 @@ async fn aws_setup_then_serve_backend_aws_end_to_end() {
     );
     let state: serde_json::Value = serde_json::from_slice(&out.stdout).expect("state prints JSON");
     assert_eq!(state["balance"], 120);
+    let out = cli(&["audit", "--from", first, "--to", last, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("audit --json prints JSON");
+    assert_eq!(events, history);
     // A rebuild on DynamoDB, stream by stream, while the served generation keeps answering;
     // then reads go to the new generation, which the stream-driven projector keeps following.
     for projection in ["accounts_state", "accounts_by_owner"] {

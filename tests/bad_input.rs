@@ -754,6 +754,105 @@ async fn bad_queries_and_routes_are_refused() {
     still_serves(&mut server).await;
 }
 
+#[tokio::test]
+async fn bad_audit_queries_are_refused() {
+    let mut server = setup().await;
+    const RANGE: &str = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    let audit = |q: &str| format!("/audit/events?{q}");
+    let mut cases = vec![
+        Case::get("no parameters", "/audit/events"),
+        Case::get("no from", audit("to=2100-01-01T00:00:00Z")),
+        Case::get("no to", audit("from=2000-01-01T00:00:00Z")),
+        Case::get("from empty", audit("from=&to=2100-01-01T00:00:00Z")),
+        Case::get(
+            "from not a time",
+            audit("from=yesterday&to=2100-01-01T00:00:00Z"),
+        ),
+        Case::get(
+            "from a date only",
+            audit("from=2000-01-01&to=2100-01-01T00:00:00Z"),
+        ),
+        Case::get(
+            "to not a time",
+            audit("from=2000-01-01T00:00:00Z&to=2100-13-01T00:00:00Z"),
+        ),
+        Case::get(
+            "to before from",
+            audit("from=2026-11-26T12:00:00Z&to=2026-11-26T11:59:59.999999Z"),
+        ),
+        Case::get(
+            "from twice",
+            audit(&format!("{RANGE}&from=2001-01-01T00:00:00Z")),
+        ),
+        Case::get("limit=0", audit(&format!("{RANGE}&limit=0"))),
+        Case::get("limit=1001", audit(&format!("{RANGE}&limit=1001"))),
+        Case::get(
+            "limit past u64",
+            audit(&format!("{RANGE}&limit=18446744073709551616")),
+        ),
+        Case::get("limit=-1", audit(&format!("{RANGE}&limit=-1"))),
+        Case::get("limit=abc", audit(&format!("{RANGE}&limit=abc"))),
+        Case::get("limit empty", audit(&format!("{RANGE}&limit="))),
+        Case::get("after empty", audit(&format!("{RANGE}&after="))),
+        Case::get("after not hex", audit(&format!("{RANGE}&after=zz"))),
+        Case::get("after odd hex", audit(&format!("{RANGE}&after=abc"))),
+        Case::get("after not UTF-8", audit(&format!("{RANGE}&after=ff00"))),
+        // Hex of `not a cursor`: well encoded, but no position of the feed.
+        Case::get(
+            "after not a cursor",
+            audit(&format!("{RANGE}&after=6e6f74206120637572736f72")),
+        ),
+        // Hex of `["a","b"]`: JSON, but not a feed position either.
+        Case::get(
+            "after a wrong cursor",
+            audit(&format!("{RANGE}&after=5b2261222c2262225d")),
+        ),
+        Case::get("raw=maybe", audit(&format!("{RANGE}&raw=maybe"))),
+        Case::get(
+            "unknown parameter",
+            audit(&format!("{RANGE}&event_type=Deposited")),
+        ),
+        Case::get(
+            "a typo",
+            audit("form=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
+        ),
+    ];
+    for c in &mut cases {
+        c.status = 400;
+        c.code = "invalid_query";
+    }
+    cases.extend([
+        Case::new("POST on the audit feed", Method::POST, audit(RANGE))
+            .expect(405, "method_not_allowed"),
+        Case::get("a route under the feed", "/audit/events/1").expect(404, "route_not_found"),
+        // `audit` is no aggregate type: only /audit/events is a route.
+        Case::get("the feed's parent", "/audit/other").expect(404, "unknown_aggregate_type"),
+        Case::post("a command to `audit`", "x", "{}").expect(404, "unknown_aggregate_type"),
+    ]);
+    let post = cases
+        .iter_mut()
+        .find(|c| c.name == "a command to `audit`")
+        .expect("the case");
+    post.path = "/audit/events/commands".into();
+    run(&server, cases).await;
+
+    // The boundaries next to the refused values are accepted, and a real cursor too.
+    let page = server.get(&audit(&format!("{RANGE}&limit=1"))).await;
+    page.expect_status(200);
+    let next = page.body["next"].as_str().expect("a next page").to_owned();
+    for path in [
+        audit(&format!("{RANGE}&limit=1000")),
+        audit(&format!("{RANGE}&limit=1&raw=true")),
+        audit("from=2026-11-26T12:00:00Z&to=2026-11-26T12:00:00Z"),
+        audit("from=2026-11-26T12:00:00%2B01:00&to=2026-11-26T11:00:00Z"),
+        audit(&format!("{RANGE}&after={next}")),
+    ] {
+        let r = server.get(&path).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    still_serves(&mut server).await;
+}
+
 /// A body of `len` bytes: `content` padded with trailing spaces.
 fn padded(content: &str, len: usize) -> Vec<u8> {
     assert!(content.len() <= len);

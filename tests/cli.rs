@@ -302,3 +302,120 @@ async fn verify_names_the_first_changed_removed_or_reordered_event() {
     let (ok, _, err) = chronicle(dir.path(), &["verify", "accounts", "never-opened"]);
     assert!(!ok && err.contains("no events"), "{err}");
 }
+
+#[tokio::test]
+async fn audit_prints_every_event_of_a_time_range() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture = common::store_v1_fixture(dir.path()).await;
+    let mut server = common::Server::start_in(dir.path()).await;
+    seed(&server).await;
+    let mut want = Vec::new();
+    for id in ["legacy-1", "cli-1", "cli-2", "cli-3"] {
+        want.extend(server.history(id).await);
+    }
+    server.kill();
+    want.sort_by_key(|e| {
+        (
+            e["recorded_at"].as_str().unwrap_or_default().to_owned(),
+            e["aggregate_id"].as_str().unwrap_or_default().to_owned(),
+            e["version"].as_u64(),
+        )
+    });
+    assert_eq!(want.len(), 10);
+    let range = [
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "2100-01-01T00:00:00Z",
+    ];
+    let audit = |extra: &[&str]| {
+        let mut args = vec!["audit"];
+        args.extend_from_slice(&range);
+        args.extend_from_slice(extra);
+        chronicle(dir.path(), &args)
+    };
+
+    let (ok, out, err) = audit(&["--json"]);
+    assert!(ok, "{err}");
+    let events: Vec<Value> = serde_json::from_str(&out).expect("JSON events");
+    assert_eq!(events, want, "every event once, in recorded order, upcast");
+    let (ok, out, err) = audit(&["--json", "--limit", "3"]);
+    assert!(ok, "{err}");
+    let events: Vec<Value> = serde_json::from_str(&out).expect("JSON events");
+    assert_eq!(events, want[..3].to_vec());
+
+    // --raw: the stored v1 deposits of legacy-1 as stored.
+    let (ok, out, err) = audit(&["--json", "--raw"]);
+    assert!(ok, "{err}");
+    let events: Vec<Value> = serde_json::from_str(&out).expect("JSON events");
+    assert_eq!(events[..4].to_vec(), fixture);
+
+    // A table for people: a header, then one line per event in order.
+    let (ok, out, err) = audit(&[]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 11, "a header and ten events:\n{out}");
+    assert!(
+        lines[0].starts_with("RECORDED AT") && lines[0].contains("AGGREGATE"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("2024-03-01T09:00:00.000000Z  accounts/legacy-1")
+            && lines[1].contains("AccountOpened"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains("Deposited") && lines[2].contains("v2"),
+        "{out}"
+    );
+    for (line, e) in lines[1..].iter().zip(&want) {
+        let stream = format!(
+            "accounts/{}",
+            e["aggregate_id"].as_str().unwrap_or_default()
+        );
+        assert!(line.contains(&stream), "{line} is not {stream}");
+    }
+    let (ok, out, _) = audit(&["--raw"]);
+    assert!(ok);
+    assert!(
+        out.lines().nth(2).is_some_and(|l| l.contains("v1")),
+        "{out}"
+    );
+
+    // A quiet range, and refusals.
+    let (ok, out, err) = chronicle(
+        dir.path(),
+        &[
+            "audit",
+            "--from",
+            "2025-01-01T00:00:00Z",
+            "--to",
+            "2025-02-01T00:00:00Z",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("no events recorded from 2025-01-01"),
+        "{out}"
+    );
+    let (ok, _, err) = chronicle(
+        dir.path(),
+        &[
+            "audit",
+            "--from",
+            "2025-02-01T00:00:00Z",
+            "--to",
+            "2025-01-01T00:00:00Z",
+        ],
+    );
+    assert!(
+        !ok && err.contains("`to` must not be before `from`"),
+        "{err}"
+    );
+    let (ok, _, err) = chronicle(dir.path(), &["audit", "--from", "soon", "--to", "later"]);
+    assert!(!ok && err.contains("RFC 3339"), "{err}");
+    let (ok, _, err) = chronicle(dir.path(), &["audit", "--to", "2025-01-01T00:00:00Z"]);
+    assert!(!ok && err.contains("--from"), "{err}");
+    let (ok, _, err) = audit(&["--limit", "0"]);
+    assert!(!ok && err.contains("--limit"), "{err}");
+}

@@ -650,3 +650,147 @@ async fn history_filters_and_state_at_a_time() {
         .await
         .expect_error(400, "invalid_query");
 }
+
+/// Every page of `GET /audit/events?{query}&limit={limit}`, following `next`; with the size of
+/// each page.
+async fn audit_pages(server: &Server, query: &str, limit: usize) -> (Vec<usize>, Vec<Value>) {
+    let mut sizes = Vec::new();
+    let mut events = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = server
+            .get(&format!("/audit/events?{query}&limit={limit}{after}"))
+            .await;
+        r.expect_status(200);
+        let page = r.body["events"].as_array().expect("an events array");
+        assert!(page.len() <= limit, "{}", r.body);
+        sizes.push(page.len());
+        events.extend(page.iter().cloned());
+        match r.body["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => {
+                assert_eq!(r.body["next"], Value::Null);
+                return (sizes, events);
+            }
+        }
+        assert!(sizes.len() < 1000, "the feed never ends");
+    }
+}
+
+/// The order the audit feed promises: recorded time (fixed-width RFC 3339 text sorts as time),
+/// aggregate type, aggregate id, version.
+fn recorded_order(events: &mut [Value]) {
+    events.sort_by(|a, b| {
+        let key = |e: &Value| {
+            (
+                e["recorded_at"].as_str().unwrap_or_default().to_owned(),
+                e["aggregate_type"].as_str().unwrap_or_default().to_owned(),
+                e["aggregate_id"].as_str().unwrap_or_default().to_owned(),
+                e["version"].as_u64().unwrap_or_default(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+}
+
+/// `GET /audit/events`: every account's events in one recorded order, across pages; stored v1
+/// events upcast unless `raw=true`; inclusive bounds.
+#[tokio::test]
+async fn the_audit_feed_lists_every_event_in_recorded_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fixture = common::store_v1_fixture(dir.path()).await;
+    let server = Server::start_in(dir.path()).await;
+    // Commands to three accounts, interleaved.
+    let plan = [
+        ("feed-b", json!({"type": "Open", "owner": "bea"})),
+        ("feed-a", json!({"type": "Open", "owner": "abe"})),
+        ("feed-b", json!({"type": "Deposit", "amount": 40})),
+        ("feed-c", json!({"type": "Open", "owner": "cy"})),
+        ("feed-a", json!({"type": "Deposit", "amount": 15})),
+        ("feed-b", json!({"type": "Withdraw", "amount": 5})),
+        ("feed-c", json!({"type": "Deposit", "amount": 9})),
+        ("feed-a", json!({"type": "Close"})),
+    ];
+    for (id, command) in plan {
+        ok(&server, id, command).await;
+    }
+    let mut want = Vec::new();
+    for id in ["legacy-1", "feed-a", "feed-b", "feed-c"] {
+        want.extend(server.history(id).await);
+    }
+    recorded_order(&mut want);
+    assert_eq!(want.len(), 12);
+    assert_eq!(want[0]["aggregate_id"], "legacy-1", "2024 comes first");
+
+    let all = "from=2000-01-01T00:00:00Z&to=2100-01-01T00:00:00Z";
+    for limit in [1, 5, 12, 1000] {
+        let (sizes, got) = audit_pages(&server, all, limit).await;
+        assert_eq!(
+            got, want,
+            "limit {limit}: every event once, in recorded order"
+        );
+        let full = sizes.len() - 1;
+        assert!(
+            sizes[..full].iter().all(|&n| n == limit) && sizes[full] <= limit,
+            "limit {limit}: pages {sizes:?}"
+        );
+        assert_eq!(sizes.len(), 12usize.div_ceil(limit), "no empty last page");
+    }
+    // One page, and where it says to go on.
+    let r = server.get(&format!("/audit/events?{all}&limit=5")).await;
+    r.expect_status(200);
+    assert_eq!(r.body["events"].as_array().map(Vec::len), Some(5));
+    assert!(r.body["next"].is_string(), "{}", r.body);
+
+    // Upcast by default: the v1 deposits come out at schema version 2 with a currency;
+    // raw=true shows them exactly as stored.
+    let legacy = |events: &[Value]| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["aggregate_id"] == "legacy-1")
+            .cloned()
+            .collect()
+    };
+    let (_, upcast) = audit_pages(&server, all, 3).await;
+    for d in legacy(&upcast)
+        .iter()
+        .filter(|e| e["event_type"] == "Deposited")
+    {
+        assert_eq!(d["schema_version"], 2, "{d}");
+        assert_eq!(d["data"]["currency"], "EUR", "{d}");
+    }
+    let (_, raw) = audit_pages(&server, &format!("{all}&raw=true"), 3).await;
+    assert_eq!(legacy(&raw), fixture, "raw=true: as stored");
+    assert_eq!(raw.len(), 12);
+
+    // Bounds are inclusive: from == to == one event's time gives that event.
+    let t = want[6]["recorded_at"].as_str().expect("a time");
+    let (_, got) = audit_pages(&server, &format!("from={t}&to={t}"), 10).await;
+    assert_eq!(got, vec![want[6].clone()]);
+    let (t3, t8) = (
+        want[3]["recorded_at"].as_str().expect("a time"),
+        want[8]["recorded_at"].as_str().expect("a time"),
+    );
+    let (_, got) = audit_pages(&server, &format!("from={t3}&to={t8}"), 2).await;
+    assert_eq!(got, want[3..=8].to_vec());
+    // A range with nothing in it: one empty page.
+    let (sizes, got) = audit_pages(
+        &server,
+        "from=2025-01-01T00:00:00Z&to=2025-12-31T23:59:59Z",
+        10,
+    )
+    .await;
+    assert_eq!((sizes, got), (vec![0], vec![]));
+
+    // /audit/events is its own route: the aggregate routes beside it are unaffected.
+    server
+        .get("/audit/other")
+        .await
+        .expect_error(404, "unknown_aggregate_type");
+    let r = server.get("/accounts/feed-a/events").await;
+    r.expect_status(200);
+    assert_eq!(
+        versions(r.body["events"].as_array().expect("events")),
+        vec![1, 2, 3]
+    );
+}

@@ -101,3 +101,68 @@ async fn v1_events_feed_projections_and_new_commands() {
     assert_eq!(out.result.events[0].schema_version, 2);
     assert_eq!(out.result.events[0].data["currency"], "EUR");
 }
+
+/// The audit feed upcasts stored v1 events unless raw, and an event of an aggregate type this
+/// build doesn't register fails the page by name instead of being left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_feed_upcasts_and_names_what_it_cannot() {
+    use chronicle_kernel::audit::{audit_page, AuditQuery};
+    use chronicle_kernel::envelope::parse_timestamp;
+    let (_dir, store, chronicle) = store_with_fixture().await;
+    let at = |t: &str| parse_timestamp(t).expect("a time");
+    let query = AuditQuery::new(at("2024-01-01T00:00:00Z"), at("2024-12-31T00:00:00Z"));
+
+    let page = audit_page(&chronicle, &query).await.expect("a page");
+    assert_eq!(page.next, None);
+    assert_eq!(page.events.len(), 4);
+    for d in page.events.iter().filter(|e| e.event_type == "Deposited") {
+        assert_eq!((d.schema_version, &d.data["currency"]), (2, &"EUR".into()));
+    }
+    let raw = AuditQuery {
+        raw: true,
+        ..query.clone()
+    };
+    assert_eq!(
+        audit_page(&chronicle, &raw)
+            .await
+            .expect("a raw page")
+            .events,
+        fixture()
+    );
+
+    // A `ledgers` event (no such aggregate type here) recorded between the fixture's events.
+    let mut ledger = fixture()[0].clone();
+    ledger.aggregate_type = "ledgers".into();
+    ledger.aggregate_id = "l-1".into();
+    ledger.recorded_at = at("2024-03-01T09:01:00Z");
+    store
+        .append(&AppendRequest {
+            stream: StreamId::new("ledgers", "l-1"),
+            expected_version: 0,
+            events: vec![ledger.clone()],
+            idempotency: None,
+        })
+        .await
+        .expect("append");
+    let err = audit_page(&chronicle, &query)
+        .await
+        .expect_err("an event that can't be upcast fails the page");
+    assert_eq!(err.code(), "decode_error");
+    assert!(err.to_string().contains("ledgers/l-1 v1"), "{err}");
+    // As stored it can be shown, in its place; a page that ends before it is unaffected.
+    let events = audit_page(&chronicle, &raw).await.expect("raw").events;
+    assert_eq!(events[1], ledger);
+    let first = AuditQuery {
+        limit: 1,
+        ..query.clone()
+    };
+    let page = audit_page(&chronicle, &first)
+        .await
+        .expect("the first page");
+    assert_eq!(page.events.len(), 1);
+    let rest = AuditQuery {
+        after: page.next,
+        ..query
+    };
+    assert!(audit_page(&chronicle, &rest).await.is_err());
+}

@@ -228,10 +228,18 @@ def attribute_types(table):
 def test_events_table_matches_the_code():
     item = rust_source("shared/aws/src/item.rs")
     pk, sk = rust_str_const(item, "PK"), rust_str_const(item, "SK")
+    index = rust_str_const(item, "TIME_INDEX")
+    tb, ts = rust_str_const(item, "TIME_BUCKET"), rust_str_const(item, "TIME_KEY")
     t = RESOURCES["EventsTable"]
     p = t["Properties"]
     assert key_schema(t) == {pk: "HASH", sk: "RANGE"}, key_schema(t)
-    assert attribute_types(t) == {pk: "S", sk: "N"}, attribute_types(t)
+    assert attribute_types(t) == {pk: "S", sk: "N", tb: "S", ts: "S"}, attribute_types(t)
+    (gsi,) = p["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == index, gsi["IndexName"]
+    assert {k["AttributeName"]: k["KeyType"] for k in gsi["KeySchema"]} == {tb: "HASH", ts: "RANGE"}
+    assert gsi["Projection"]["ProjectionType"] == "ALL"
+    # The query role reads exactly that index (see EXPECTED_GRANTS).
+    assert EVENTS_TIME_INDEX == "${EventsTable.Arn}/index/" + index
     assert p["BillingMode"] == "PAY_PER_REQUEST"
     assert p["StreamSpecification"]["StreamViewType"] == "NEW_IMAGE"
     assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
@@ -357,6 +365,7 @@ EVENTS = "EventsTable.Arn"
 EVENTS_STREAM = "EventsTable.StreamArn"
 READ = "ReadTable.Arn"
 READ_INDEXES = "${ReadTable.Arn}/index/*"
+EVENTS_TIME_INDEX = "${EventsTable.Arn}/index/by_time"
 SNAPSHOT_OBJECTS = "${SnapshotBucket.Arn}/snapshots/*"
 SNAPSHOT_BUCKET = "SnapshotBucket.Arn"
 STREAM = "EventStream.Arn"
@@ -381,6 +390,7 @@ EXPECTED_GRANTS = {
     ),
     "query": grants(
         (["dynamodb:GetItem", "dynamodb:Query"], [EVENTS, READ, READ_INDEXES]),
+        (["dynamodb:Query"], [EVENTS_TIME_INDEX]),
         (["s3:GetObject"], [SNAPSHOT_OBJECTS]),
         (["s3:ListBucket"], [SNAPSHOT_BUCKET]),
     ),
@@ -477,6 +487,7 @@ ROUTES = {
     ("GET", "/{aggregate_type}"): "query",
     ("GET", "/{aggregate_type}/{id}"): "query",
     ("GET", "/{aggregate_type}/{id}/events"): "query",
+    ("GET", "/audit/events"): "query",
     ("GET", "/health"): "query",
 }
 PUBLIC = {("GET", "/health")}

@@ -351,3 +351,27 @@ pub fn folded_balance(events: &[Value]) -> i128 {
         })
         .sum()
 }
+
+/// Stores `events/fixtures/accounts-v1.json` (account `legacy-1`, recorded in March 2024, its
+/// deposits at schema version 1) in a data directory, as an older Chronicle wrote them.
+pub async fn store_v1_fixture(dir: &std::path::Path) -> Vec<Value> {
+    use chronicle_kernel::{AppendRequest, EventEnvelope, EventStore, StreamId};
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../events/fixtures/accounts-v1.json"
+    ))
+    .expect("fixture file");
+    let events: Vec<EventEnvelope> = serde_json::from_str(&text).expect("fixture envelopes");
+    let store = chronicle_embedded::EmbeddedStore::open(dir).expect("store");
+    store
+        .append(&AppendRequest {
+            stream: StreamId::new("accounts", "legacy-1"),
+            expected_version: 0,
+            events,
+            idempotency: None,
+        })
+        .await
+        .expect("the fixture appends as stored");
+    store.close();
+    serde_json::from_str(&text).expect("fixture JSON")
+}

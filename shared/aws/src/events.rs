@@ -8,14 +8,21 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
+use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{
     AppendError, AppendRequest, EventEnvelope, EventStore, IdempotencyRecord, ReadRange,
-    StoreError, StreamId, StreamPage,
+    RecordedPage, StoreError, StreamId, StreamPage,
 };
+use chrono::{DateTime, TimeDelta, Utc};
 use std::collections::HashMap;
 
 /// DynamoDB's limit on the actions of one transaction.
 pub const MAX_TRANSACTION_ACTIONS: usize = 100;
+
+/// Hour buckets one `read_recorded` call scans at most (each a Query per shard). Past it the
+/// page ends early with a cursor at the next hour: a long, quiet range costs many short calls
+/// instead of one that runs past a Lambda's or a client's timeout.
+pub const MAX_HOURS_PER_PAGE: usize = 24;
 
 #[derive(Clone, Debug)]
 pub struct DynamoEventStore {
@@ -30,6 +37,34 @@ fn key(stream: &str, version: u64) -> Item {
         (PK.to_owned(), AttributeValue::S(stream.to_owned())),
         (SK.to_owned(), AttributeValue::N(version.to_string())),
     ])
+}
+
+/// Where a page of the audit feed continues: the items with a [`item::TIME_KEY`] above `key`.
+/// `key` is the last returned item's, or the start of the next hour to scan (no `#`: below
+/// every key of that hour).
+struct TimeCursor {
+    key: String,
+    recorded_at: DateTime<Utc>,
+}
+
+impl TimeCursor {
+    fn parse(cursor: &str) -> Result<Self, StoreError> {
+        let invalid = |why: &str| StoreError::Invalid(format!("audit cursor `{cursor}`: {why}"));
+        let key: String = serde_json::from_str(cursor).map_err(|e| invalid(&e.to_string()))?;
+        // The recorded time as the store writes it: 27 characters, then nothing or `#...`.
+        let recorded_at = key
+            .get(..27)
+            .and_then(|t| parse_timestamp(t).ok().filter(|p| format_timestamp(p) == t))
+            .ok_or_else(|| invalid("no recorded time at its start"))?;
+        if !(key.len() == 27 || key[27..].starts_with('#')) {
+            return Err(invalid("not a key of the time index"));
+        }
+        Ok(Self { key, recorded_at })
+    }
+
+    fn encode(key: &str) -> Result<String, StoreError> {
+        serde_json::to_string(key).map_err(|e| backend("audit cursor", e))
+    }
 }
 
 impl DynamoEventStore {
@@ -101,6 +136,132 @@ impl DynamoEventStore {
 
     fn to_item<T: serde::Serialize>(value: &T) -> Result<Item, StoreError> {
         serde_dynamo::to_item(value).map_err(|e| StoreError::Invalid(e.to_string()))
+    }
+
+    /// One Query of one shard of one hour: up to `limit` events with time keys in `lo..=hi`,
+    /// in key order, from `start`; and where to continue (`None`: the shard is read out).
+    async fn query_time_shard(
+        &self,
+        bucket: &str,
+        lo: &str,
+        hi: &str,
+        start: Option<Item>,
+        limit: usize,
+    ) -> Result<(Vec<(String, EventEnvelope)>, Option<Item>), StoreError> {
+        // A GSI is read eventually consistent only: `consistent_read` would be refused.
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(item::TIME_INDEX)
+            .key_condition_expression("#tb = :tb AND #ts BETWEEN :lo AND :hi")
+            .expression_attribute_names("#tb", item::TIME_BUCKET)
+            .expression_attribute_names("#ts", item::TIME_KEY)
+            .expression_attribute_values(":tb", AttributeValue::S(bucket.to_owned()))
+            .expression_attribute_values(":lo", AttributeValue::S(lo.to_owned()))
+            .expression_attribute_values(":hi", AttributeValue::S(hi.to_owned()))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| backend("Query by_time", e))?;
+        let mut out = Vec::new();
+        for it in page.items.unwrap_or_default() {
+            let Some(AttributeValue::S(key)) = it.get(item::TIME_KEY).cloned() else {
+                return Err(StoreError::Corrupt(format!(
+                    "an item of {} in {bucket} has no {}",
+                    item::TIME_INDEX,
+                    item::TIME_KEY
+                )));
+            };
+            if let item::StoredItem::Event(e) = item::decode_item(it)? {
+                out.push((key, *e));
+            }
+        }
+        // Pages also stop at 1 MB: LastEvaluatedKey says where to go on either way.
+        let next = page.last_evaluated_key.filter(|k| !k.is_empty());
+        Ok((out, next))
+    }
+
+    /// The first `need` events of one hour with time keys in `lo..=hi` and above `after`,
+    /// merged from every shard in key order, and whether the hour holds more. Each shard is
+    /// read in chunks of about twice its share of `need` (streams spread evenly over shards),
+    /// and a shard is read further only while its next key could still be among the first
+    /// `need`: a page reads about twice what it returns, not `TIME_SHARDS` times.
+    async fn read_time_hour(
+        &self,
+        hour: &str,
+        lo: &str,
+        hi: &str,
+        after: Option<&str>,
+        need: usize,
+    ) -> Result<(Vec<(String, EventEnvelope)>, bool), StoreError> {
+        struct Shard {
+            bucket: String,
+            buffered: std::collections::VecDeque<(String, EventEnvelope)>,
+            next: Option<Item>,
+            done: bool,
+        }
+        let chunk = (2 * need.div_ceil(item::TIME_SHARDS as usize))
+            .max(8)
+            .min(need + 1);
+        let mut shards: Vec<Shard> = (0..item::TIME_SHARDS)
+            .map(|s| Shard {
+                bucket: item::time_bucket(hour, s),
+                buffered: Default::default(),
+                next: None,
+                done: false,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(need);
+        loop {
+            // Every shard that may hold more but has nothing buffered is read on, at once.
+            let reads = shards
+                .iter_mut()
+                .filter(|s| s.buffered.is_empty() && !s.done)
+                .map(|s| {
+                    let start = s.next.take();
+                    async move {
+                        let (items, next) = self
+                            .query_time_shard(&s.bucket, lo, hi, start, chunk)
+                            .await?;
+                        // `lo` is inclusive: the cursor's own item comes back once.
+                        s.buffered.extend(
+                            items
+                                .into_iter()
+                                .filter(|(k, _)| after.is_none_or(|a| k.as_str() > a)),
+                        );
+                        s.done = next.is_none();
+                        s.next = next;
+                        Ok::<_, StoreError>(())
+                    }
+                });
+            futures::future::try_join_all(reads).await?;
+            if shards.iter().any(|s| s.buffered.is_empty() && !s.done) {
+                continue; // a chunk held only the cursor's item: read that shard on
+            }
+            // Every shard's next key is known: take the smallest until one runs dry.
+            loop {
+                if out.len() == need {
+                    let more = shards.iter().any(|s| !s.buffered.is_empty() || !s.done);
+                    return Ok((out, more));
+                }
+                let Some(min) = shards
+                    .iter_mut()
+                    .filter(|s| !s.buffered.is_empty())
+                    .min_by(|a, b| a.buffered[0].0.cmp(&b.buffered[0].0))
+                else {
+                    return Ok((out, false));
+                };
+                let Some(taken) = min.buffered.pop_front() else {
+                    return Ok((out, false));
+                };
+                out.push(taken);
+                if min.buffered.is_empty() && !min.done {
+                    break;
+                }
+            }
+        }
     }
 }
 
@@ -335,5 +496,68 @@ impl EventStore for DynamoEventStore {
             _ => None,
         };
         Ok(StreamPage { streams, next })
+    }
+
+    /// Walks the hours of `from..=to` on the `by_time` index: each hour's shards are queried
+    /// at once and merged by time key. Eventually consistent (a GSI has no strongly
+    /// consistent reads): an event appears in the feed a moment after its append returns.
+    async fn read_recorded(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<RecordedPage, StoreError> {
+        if limit == 0 {
+            return Err(StoreError::Invalid(
+                "a page holds at least one event".into(),
+            ));
+        }
+        let after = after.as_deref().map(TimeCursor::parse).transpose()?;
+        let from_key = format_timestamp(&from);
+        // `$` follows `#`: above every key recorded at `to`, below every later one.
+        let hi = format!("{}$", format_timestamp(&to));
+        let (start, after) = match after {
+            Some(c) if c.key >= from_key => (c.recorded_at, Some(c.key)),
+            _ => (from, None),
+        };
+        let lo = after.clone().unwrap_or(from_key);
+        let mut events = Vec::new();
+        if lo > hi {
+            return Ok(RecordedPage { events, next: None });
+        }
+        let last = item::hour_of(&to);
+        let mut hour = item::hour_of(&start);
+        for _ in 0..MAX_HOURS_PER_PAGE {
+            if hour > last {
+                return Ok(RecordedPage { events, next: None });
+            }
+            let need = limit - events.len();
+            let (found, more_here) = self
+                .read_time_hour(&item::hour_label(&hour), &lo, &hi, after.as_deref(), need)
+                .await?;
+            let last_key = found.last().map(|(k, _)| k.clone());
+            events.extend(found.into_iter().map(|(_, e)| e));
+            if events.len() == limit {
+                let more = more_here || hour < last;
+                let next = match last_key {
+                    Some(k) if more => Some(TimeCursor::encode(&k)?),
+                    _ => None,
+                };
+                return Ok(RecordedPage { events, next });
+            }
+            match hour.checked_add_signed(TimeDelta::hours(1)) {
+                Some(h) => hour = h,
+                None => return Ok(RecordedPage { events, next: None }),
+            }
+        }
+        // The budget ran out before `to`: carry on from the next hour's start.
+        if hour > last {
+            return Ok(RecordedPage { events, next: None });
+        }
+        Ok(RecordedPage {
+            events,
+            next: Some(TimeCursor::encode(&format_timestamp(&hour))?),
+        })
     }
 }

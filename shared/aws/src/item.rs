@@ -3,6 +3,7 @@
 
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{EventEnvelope, IdempotencyRecord, Metadata, StoreError, StreamId};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Partition key attribute of the events table: `{aggregate_type}#{aggregate_id}`.
@@ -11,12 +12,64 @@ pub const PK: &str = "stream";
 pub const SK: &str = "version";
 pub const IDEMPOTENCY_PREFIX: &str = "idempotency#";
 
+/// The global secondary index of event items by recorded time: the audit feed. Sparse:
+/// idempotency records have neither of its keys, so they are not in it.
+pub const TIME_INDEX: &str = "by_time";
+/// Partition key of [`TIME_INDEX`]: `{hour}#{shard}`, e.g. `2026-11-26T16#7`.
+pub const TIME_BUCKET: &str = "tb";
+/// Sort key of [`TIME_INDEX`]: `{recorded_at}#{aggregate_type}#{aggregate_id}#{version:020}`.
+/// `#` sorts before every character an id may hold, so text order is the kernel's
+/// `recorded_order`.
+pub const TIME_KEY: &str = "ts";
+/// The partitions one hour's events are spread over, by stream: one hour's writes would
+/// otherwise all go to one GSI partition (about 1,000 writes a second at most), throttling
+/// the table's writes with it. A read of an hour queries every shard and merges them.
+pub const TIME_SHARDS: u32 = 16;
+
 pub fn stream_key(stream: &StreamId) -> String {
     format!("{}#{}", stream.aggregate_type, stream.aggregate_id)
 }
 
 pub fn idempotency_key(key: &str) -> String {
     format!("{IDEMPOTENCY_PREFIX}{key}")
+}
+
+/// The start of the hour `t` falls in.
+pub fn hour_of(t: &DateTime<Utc>) -> DateTime<Utc> {
+    let secs = t.timestamp().div_euclid(3600) * 3600;
+    DateTime::from_timestamp(secs, 0).unwrap_or(*t)
+}
+
+/// The hour part of a [`TIME_BUCKET`], e.g. `2026-11-26T16`.
+pub fn hour_label(hour: &DateTime<Utc>) -> String {
+    hour.format("%Y-%m-%dT%H").to_string()
+}
+
+/// The [`TIME_BUCKET`] of `shard` in the hour labelled `hour`.
+pub fn time_bucket(hour: &str, shard: u32) -> String {
+    format!("{hour}#{shard}")
+}
+
+/// A stream's shard: FNV-1a of its key, a hash that never changes between builds or
+/// platforms (a stored item's bucket must be found again by every later reader).
+pub fn shard_of(stream_key: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in stream_key.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % TIME_SHARDS
+}
+
+/// An event's [`TIME_KEY`].
+pub fn time_key(e: &EventEnvelope) -> String {
+    format!(
+        "{}#{}#{}#{:020}",
+        format_timestamp(&e.recorded_at),
+        e.aggregate_type,
+        e.aggregate_id,
+        e.version
+    )
 }
 
 /// One event, one item. `data` is the event's JSON text, kept byte for byte.
@@ -36,12 +89,20 @@ pub struct EventItem {
     /// The chain hash (kernel `chain`); absent on events stored before chains.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
+    /// The keys of [`TIME_INDEX`]; absent on events stored before it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tb: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ts: String,
 }
 
 impl EventItem {
     pub fn from_envelope(e: &EventEnvelope) -> Self {
+        let stream = stream_key(&e.stream());
         Self {
-            stream: stream_key(&e.stream()),
+            tb: time_bucket(&hour_label(&hour_of(&e.recorded_at)), shard_of(&stream)),
+            ts: time_key(e),
+            stream,
             version: e.version,
             event_id: e.event_id.to_string(),
             aggregate_type: e.aggregate_type.clone(),
@@ -139,4 +200,74 @@ where
     let ev: EventItem = serde_dynamo::from_item(item)
         .map_err(|e| StoreError::Corrupt(format!("event item does not decode: {e}")))?;
     Ok(StoredItem::Event(Box::new(ev.into_envelope()?)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronicle_kernel::envelope::parse_timestamp;
+
+    fn at(t: &str) -> DateTime<Utc> {
+        parse_timestamp(t).expect("a time")
+    }
+
+    #[test]
+    fn buckets_are_hours_and_shards_are_stable() {
+        assert_eq!(
+            hour_label(&hour_of(&at("2026-11-26T16:59:59.999999Z"))),
+            "2026-11-26T16"
+        );
+        assert_eq!(
+            hour_of(&at("2026-11-26T17:00:00Z")),
+            at("2026-11-26T17:00:00Z")
+        );
+        // Fixed values: a changed hash would hide every stored event from the feed.
+        assert_eq!(shard_of("accounts#acc-1"), shard_of("accounts#acc-1"));
+        assert_eq!(shard_of(""), 0x811c_9dc5 % TIME_SHARDS);
+        assert_eq!(shard_of("a"), 0xe40c_292c % TIME_SHARDS);
+        let shards: std::collections::HashSet<u32> = (0..200)
+            .map(|i| shard_of(&format!("accounts#acc-{i}")))
+            .collect();
+        assert_eq!(
+            shards.len(),
+            TIME_SHARDS as usize,
+            "streams spread over every shard"
+        );
+    }
+
+    #[test]
+    fn time_keys_sort_like_recorded_order() {
+        let e = |t: &str, ty: &str, id: &str, v: u64| EventEnvelope {
+            event_id: uuid::Uuid::nil(),
+            aggregate_type: ty.into(),
+            aggregate_id: id.into(),
+            version: v,
+            event_type: "E".into(),
+            schema_version: 1,
+            data: serde_json::json!({}),
+            metadata: Metadata::default(),
+            recorded_at: at(t),
+            hash: String::new(),
+        };
+        let t = "2026-11-26T16:00:00Z";
+        let mut events = vec![
+            e(t, "a", "b", 1),
+            e(t, "a", "a-b", 1),
+            e(t, "a", "a", 10),
+            e(t, "a", "a", 9),
+            e(t, "a-b", "a", 1),
+            e(t, "a", "a.", 1),
+            e(t, "b", "", 1),
+            e("2026-11-26T15:59:59.999999Z", "z", "z", 1),
+            e("2026-11-26T16:00:00.000001Z", "a", "a", 1),
+        ];
+        let mut by_key = events.clone();
+        by_key.sort_by_key(time_key);
+        events.sort_by(chronicle_kernel::recorded_order);
+        assert_eq!(by_key, events);
+        assert_eq!(
+            time_key(&events[1]),
+            "2026-11-26T16:00:00.000000Z#a#a#00000000000000000009"
+        );
+    }
 }

@@ -16,7 +16,7 @@ mod snapshots;
 pub mod testing;
 
 pub use config::{Clients, ConfigError, Settings};
-pub use events::{DynamoEventStore, MAX_TRANSACTION_ACTIONS};
+pub use events::{DynamoEventStore, MAX_HOURS_PER_PAGE, MAX_TRANSACTION_ACTIONS};
 pub use publisher::KinesisPublisher;
 pub use read_models::DynamoReadModelStore;
 pub use snapshots::S3SnapshotStore;

@@ -1,11 +1,12 @@
 //! Creating (and removing) the AWS resources Chronicle needs, for development against a local
 //! endpoint and for tests. Production resources come from the SAM template instead.
 
-use crate::read_models;
 use crate::{backend, Clients, Settings};
+use crate::{item, read_models};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
+    AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use chronicle_kernel::StoreError;
@@ -80,19 +81,118 @@ async fn wait_table_active(clients: &Clients, table: &str) -> Result<(), StoreEr
     )))
 }
 
+/// The events table's `by_time` index (the audit feed): sparse, every attribute projected so
+/// a page is read from the index alone.
+fn time_index() -> Result<GlobalSecondaryIndex, StoreError> {
+    GlobalSecondaryIndex::builder()
+        .index_name(item::TIME_INDEX)
+        .key_schema(key(item::TIME_BUCKET, KeyType::Hash)?)
+        .key_schema(key(item::TIME_KEY, KeyType::Range)?)
+        .projection(
+            Projection::builder()
+                .projection_type(ProjectionType::All)
+                .build(),
+        )
+        .build()
+        .map_err(|e| StoreError::Invalid(e.to_string()))
+}
+
+/// The index names of an existing table.
+async fn table_indexes(clients: &Clients, table: &str) -> Result<Vec<String>, StoreError> {
+    let out = clients
+        .dynamodb
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| backend("DescribeTable", e))?;
+    Ok(out
+        .table()
+        .map(|t| {
+            t.global_secondary_indexes()
+                .iter()
+                .filter_map(|g| g.index_name().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Adds `by_time` to an events table made before it. DynamoDB builds the index from the
+/// items that have its keys: events stored before it have none, so they stay out of the feed.
+async fn add_time_index(clients: &Clients, table: &str) -> Result<(), StoreError> {
+    let gsi = time_index()?;
+    let create = CreateGlobalSecondaryIndexAction::builder()
+        .index_name(gsi.index_name())
+        .set_key_schema(Some(gsi.key_schema().to_vec()))
+        .set_projection(gsi.projection().cloned())
+        .build()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    clients
+        .dynamodb
+        .update_table()
+        .table_name(table)
+        .attribute_definitions(attr(item::TIME_BUCKET, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(item::TIME_KEY, ScalarAttributeType::S)?)
+        .global_secondary_index_updates(
+            GlobalSecondaryIndexUpdate::builder().create(create).build(),
+        )
+        .send()
+        .await
+        .map_err(|e| backend("UpdateTable", e))?;
+    wait_index_active(clients, table, item::TIME_INDEX).await
+}
+
+async fn wait_index_active(clients: &Clients, table: &str, index: &str) -> Result<(), StoreError> {
+    for _ in 0..600 {
+        let out = clients
+            .dynamodb
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| backend("DescribeTable", e))?;
+        let active = out.table().is_some_and(|t| {
+            t.global_secondary_indexes().iter().any(|g| {
+                g.index_name() == Some(index) && g.index_status() == Some(&IndexStatus::Active)
+            })
+        });
+        if active {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Err(StoreError::Backend(format!(
+        "index {index} of {table} did not become ACTIVE in 5 minutes"
+    )))
+}
+
 async fn ensure_events_table(clients: &Clients, table: &str) -> Result<String, StoreError> {
     if table_exists(clients, table).await? {
-        return Ok(format!("events table {table}: exists"));
+        if table_indexes(clients, table)
+            .await?
+            .iter()
+            .any(|i| i == item::TIME_INDEX)
+        {
+            return Ok(format!("events table {table}: exists"));
+        }
+        add_time_index(clients, table).await?;
+        return Ok(format!(
+            "events table {table}: exists; index {} added (events stored before it are not in it)",
+            item::TIME_INDEX
+        ));
     }
     clients
         .dynamodb
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr(crate::item::PK, ScalarAttributeType::S)?)
-        .attribute_definitions(attr(crate::item::SK, ScalarAttributeType::N)?)
-        .key_schema(key(crate::item::PK, KeyType::Hash)?)
-        .key_schema(key(crate::item::SK, KeyType::Range)?)
+        .attribute_definitions(attr(item::PK, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(item::SK, ScalarAttributeType::N)?)
+        .attribute_definitions(attr(item::TIME_BUCKET, ScalarAttributeType::S)?)
+        .attribute_definitions(attr(item::TIME_KEY, ScalarAttributeType::S)?)
+        .key_schema(key(item::PK, KeyType::Hash)?)
+        .key_schema(key(item::SK, KeyType::Range)?)
+        .global_secondary_indexes(time_index()?)
         .stream_specification(
             StreamSpecification::builder()
                 .stream_enabled(true)
@@ -104,7 +204,11 @@ async fn ensure_events_table(clients: &Clients, table: &str) -> Result<String, S
         .await
         .map_err(|e| backend("CreateTable", e))?;
     wait_table_active(clients, table).await?;
-    Ok(format!("events table {table}: created (stream NEW_IMAGE)"))
+    wait_index_active(clients, table, item::TIME_INDEX).await?;
+    Ok(format!(
+        "events table {table}: created (stream NEW_IMAGE, index {})",
+        item::TIME_INDEX
+    ))
 }
 
 async fn ensure_read_table(clients: &Clients, table: &str) -> Result<String, StoreError> {

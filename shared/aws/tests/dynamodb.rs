@@ -1,11 +1,33 @@
 //! What only the DynamoDB event store promises beyond the contract: reads past DynamoDB's
-//! 1 MB page.
+//! 1 MB page, and the audit feed's time index (its layout, its bounded pages, and being added
+//! to a table made before it).
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use chronicle_aws::item::{self, TIME_BUCKET, TIME_INDEX, TIME_KEY};
 use chronicle_aws::testing::AwsTestEnv;
-use chronicle_aws::DynamoEventStore;
-use chronicle_kernel::{EventStore, ReadRange};
+use chronicle_aws::{DynamoEventStore, MAX_HOURS_PER_PAGE};
+use chronicle_kernel::{EventEnvelope, EventStore, ReadRange};
 use chronicle_testkit as kit;
+use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// Every event of `from..=to` once the (eventually consistent) index holds `n` of them.
+async fn feed(
+    store: &DynamoEventStore,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    n: usize,
+) -> Vec<EventEnvelope> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, got) = kit::read_recorded_all(store, from, to, 1000, "feed").await;
+        if got.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_follow_pages_past_one_megabyte() {
@@ -43,5 +65,255 @@ async fn reads_follow_pages_past_one_megabyte() {
         (7..157).collect::<Vec<u64>>()
     );
     assert_eq!(store.stream_version(&stream).await.expect("version"), 180);
+    // The audit feed pages through the one shard these events share past 1 MB too.
+    let (from, to) = (all[0].recorded_at, all[179].recorded_at);
+    assert_eq!(feed(&store, from, to, 180).await, all);
+    env.remove().await;
+}
+
+/// Event items carry the index keys (hour bucket and shard, time key); idempotency records
+/// don't, so the index is sparse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_items_carry_the_time_index_keys() {
+    let Some(env) = AwsTestEnv::create("time index keys").await else {
+        return;
+    };
+    let store = DynamoEventStore::new(env.clients.dynamodb.clone(), &env.settings.events_table);
+    let stream = kit::new_stream();
+    let mut req = kit::request(&stream, 0, kit::events(&stream, 0, 2));
+    req.idempotency = Some(kit::idempotency_record(&kit::unique("key"), &stream));
+    store.append(&req).await.expect("append");
+    let items = env
+        .clients
+        .dynamodb
+        .scan()
+        .table_name(&env.settings.events_table)
+        .send()
+        .await
+        .expect("Scan")
+        .items
+        .unwrap_or_default();
+    assert_eq!(items.len(), 3);
+    let text = |it: &std::collections::HashMap<String, AttributeValue>, k: &str| match it.get(k) {
+        Some(AttributeValue::S(s)) => Some(s.clone()),
+        _ => None,
+    };
+    for it in &items {
+        let pk = text(it, item::PK).expect("a partition key");
+        if pk.starts_with(item::IDEMPOTENCY_PREFIX) {
+            assert_eq!((text(it, TIME_BUCKET), text(it, TIME_KEY)), (None, None));
+            continue;
+        }
+        let version = match it.get(item::SK) {
+            Some(AttributeValue::N(n)) => n.parse::<u64>().expect("a version"),
+            other => panic!("version {other:?}"),
+        };
+        let e = &req.events[version as usize - 1];
+        let hour = item::hour_label(&item::hour_of(&e.recorded_at));
+        assert_eq!(
+            text(it, TIME_BUCKET),
+            Some(format!("{hour}#{}", item::shard_of(&pk)))
+        );
+        assert_eq!(text(it, TIME_KEY), Some(item::time_key(e)));
+        assert!(text(it, TIME_KEY).expect("a time key").ends_with(&format!(
+            "#{}#{}#{version:020}",
+            stream.aggregate_type, stream.aggregate_id
+        )));
+    }
+    let indexed = env
+        .clients
+        .dynamodb
+        .scan()
+        .table_name(&env.settings.events_table)
+        .index_name(TIME_INDEX)
+        .send()
+        .await
+        .expect("Scan by_time")
+        .items
+        .unwrap_or_default();
+    assert_eq!(indexed.len(), 2, "only the events are in the index");
+    env.remove().await;
+}
+
+/// An hour whose events are spread over every shard comes back merged in one order, page by
+/// page, whatever the page size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_hour_is_merged_across_shards() {
+    let Some(env) = AwsTestEnv::create("busy audit hour").await else {
+        return;
+    };
+    let store = DynamoEventStore::new(env.clients.dynamodb.clone(), &env.settings.events_table);
+    let t0 = kit::unique_window_start();
+    // Three streams in each shard.
+    let mut per_shard = [0; item::TIME_SHARDS as usize];
+    let mut streams = Vec::new();
+    while streams.len() < 3 * per_shard.len() {
+        let stream = kit::new_stream();
+        let shard = item::shard_of(&item::stream_key(&stream)) as usize;
+        if per_shard[shard] < 3 {
+            per_shard[shard] += 1;
+            streams.push(stream);
+        }
+    }
+    let mut all = Vec::new();
+    for (i, stream) in (0i64..).zip(&streams) {
+        // 12 events a shard: more than a first chunk, so shards are read on as they run dry.
+        let mut evs = kit::events(stream, 0, 4);
+        // Times interleave across streams, with ties.
+        for (k, e) in (0i64..).zip(evs.iter_mut()) {
+            e.recorded_at = t0 + TimeDelta::seconds(10 * k + (i * (k + 3)) % 11);
+        }
+        store
+            .append(&kit::request(stream, 0, evs.clone()))
+            .await
+            .expect("append");
+        all.extend(evs);
+    }
+    all.sort_by(chronicle_kernel::recorded_order);
+    let to = t0 + TimeDelta::minutes(1);
+    assert_eq!(feed(&store, t0, to, all.len()).await, all);
+    for limit in [25, 1000] {
+        let (sizes, got) = kit::read_recorded_all(&store, t0, to, limit, "busy hour").await;
+        assert_eq!(got, all, "limit {limit}");
+        assert!(
+            sizes[..sizes.len() - 1].iter().all(|&n| n == limit),
+            "full pages but the last: {sizes:?}"
+        );
+    }
+    env.remove().await;
+}
+
+/// One call scans at most MAX_HOURS_PER_PAGE hours: a long range with little in it comes back
+/// in pages that end early with a cursor, and the pages together hold every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_quiet_range_is_read_in_bounded_pages() {
+    let Some(env) = AwsTestEnv::create("bounded audit pages").await else {
+        return;
+    };
+    let store = DynamoEventStore::new(env.clients.dynamodb.clone(), &env.settings.events_table);
+    let t0 = kit::unique_window_start();
+    let hours = MAX_HOURS_PER_PAGE as i64;
+    let stream = kit::new_stream();
+    let mut evs = kit::events(&stream, 0, 2);
+    evs[0].recorded_at = t0 + TimeDelta::minutes(5);
+    evs[1].recorded_at = t0 + TimeDelta::hours(hours + 6);
+    store
+        .append(&kit::request(&stream, 0, evs.clone()))
+        .await
+        .expect("append");
+    let to = t0 + TimeDelta::hours(hours + 6) + TimeDelta::minutes(1);
+    feed(&store, t0, to, 2).await;
+    // Page 1: the first event, then the budget runs out before the last hour.
+    let (sizes, got) = kit::read_recorded_all(&store, t0, to, 10, "bounded").await;
+    assert_eq!(sizes, vec![1, 1], "hours 0..{hours}, then the rest");
+    assert_eq!(got, evs);
+    // Nothing at all in the first MAX_HOURS_PER_PAGE hours of a range: an empty page with a
+    // cursor, not a call that walks the whole range.
+    let quiet_from = t0 + TimeDelta::hours(1);
+    let first = store
+        .read_recorded(quiet_from, to, None, 10)
+        .await
+        .expect("read_recorded");
+    assert!(first.events.is_empty());
+    let next = first.next.expect("a cursor to carry on from");
+    let second = store
+        .read_recorded(quiet_from, to, Some(next), 10)
+        .await
+        .expect("read_recorded");
+    assert_eq!((second.events, second.next), (vec![evs[1].clone()], None));
+    env.remove().await;
+}
+
+/// `aws-setup` on an events table made before the index adds it; events stored before have
+/// no index keys and stay out of the feed, later ones are in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_adds_the_time_index_to_an_older_table() {
+    let Some(env) = AwsTestEnv::names_only("time index upgrade").await else {
+        return;
+    };
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let ddb = &env.clients.dynamodb;
+    let table = &env.settings.events_table;
+    ddb.create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(item::PK)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute"),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(item::SK)
+                .attribute_type(ScalarAttributeType::N)
+                .build()
+                .expect("attribute"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(item::PK)
+                .key_type(KeyType::Hash)
+                .build()
+                .expect("key"),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(item::SK)
+                .key_type(KeyType::Range)
+                .build()
+                .expect("key"),
+        )
+        .send()
+        .await
+        .expect("CreateTable without the index");
+    let store = DynamoEventStore::new(ddb.clone(), table);
+    // An event as stored before the index: its item without `tb` and `ts`.
+    let old_stream = kit::new_stream();
+    let old = kit::events(&old_stream, 0, 1);
+    let mut old_item: std::collections::HashMap<String, AttributeValue> =
+        serde_dynamo::to_item(item::EventItem::from_envelope(&old[0])).expect("an item");
+    old_item.remove(TIME_BUCKET);
+    old_item.remove(TIME_KEY);
+    ddb.put_item()
+        .table_name(table)
+        .set_item(Some(old_item))
+        .send()
+        .await
+        .expect("PutItem");
+
+    let report = chronicle_aws::setup::ensure(&env.clients, &env.settings)
+        .await
+        .expect("aws-setup");
+    assert!(
+        report[0].contains("index by_time added"),
+        "{}",
+        report.join("\n")
+    );
+    let again = chronicle_aws::setup::ensure(&env.clients, &env.settings)
+        .await
+        .expect("aws-setup again");
+    assert!(again[0].ends_with("exists"), "{}", again.join("\n"));
+
+    let stream = kit::new_stream();
+    let new = kit::events(&stream, 0, 2);
+    store
+        .append(&kit::request(&stream, 0, new.clone()))
+        .await
+        .expect("append");
+    let from = old[0].recorded_at - TimeDelta::seconds(1);
+    let to = new[1].recorded_at + TimeDelta::seconds(1);
+    assert_eq!(feed(&store, from, to, 2).await, new);
+    // The old event is still read by its stream.
+    assert_eq!(
+        store
+            .read_stream(&old_stream, ReadRange::all())
+            .await
+            .expect("read"),
+        old
+    );
     env.remove().await;
 }

@@ -1,5 +1,5 @@
-//! `chronicle`: run the API and projectors locally, inspect history and state, rebuild read
-//! models, and benchmark the embedded store.
+//! `chronicle`: run the API and projectors locally, inspect history, the audit feed and state,
+//! rebuild read models, and benchmark the embedded store.
 
 mod bench;
 mod inspect;
@@ -73,6 +73,26 @@ enum Command {
         /// Only events of this type.
         #[arg(long)]
         event_type: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Events as stored, before upcasting.
+        #[arg(long)]
+        raw: bool,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every event recorded in a time range, across aggregates, in recorded order.
+    Audit {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Events recorded at or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// Events recorded at or before this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// At most this many events (all of the range by default).
         #[arg(long)]
         limit: Option<usize>,
         /// Events as stored, before upcasting.
@@ -234,6 +254,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 inspect::history(&store, &aggregate_type, &id, query, limit, json).await
             }
+            Command::Audit {
+                store,
+                from,
+                to,
+                limit,
+                raw,
+                json,
+            } => inspect::audit(&store, from, to, limit, raw, json).await,
             Command::State {
                 store,
                 aggregate_type,

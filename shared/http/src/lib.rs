@@ -2,7 +2,9 @@
 //! functions serve the same router through `lambda_http`, so status codes and JSON match.
 //!
 //! Every route is generic over the registered aggregate types: `/{type}/{id}/commands`,
-//! `/{type}/{id}`, `/{type}/{id}/events` and `/{type}?field=value`.
+//! `/{type}/{id}`, `/{type}/{id}/events` and `/{type}?field=value`; `/audit/events` is the
+//! global audit feed across them (a static route: it wins over `/{type}/{id}`, and the kernel
+//! refuses to register an aggregate type named `audit`).
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -11,7 +13,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chronicle_kernel::audit::{history_page, HistoryQuery};
+use chronicle_kernel::audit::{
+    audit_page, history_page, AuditQuery, HistoryQuery, AUDIT_DEFAULT_LIMIT,
+};
 use chronicle_kernel::{validate_id, AggregateService, Chronicle, CommandOptions, Error};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -47,7 +51,8 @@ pub fn router_for(chronicle: Chronicle, routes: Routes) -> Router {
         r = r
             .route("/{aggregate_type}", get(list))
             .route("/{aggregate_type}/{id}", get(state))
-            .route("/{aggregate_type}/{id}/events", get(history));
+            .route("/{aggregate_type}/{id}/events", get(history))
+            .route("/audit/events", get(audit));
     }
     if routes != Routes::Reads {
         r = r.route("/{aggregate_type}/{id}/commands", post(command));
@@ -394,6 +399,38 @@ async fn history(
         "aggregate_id": id,
         "events": page.events,
         "next_from_version": page.next_from_version,
+    }))
+    .into_response())
+}
+
+/// `GET /audit/events?from=&to=[&limit=][&after=][&raw=]`: every event recorded from `from` to
+/// `to` (inclusive), across aggregates, in recorded order; `next` is where the next page
+/// starts (`after`), `null` on the last page.
+async fn audit(State(chronicle): State<Chronicle>, RawQuery(raw): RawQuery) -> ApiResult {
+    let params = query_params(raw, &["from", "to", "limit", "after", "raw"])?;
+    let required = |name: &str| -> Result<DateTime<Utc>, ApiError> {
+        parse_time(&params, name)?.ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("`{name}` is required: an RFC 3339 time such as 2026-11-26T12:00:00Z"),
+            )
+        })
+    };
+    let limit = parse_u64(&params, "limit")?.map_or(AUDIT_DEFAULT_LIMIT, |l| {
+        // Past usize: too large either way, as validation says.
+        usize::try_from(l).unwrap_or(usize::MAX)
+    });
+    let query = AuditQuery {
+        from: required("from")?,
+        to: required("to")?,
+        after: params.get("after").cloned(),
+        limit,
+        raw: parse_bool(&params, "raw")?,
+    };
+    let page = audit_page(&chronicle, &query).await?;
+    Ok(Json(json!({
+        "events": page.events,
+        "next": page.next,
     }))
     .into_response())
 }

@@ -115,6 +115,45 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Option<Result<crate::chain::VerifyReport, StoreError>> {
         None
     }
+    /// Events recorded from `from` to `to` (both inclusive), across streams, in
+    /// [`recorded_order`], as stored (not upcast): the global audit feed. At most `limit`
+    /// events, all after `after` (a previous page's `next`, opaque to callers). A malformed
+    /// `after` or a `limit` of 0 is [`StoreError::Invalid`].
+    ///
+    /// A page may hold fewer than `limit` events, even none, and still have a `next`: a store
+    /// may bound the work of one call. `next` is `None` once the range is read to its end.
+    async fn read_recorded(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<RecordedPage, StoreError>;
+}
+
+/// A page of [`EventStore::read_recorded`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RecordedPage {
+    pub events: Vec<EventEnvelope>,
+    /// Where the next page starts; `None` when the range has been read to its end.
+    pub next: Option<String>,
+}
+
+/// The audit feed's order, total and stable: recorded time, then aggregate type, aggregate id
+/// (compared bytewise, as the stores compare text) and version.
+pub fn recorded_order(a: &EventEnvelope, b: &EventEnvelope) -> std::cmp::Ordering {
+    (
+        a.recorded_at,
+        a.aggregate_type.as_bytes(),
+        a.aggregate_id.as_bytes(),
+        a.version,
+    )
+        .cmp(&(
+            b.recorded_at,
+            b.aggregate_type.as_bytes(),
+            b.aggregate_id.as_bytes(),
+            b.version,
+        ))
 }
 
 /// A page of [`EventStore::list_streams`]. A store may name a stream on two pages; callers

@@ -261,6 +261,11 @@ impl Chronicle {
         self.feed.as_ref()
     }
 
+    /// The event store every registered aggregate type writes to.
+    pub fn events(&self) -> &Arc<dyn EventStore> {
+        &self.events
+    }
+
     /// The projections that read `aggregate_type`'s events.
     pub fn projections_of<'a>(
         &'a self,
@@ -456,6 +461,19 @@ impl Chronicle {
     }
 }
 
+/// Aggregate types whose routes would be shadowed by the API's fixed ones (`/audit/events`,
+/// `/admin/projections`, `/health`): registering one is refused.
+pub const RESERVED_AGGREGATE_TYPES: [&str; 3] = ["admin", "audit", "health"];
+
+fn check_aggregate_type(aggregate_type: &str) -> Result<(), String> {
+    if RESERVED_AGGREGATE_TYPES.contains(&aggregate_type) {
+        return Err(format!(
+            "aggregate type `{aggregate_type}` is reserved: the HTTP API serves /{aggregate_type}/... itself"
+        ));
+    }
+    Ok(())
+}
+
 pub struct ChronicleBuilder<E, S> {
     events: Arc<E>,
     snapshots: Arc<S>,
@@ -465,6 +483,9 @@ pub struct ChronicleBuilder<E, S> {
 
 impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
     /// Registers an aggregate type: its commands, state, history and state read model.
+    ///
+    /// # Panics
+    /// If `A::TYPE` is one of [`RESERVED_AGGREGATE_TYPES`].
     pub fn aggregate<A: Aggregate>(mut self) -> Self {
         let state_model = state_projection_name(A::TYPE);
         let service = Service::<A, E, S> {
@@ -476,6 +497,10 @@ impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
             read_models: self.inner.read_models.clone(),
             state_model,
         };
+        if let Err(why) = check_aggregate_type(A::TYPE) {
+            // A programming error in a type constant, found at start-up by any test.
+            panic!("{why}");
+        }
         self.inner.aggregates.insert(A::TYPE, Arc::new(service));
         self.inner
             .projections
@@ -497,5 +522,20 @@ impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
 
     pub fn build(self) -> Chronicle {
         self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_aggregate_types_are_refused() {
+        for t in RESERVED_AGGREGATE_TYPES {
+            let err = check_aggregate_type(t).expect_err("reserved");
+            assert!(err.contains("reserved"), "{err}");
+        }
+        assert_eq!(check_aggregate_type("accounts"), Ok(()));
+        assert_eq!(check_aggregate_type("audits"), Ok(()));
     }
 }

@@ -3,12 +3,14 @@
 
 use async_trait::async_trait;
 use chronicle_kernel::envelope;
+use chronicle_kernel::recorded_order;
 use chronicle_kernel::{
     Aggregate, AppendError, AppendRequest, CommandHandler, CommandOptions, CommandOutcome,
     CommandResult, DomainError, DomainEvent, Error, EventEnvelope, EventSchema, EventStore,
-    HandlerConfig, IdempotencyRecord, Metadata, ReadRange, Refusal, Snapshot, SnapshotStore,
-    StoreError, StreamId, StreamPage, UpcastError,
+    HandlerConfig, IdempotencyRecord, Metadata, ReadRange, RecordedPage, Refusal, Snapshot,
+    SnapshotStore, StoreError, StreamId, StreamPage, UpcastError,
 };
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -357,6 +359,51 @@ impl EventStore for MemEvents {
             streams: self.lock().streams.keys().cloned().collect(),
             next: None,
         })
+    }
+
+    async fn read_recorded(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<RecordedPage, StoreError> {
+        // "A malformed `after` or a `limit` of 0 is `StoreError::Invalid`."
+        if limit == 0 {
+            return Err(StoreError::Invalid("limit 0".into()));
+        }
+        type Key = (DateTime<Utc>, String, String, u64);
+        let key = |e: &EventEnvelope| -> Key {
+            (
+                e.recorded_at,
+                e.aggregate_type.clone(),
+                e.aggregate_id.clone(),
+                e.version,
+            )
+        };
+        let after: Option<Key> = after
+            .map(|c| serde_json::from_str(&c))
+            .transpose()
+            .map_err(|e| StoreError::Invalid(format!("cursor: {e}")))?;
+        let mut events: Vec<EventEnvelope> = self
+            .lock()
+            .streams
+            .values()
+            .flatten()
+            .filter(|e| e.recorded_at >= from && e.recorded_at <= to)
+            .filter(|e| after.as_ref().is_none_or(|a| key(e) > *a))
+            .cloned()
+            .collect();
+        events.sort_by(recorded_order);
+        let next = if events.len() > limit {
+            events.truncate(limit);
+            events
+                .last()
+                .map(|e| serde_json::to_string(&key(e)).expect("a key serialises"))
+        } else {
+            None
+        };
+        Ok(RecordedPage { events, next })
     }
 }
 

@@ -5,6 +5,7 @@
 mod common;
 
 use chronicle_http::Routes;
+use chronicle_kernel::envelope::format_timestamp;
 use chronicle_kernel::{EventEnvelope, EventStore, ReadRange, StreamId};
 use chronicle_lambda::App;
 use lambda_http::request::LambdaRequest;
@@ -40,6 +41,29 @@ async fn invoke(app: &App, routes: Routes, payload: &str) -> (u16, Value) {
     let status = wire["statusCode"].as_u64().expect("a statusCode") as u16;
     let body = wire["body"].as_str().unwrap_or("");
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `GET /audit/events?{query}` through the query function: the audit-feed payload with its
+/// query replaced.
+async fn audit(app: &App, query: &str) -> Value {
+    let file = std::fs::read_dir(dir())
+        .expect("events/apigw")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with("-audit-feed.json"))
+        .expect("the audit-feed payload");
+    let mut payload: Value =
+        serde_json::from_str(&std::fs::read_to_string(file).expect("the audit payload"))
+            .expect("JSON");
+    payload["rawQueryString"] = Value::String(query.to_owned());
+    payload["queryStringParameters"] = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    let (status, body) = invoke(app, Routes::Reads, &payload.to_string()).await;
+    assert_eq!(status, 200, "{query}: {body}");
+    body
 }
 
 async fn observe(app: &App) -> Vec<Vec<EventEnvelope>> {
@@ -130,5 +154,47 @@ async fn http_functions_answer_api_gateway_v2_payloads() {
     assert_eq!(versions(body("-history-event-type.json")), vec![2]);
     assert_eq!(versions(body("-history-time-range.json")), vec![1, 2, 3]);
     assert_eq!(body("-state-at-now.json")["version"], 3);
+
+    // The audit feed, asked for the time its events were recorded in (the payloads name a
+    // fixed day): every stored event (acc-1's three, acc-closed's two) in recorded order, the
+    // same through pages of two, following `next` as a client would.
+    let mut stored: Vec<EventEnvelope> = observe(&app).await.into_iter().flatten().collect();
+    stored.sort_by(chronicle_kernel::recorded_order);
+    assert_eq!(stored.len(), 5);
+    let range = format!(
+        "from={}&to={}",
+        format_timestamp(&stored[0].recorded_at),
+        format_timestamp(&stored[4].recorded_at)
+    );
+    let want: Vec<_> = stored
+        .iter()
+        .map(|e| (Some(e.aggregate_id.clone()), Some(e.version)))
+        .collect();
+    let key = |e: &Value| {
+        (
+            e["aggregate_id"].as_str().map(str::to_owned),
+            e["version"].as_u64(),
+        )
+    };
+    let feed = audit(&app, &format!("{range}&limit=100")).await;
+    let events = feed["events"].as_array().expect("events").clone();
+    assert_eq!(events.iter().map(key).collect::<Vec<_>>(), want);
+    assert_eq!(feed["next"], Value::Null);
+    let raw = audit(&app, &format!("{range}&raw=true")).await;
+    assert_eq!(raw["events"].as_array().map(Vec::len), Some(5));
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = audit(&app, &format!("{range}&limit=2{after}")).await;
+        let got = page["events"].as_array().expect("events");
+        assert!(got.len() <= 2, "{page}");
+        paged.extend(got.iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+        assert!(paged.len() <= 10, "pages never end: {page}");
+    }
+    assert_eq!(paged, events, "pages of two put together are the feed");
     env.remove().await;
 }

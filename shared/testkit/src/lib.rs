@@ -19,7 +19,7 @@ use chronicle_kernel::envelope::now;
 use chronicle_kernel::{
     AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
     IdempotencyRecord, Metadata, ModelRef, Publisher, ReadModelStore, ReadRange, Snapshot,
-    SnapshotStore, StreamId,
+    SnapshotStore, StoreError, StreamId,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -257,6 +257,7 @@ pub async fn event_store_contract<S: EventStore>(store: Arc<S>) {
     es_streams_are_keyed_by_type_and_id(&*store).await;
     es_chains_verify_after_a_round_trip(&*store).await;
     es_list_streams(&*store).await;
+    es_read_recorded(&*store).await;
 }
 
 /// A new stream is empty at version 0; appends at the right expected version are read back
@@ -724,6 +725,174 @@ pub async fn es_list_streams<S: EventStore + ?Sized>(store: &S) {
     }
     let bad = store.list_streams(Some("not a cursor".into()), 7).await;
     assert!(bad.is_err(), "{CTX}: a malformed cursor must be refused");
+}
+
+/// A time window no other check (or run) writes into: a random hour between the years 2200
+/// and 8999, so a shared store's other events (stamped now) stay out of it. Four-digit years
+/// keep stored timestamps fixed-width.
+pub fn unique_window_start() -> DateTime<Utc> {
+    let r = Uuid::new_v4().as_u128();
+    let hours_2200_to_9000 = 6800 * 8766;
+    let hour = (r % hours_2200_to_9000) as i64;
+    let start = DateTime::parse_from_rfc3339("2200-01-01T00:00:00Z")
+        .expect("a valid time")
+        .with_timezone(&Utc);
+    start + chrono::TimeDelta::hours(hour)
+}
+
+/// Follows `read_recorded` from the first page to the last, checking each page's size; returns
+/// the pages' event counts and every event in the order read.
+pub async fn read_recorded_all<S: EventStore + ?Sized>(
+    store: &S,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: usize,
+    ctx: &str,
+) -> (Vec<usize>, Vec<EventEnvelope>) {
+    let mut sizes = Vec::new();
+    let mut all = Vec::new();
+    let mut after = None;
+    for _ in 0..10_000 {
+        let page = ok(
+            store.read_recorded(from, to, after.take(), limit).await,
+            &format!("{ctx}: read_recorded(limit {limit})"),
+        );
+        assert!(
+            page.events.len() <= limit,
+            "{ctx}: a page of {} events with limit {limit}",
+            page.events.len()
+        );
+        sizes.push(page.events.len());
+        all.extend(page.events);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => return (sizes, all),
+        }
+    }
+    panic!("{ctx}: read_recorded did not reach the end of the range in 10000 pages");
+}
+
+/// `read_recorded` returns exactly the events recorded in the range (bounds inclusive), across
+/// streams and types, in (recorded_at, aggregate_type, aggregate_id, version) order whatever the
+/// order of versions or appends, page by page without duplicates or gaps; a malformed cursor
+/// or a limit of 0 is `Invalid`. The events are stamped with times in a window of their own,
+/// so the store may hold any others.
+pub async fn es_read_recorded<S: EventStore + ?Sized>(store: &S) {
+    use chrono::TimeDelta;
+    const CTX: &str = "EventStore read_recorded";
+    let t0 = unique_window_start();
+    let (from, to) = (t0, t0 + TimeDelta::minutes(150));
+    let us = TimeDelta::microseconds(1);
+    let id = unique("audited");
+    // Ids and types chosen so that the order by type and id differs from the append order.
+    let a = StreamId::new("ContractAccount", format!("{id}-b"));
+    let b = StreamId::new("ContractAccount", format!("{id}-a"));
+    let c = StreamId::new("ContractLedger", format!("{id}-a"));
+    // (stream, recorded times of the events of one append), in append order.
+    let plan: Vec<(&StreamId, Vec<DateTime<Utc>>)> = vec![
+        (&a, vec![from - us]),                        // a v1: just before the range
+        (&a, vec![from]),                             // a v2: at `from`
+        (&c, vec![from]),                             // c v1: same time, later type
+        (&b, vec![from, from]),                       // b v1, v2: same time, earlier id
+        (&c, vec![t0 + TimeDelta::minutes(30)]),      // c v2
+        (&b, vec![t0 + TimeDelta::minutes(20)]),      // b v3: a clock behind c's
+        (&a, vec![t0 + TimeDelta::hours(2) + us]),    // hour 1 is empty
+        (&c, vec![t0 + TimeDelta::hours(2) + us; 3]), // c v3..v5: one append, one time
+        (&b, vec![to - us, to]),                      // b v4, v5: the last two in range
+        (&a, vec![to]),                               // a v4: at `to`
+        (&a, vec![to + us]),                          // a v5: just after the range
+    ];
+    let mut appended: Vec<EventEnvelope> = Vec::new();
+    for (stream, times) in plan {
+        let at = appended.iter().filter(|e| e.stream() == *stream).count() as u64;
+        let mut evs = events(stream, at, times.len());
+        for (e, t) in evs.iter_mut().zip(times) {
+            e.recorded_at = t;
+        }
+        append_ok(store, request(stream, at, evs.clone()), CTX).await;
+        appended.extend(evs);
+    }
+    let mut want: Vec<EventEnvelope> = appended
+        .iter()
+        .filter(|e| e.recorded_at >= from && e.recorded_at <= to)
+        .cloned()
+        .collect();
+    want.sort_by(chronicle_kernel::recorded_order);
+    assert_eq!(
+        want.len(),
+        13,
+        "{CTX}: the plan puts 13 events in the range"
+    );
+    // A time index may be eventually consistent (a DynamoDB GSI): wait until it holds every
+    // event, then check exactly (it never loses one again).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, got) = read_recorded_all(store, from, to, 1000, CTX).await;
+        if got.len() >= want.len() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let key = |e: &EventEnvelope| (e.aggregate_id.clone(), e.aggregate_type.clone(), e.version);
+    for limit in [1, 3, 1000] {
+        let ctx = format!("{CTX} with limit {limit}");
+        let (_, got) = read_recorded_all(store, from, to, limit, &ctx).await;
+        let mut seen = HashSet::new();
+        for e in &got {
+            assert!(
+                seen.insert(key(e)),
+                "{ctx}: {} v{} read twice",
+                e.stream(),
+                e.version
+            );
+        }
+        assert_events_eq(&got, &want, &ctx);
+    }
+    // `from == to`: the events at that instant only.
+    let (_, got) = read_recorded_all(store, from, from, 2, CTX).await;
+    let at_from: Vec<_> = want
+        .iter()
+        .filter(|e| e.recorded_at == from)
+        .cloned()
+        .collect();
+    assert_eq!(at_from.len(), 4);
+    assert_events_eq(&got, &at_from, &format!("{CTX}: from == to"));
+    // A window with nothing in it.
+    let (_, got) = read_recorded_all(store, from + us, from + TimeDelta::minutes(19), 2, CTX).await;
+    assert_events_eq(&got, &[], &format!("{CTX}: an empty window"));
+    // A cursor carries on where its page ended, also with another limit.
+    let first = ok(store.read_recorded(from, to, None, 4).await, CTX);
+    assert_events_eq(&first.events, &want[..4], &format!("{CTX}: the first page"));
+    let next = first.next.expect("more pages after 4 of 13 events");
+    let (_, rest) = {
+        let mut all = Vec::new();
+        let mut after = Some(next);
+        let mut sizes = Vec::new();
+        while let Some(c) = after.take() {
+            let page = ok(store.read_recorded(from, to, Some(c), 7).await, CTX);
+            sizes.push(page.events.len());
+            all.extend(page.events);
+            after = page.next;
+            assert!(sizes.len() < 1000, "{CTX}: pages never end");
+        }
+        (sizes, all)
+    };
+    assert_events_eq(
+        &rest,
+        &want[4..],
+        &format!("{CTX}: the pages after the first"),
+    );
+
+    for bad in ["not a cursor", "", "[1, 2]", "{\"x\": 1}"] {
+        match store.read_recorded(from, to, Some(bad.to_owned()), 2).await {
+            Err(StoreError::Invalid(_)) => {}
+            other => panic!("{CTX}: cursor {bad:?} must be refused as Invalid, got {other:?}"),
+        }
+    }
+    match store.read_recorded(from, to, None, 0).await {
+        Err(StoreError::Invalid(_)) => {}
+        other => panic!("{CTX}: limit 0 must be refused as Invalid, got {other:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
