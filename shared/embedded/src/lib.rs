@@ -5,9 +5,11 @@
 //! stored or none are. The events table is append-only: triggers refuse UPDATE and DELETE, and
 //! no code path issues either.
 
+mod archive;
 mod publisher;
 mod writer;
 
+pub use archive::DirArchive;
 pub use publisher::JsonlPublisher;
 
 use async_trait::async_trait;
@@ -1045,6 +1047,27 @@ impl EventFeed for EmbeddedStore {
             })
             .map(|v| v as u64)
             .map_err(backend)
+        })
+        .await
+    }
+
+    async fn stream_heads(&self, aggregate_type: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let ty = aggregate_type.to_owned();
+        // A scan of the (type, id, version) index alone: no event row is read.
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT aggregate_id, MAX(version) FROM events WHERE aggregate_type = ?1 \
+                     GROUP BY aggregate_id",
+                )
+                .map_err(backend)?;
+            let heads = stmt
+                .query_map(params![ty], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(backend)?;
+            Ok(heads)
         })
         .await
     }

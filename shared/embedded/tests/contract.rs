@@ -220,3 +220,36 @@ async fn jsonl_publisher_passes_the_publisher_contract() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    kit::archive_contract(Arc::new(
+        chronicle_embedded::DirArchive::open(dir.path()).unwrap(),
+    ))
+    .await;
+}
+
+/// Expiry is simulated by deleting rows behind the store's back (the embedded store itself
+/// never removes an event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_reads_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let archive =
+        Arc::new(chronicle_embedded::DirArchive::open(dir.path().join("archive")).unwrap());
+    let db = dir.path().join(DB_FILE);
+    kit::archived_reads_contract(store.clone(), store, archive, |s, through| {
+        let db = db.clone();
+        async move {
+            let conn = Connection::open(db).unwrap();
+            conn.execute_batch("DROP TRIGGER events_no_delete").unwrap();
+            conn.execute(
+                "DELETE FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version <= ?3",
+                r2d2_sqlite::rusqlite::params![s.aggregate_type, s.aggregate_id, through as i64],
+            )
+            .unwrap();
+        }
+    })
+    .await;
+}

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod aggregate;
+pub mod archive;
+pub mod archived;
 pub mod audit;
 pub mod chain;
 pub mod command;

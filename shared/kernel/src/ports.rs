@@ -115,6 +115,33 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Option<Result<crate::chain::VerifyReport, StoreError>> {
         None
     }
+    /// Marks hot copies of archived events to expire at `at` (a DynamoDB TTL), each only if
+    /// its stored hash is the one given, which is the archived copy's. Returns how many were
+    /// marked. Nothing is deleted by this call, ever. The default keeps hot copies for good
+    /// (the embedded store is append-only) and marks none.
+    async fn expire(
+        &self,
+        _stream: &StreamId,
+        _events: &[(u64, String)],
+        _at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    /// Checks copies of events kept beside the store's own (an archive): their chains, and that
+    /// they agree with the store. Breaks found; none by default (no copies).
+    async fn verify_copies(
+        &self,
+        _progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Vec<crate::chain::ChainBreak>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// [`EventStore::verify_copies`] for one stream.
+    async fn verify_stream_copies(
+        &self,
+        _stream: &StreamId,
+    ) -> Result<Option<crate::chain::ChainBreak>, StoreError> {
+        Ok(None)
+    }
     /// Events recorded from `from` to `to` (both inclusive), across streams, in
     /// [`recorded_order`], as stored (not upcast): the global audit feed. At most `limit`
     /// events, all after `after` (a previous page's `next`, opaque to callers). A malformed
@@ -256,6 +283,9 @@ pub trait EventFeed: Send + Sync + 'static {
     /// Resolves once the feed may hold events after `after`, or when `timeout` passes
     /// (writers in other processes can't always signal, so callers poll too).
     async fn wait_for_events(&self, after: u64, timeout: std::time::Duration);
+    /// Each stream of `aggregate_type` with its latest version: where a replay from the archive
+    /// finds the hot events it still has to read.
+    async fn stream_heads(&self, aggregate_type: &str) -> Result<Vec<(String, u64)>, StoreError>;
     /// Every event of `aggregate_type` in feed order, in batches, read concurrently with the
     /// consumer: the bulk path for replaying whole aggregates.
     fn replay_raw(

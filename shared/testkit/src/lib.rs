@@ -2096,3 +2096,252 @@ where
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Archive
+// ---------------------------------------------------------------------------------------------
+
+use chronicle_kernel::archive::{Archive, ByteRange};
+use chronicle_kernel::archived::{
+    run_archiver, ArchivePolicy, ArchivedEventStore, ArchiverOptions,
+};
+
+/// The [`Archive`] contract: segments stored whole, listed in name order under a prefix, read in
+/// ranges, and never overwritten. Names are unique to the run, so a shared bucket will do.
+pub async fn archive_contract<A: Archive>(archive: Arc<A>) {
+    const CTX: &str = "Archive";
+    let root = unique("contract");
+    let a = format!("{root}/a/0001.seg");
+    let b = format!("{root}/a/0002.seg");
+    let c = format!("{root}/b/0001.seg");
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for name in [&b, &a, &c] {
+        assert!(
+            ok(archive.put_segment(name, bytes.clone()).await, CTX),
+            "{CTX}: a new segment name is stored"
+        );
+    }
+    assert_eq!(
+        ok(archive.list_segments(&format!("{root}/a/")).await, CTX),
+        vec![a.clone(), b.clone()],
+        "{CTX}: list_segments gives the names under a prefix, in name order"
+    );
+    let all = ok(archive.list_segments(&format!("{root}/")).await, CTX);
+    assert_eq!(
+        all,
+        vec![a.clone(), b.clone(), c.clone()],
+        "{CTX}: every prefix is listed"
+    );
+    assert_eq!(
+        ok(archive.read_segment(&a, ByteRange::All).await, CTX),
+        bytes
+    );
+    assert_eq!(
+        ok(
+            archive
+                .read_segment(
+                    &a,
+                    ByteRange::Span {
+                        offset: 100,
+                        len: 50
+                    }
+                )
+                .await,
+            CTX
+        ),
+        bytes[100..150].to_vec(),
+        "{CTX}: a span reads those bytes"
+    );
+    assert_eq!(
+        ok(archive.read_segment(&a, ByteRange::Suffix(20)).await, CTX),
+        bytes[bytes.len() - 20..].to_vec(),
+        "{CTX}: a suffix reads the last bytes"
+    );
+    assert!(
+        archive
+            .read_segment(
+                &a,
+                ByteRange::Span {
+                    offset: 4990,
+                    len: 50
+                }
+            )
+            .await
+            .is_err(),
+        "{CTX}: reading past a segment's end is an error, not a short read"
+    );
+    assert!(
+        archive
+            .read_segment(&format!("{root}/missing.seg"), ByteRange::All)
+            .await
+            .is_err(),
+        "{CTX}: reading a missing segment is an error"
+    );
+    // Never overwritten: a second put under a taken name leaves the first.
+    assert!(
+        !ok(archive.put_segment(&a, vec![1, 2, 3]).await, CTX),
+        "{CTX}: a taken name is reported as taken"
+    );
+    assert_eq!(
+        ok(archive.read_segment(&a, ByteRange::All).await, CTX),
+        bytes,
+        "{CTX}: a segment is never overwritten"
+    );
+    // Concurrent puts of one name: exactly one wins.
+    let d = format!("{root}/a/0003.seg");
+    let (x, y) = tokio::join!(
+        archive.put_segment(&d, vec![1; 64]),
+        archive.put_segment(&d, vec![2; 64])
+    );
+    let (x, y) = (ok(x, CTX), ok(y, CTX));
+    assert!(
+        x ^ y,
+        "{CTX}: of two racing puts of one name exactly one stores"
+    );
+    let stored = ok(archive.read_segment(&d, ByteRange::All).await, CTX);
+    assert!(
+        stored == vec![1; 64] || stored == vec![2; 64],
+        "{CTX}: the winner is whole"
+    );
+}
+
+/// Events of a fresh stream with a real hash chain (the archiver copies only verified chains).
+pub fn sealed_events(stream: &StreamId, n: usize) -> Vec<EventEnvelope> {
+    let mut evs = events(stream, 0, n);
+    chain::seal(chain::GENESIS, &mut evs);
+    evs
+}
+
+/// Reads through an [`ArchivedEventStore`] stay one history while the hot store loses archived
+/// events. `hot` must hold nothing but what this check appends (the archiver walks every
+/// stream); `expire_hot(stream, through)` removes the hot copies of versions `1..=through`
+/// behind the store's back, as a TTL would.
+pub async fn archived_reads_contract<S, N, F, Fut>(
+    hot: Arc<S>,
+    snapshots: Arc<N>,
+    archive: Arc<dyn Archive>,
+    expire_hot: F,
+) where
+    S: EventStore,
+    N: SnapshotStore,
+    F: Fn(StreamId, u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    const CTX: &str = "ArchivedEventStore";
+    let store = ArchivedEventStore::new(hot.clone(), archive.clone());
+    let s = new_stream();
+    let all = sealed_events(&s, 12);
+    let req = AppendRequest {
+        stream: s.clone(),
+        expected_version: 0,
+        events: all[..10].to_vec(),
+        idempotency: None,
+    };
+    ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
+    let mut snap = snapshot(&s, 8, 1, "archive");
+    snap.chain_head = Some(all[7].hash.clone());
+    ok(snapshots.save(snap).await, CTX);
+
+    // Below the snapshot: v1..=8 are copied; the head (v10) never is.
+    let opts = ArchiverOptions::new(ArchivePolicy::BelowSnapshot);
+    let report = ok(
+        run_archiver(&*hot, &*snapshots, &*archive, &opts, |_| {}).await,
+        CTX,
+    );
+    assert_eq!(
+        report.events_archived, 8,
+        "{CTX}: the archiver copies v1..=snapshot"
+    );
+    assert_eq!(report.segments.len(), 1);
+    let again = ok(
+        run_archiver(&*hot, &*snapshots, &*archive, &opts, |_| {}).await,
+        CTX,
+    );
+    assert_eq!(
+        again.events_archived, 0,
+        "{CTX}: a second run copies nothing twice"
+    );
+
+    // By age: everything but the head is old enough with a zero horizon.
+    let req = AppendRequest {
+        stream: s.clone(),
+        expected_version: 10,
+        events: all[10..].to_vec(),
+        idempotency: None,
+    };
+    ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
+    let aged = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::zero()));
+    let report = ok(
+        run_archiver(&*hot, &*snapshots, &*archive, &aged, |_| {}).await,
+        CTX,
+    );
+    assert_eq!(
+        report.events_archived, 3,
+        "{CTX}: v9..=11 join in a new segment"
+    );
+    let young = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::days(1)));
+    let report = ok(
+        run_archiver(&*hot, &*snapshots, &*archive, &young, |_| {}).await,
+        CTX,
+    );
+    assert_eq!(
+        report.events_archived, 0,
+        "{CTX}: nothing is older than a day"
+    );
+
+    // The hot store loses v1..=9: reads fill them from two segments.
+    expire_hot(s.clone(), 9).await;
+    let hot_left = ok(hot.read_stream(&s, ReadRange::all()).await, CTX);
+    assert_eq!(
+        hot_left.first().map(|e| e.version),
+        Some(10),
+        "{CTX}: expire_hot took v1..=9"
+    );
+    let read = |r: ReadRange| {
+        let store = &store;
+        let s = s.clone();
+        async move { ok(store.read_stream(&s, r).await, CTX) }
+    };
+    assert_eq!(
+        read(ReadRange::all()).await,
+        all,
+        "{CTX}: one ordered history"
+    );
+    assert_eq!(read(ReadRange::from(3).to(11)).await, all[2..11].to_vec());
+    assert_eq!(read(ReadRange::from(2).limit(4)).await, all[1..5].to_vec());
+    assert_eq!(
+        read(ReadRange::from(4).to(6)).await,
+        all[3..6].to_vec(),
+        "{CTX}: archive only"
+    );
+    assert_eq!(
+        read(ReadRange::from(13)).await,
+        vec![],
+        "{CTX}: past the end"
+    );
+    assert_eq!(read(ReadRange::from(13).to(20)).await, vec![]);
+    assert_eq!(ok(store.stream_version(&s).await, CTX), 12);
+    assert_eq!(
+        ok(chain::verify_stream(&store, &s).await, CTX),
+        Ok(12),
+        "{CTX}: the chain verifies across archive and hot store"
+    );
+    assert_eq!(ok(store.verify_stream_copies(&s).await, CTX), None);
+    let breaks = ok(store.verify_copies(&|_| {}).await, CTX);
+    assert!(breaks.is_empty(), "{CTX}: the archive verifies: {breaks:?}");
+
+    // A conflicting append is still refused by the hot store.
+    let stale = AppendRequest {
+        stream: s.clone(),
+        expected_version: 3,
+        events: events(&s, 3, 1),
+        idempotency: None,
+    };
+    assert!(
+        matches!(
+            store.append(&stale).await,
+            Err(AppendError::Conflict { actual: 12, .. })
+        ),
+        "{CTX}: appends keep optimistic concurrency"
+    );
+}

@@ -1,0 +1,736 @@
+//! The archive in use: an event store that reads archived and hot events as one history, the
+//! archiver that fills the archive, and a replay that reads segments in parallel.
+
+use crate::aggregate::Aggregate;
+use crate::archive::{
+    frame_records, read_archived, unpack_frame, verify_archive_blocking, Archive, ArchivedChain,
+    ByteRange, Catalog, SegmentBuilder,
+};
+use crate::chain::{hash_envelope, ChainBreak, VerifyReport};
+use crate::envelope::{EventEnvelope, StreamId};
+use crate::error::Error;
+use crate::ports::{
+    AppendError, AppendRequest, EventFeed, EventStore, IdempotencyRecord, ReadRange, RecordedPage,
+    SnapshotStore, StoreError, StreamPage,
+};
+use crate::replay::decode_raw;
+use crate::schema::EventSchema;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// An event store whose older events may live in an archive: reads go to the hot store first
+/// and fill what it no longer holds from the archive, so callers see one ordered history.
+/// Writes, versions and idempotency are the hot store's.
+pub struct ArchivedEventStore<E: ?Sized> {
+    hot: Arc<E>,
+    archive: Arc<dyn Archive>,
+    catalog: tokio::sync::RwLock<Option<Arc<Catalog>>>,
+}
+
+impl<E: EventStore + ?Sized> ArchivedEventStore<E> {
+    pub fn new(hot: Arc<E>, archive: Arc<dyn Archive>) -> Self {
+        Self {
+            hot,
+            archive,
+            catalog: tokio::sync::RwLock::new(None),
+        }
+    }
+
+    pub fn hot(&self) -> &Arc<E> {
+        &self.hot
+    }
+
+    pub fn archive(&self) -> &Arc<dyn Archive> {
+        &self.archive
+    }
+
+    /// The catalog as last read (read on first use).
+    pub async fn catalog(&self) -> Result<Arc<Catalog>, StoreError> {
+        if let Some(c) = self.catalog.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        self.refresh().await
+    }
+
+    /// Reads the indexes of segments written since the catalog was last read.
+    pub async fn refresh(&self) -> Result<Arc<Catalog>, StoreError> {
+        let mut slot = self.catalog.write().await;
+        let fresh = match slot.as_ref() {
+            Some(c) => c.refreshed(&*self.archive).await?,
+            None => Catalog::load(&*self.archive).await?,
+        };
+        let fresh = Arc::new(fresh);
+        *slot = Some(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// A catalog that covers the stream up to `version`, re-read once if the cached one
+    /// doesn't (another process may have archived since).
+    async fn catalog_covering(
+        &self,
+        stream: &StreamId,
+        version: u64,
+    ) -> Result<Arc<Catalog>, StoreError> {
+        let cat = self.catalog().await?;
+        if cat.archived_head(stream).0 >= version {
+            return Ok(cat);
+        }
+        let cat = self.refresh().await?;
+        let head = cat.archived_head(stream).0;
+        if head >= version {
+            return Ok(cat);
+        }
+        Err(StoreError::Corrupt(format!(
+            "{stream} v{}..v{version} are neither in the hot store nor in the archive",
+            head + 1
+        )))
+    }
+
+    /// Fetches whole segments, `concurrency` at a time, in catalog order.
+    async fn fetch_all(&self, cat: &Catalog) -> Result<Vec<(String, Arc<Vec<u8>>)>, StoreError> {
+        let archive = &*self.archive;
+        let names: Vec<String> = cat.segments.iter().map(|s| s.name.clone()).collect();
+        stream::iter(names)
+            .map(|name| async move {
+                let bytes = archive.read_segment(&name, ByteRange::All).await?;
+                Ok::<_, StoreError>((name, Arc::new(bytes)))
+            })
+            .buffered(8)
+            .try_collect()
+            .await
+    }
+
+    /// Holds a verified archived chain to the hot store's copy of the same events: equal hashes
+    /// at the archived head mean equal histories up to it (each hash covers its predecessors).
+    async fn agree(&self, chain: &ArchivedChain) -> Result<Option<ChainBreak>, StoreError> {
+        if let Some(b) = &chain.broken {
+            return Ok(Some(b.clone()));
+        }
+        if chain.version == 0 {
+            return Ok(None);
+        }
+        let hot = self
+            .hot
+            .read_stream(
+                &chain.stream,
+                ReadRange::from(chain.version).to(chain.version),
+            )
+            .await?;
+        match hot.first() {
+            // Expired from the hot store: the hot chain's link to the archive is checked by
+            // the merged read instead.
+            None => Ok(None),
+            Some(e) if e.hash == chain.head => Ok(None),
+            Some(_) => {
+                // Rare: find the first version where the copies differ.
+                let cat = self.catalog().await?;
+                let archived =
+                    read_archived(&*self.archive, &cat, &chain.stream, 1, chain.version).await?;
+                let hot = self
+                    .hot
+                    .read_stream(&chain.stream, ReadRange::from(1).to(chain.version))
+                    .await?;
+                let first = archived
+                    .iter()
+                    .find(|a| {
+                        hot.iter()
+                            .any(|h| h.version == a.version && h.hash != a.hash)
+                    })
+                    .map_or(chain.version, |a| a.version);
+                Ok(Some(ChainBreak {
+                    aggregate_type: chain.stream.aggregate_type.clone(),
+                    aggregate_id: chain.stream.aggregate_id.clone(),
+                    version: first,
+                    problem: "the archived copy and the hot store's copy differ".into(),
+                }))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
+    async fn append(&self, request: &AppendRequest) -> Result<(), AppendError> {
+        self.hot.append(request).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        range: ReadRange,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let hot = self.hot.read_stream(stream, range).await?;
+        // The archiver never archives a stream's latest event, so an open-ended read that
+        // finds nothing hot is past the stream's end, and one that starts where asked is whole.
+        let end = match hot.first() {
+            Some(e) if e.version <= range.from_version => return Ok(hot),
+            Some(e) => e.version - 1,
+            None if range.to_version.is_none() => return Ok(hot),
+            None => {
+                let head = self.hot.stream_version(stream).await?;
+                if head < range.from_version {
+                    return Ok(hot);
+                }
+                range.to_version.unwrap_or(head).min(head)
+            }
+        };
+        let cat = self.catalog_covering(stream, end).await?;
+        let mut out = read_archived(&*self.archive, &cat, stream, range.from_version, end).await?;
+        out.extend(hot);
+        if let Some(limit) = range.limit {
+            out.truncate(limit);
+        }
+        Ok(out)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        self.hot.stream_version(stream).await
+    }
+
+    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        self.hot.idempotency_record(key).await
+    }
+
+    async fn list_streams(
+        &self,
+        cursor: Option<String>,
+        limit: usize,
+    ) -> Result<StreamPage, StoreError> {
+        // Every stream keeps its latest event hot, so the hot store names them all.
+        self.hot.list_streams(cursor, limit).await
+    }
+
+    async fn verify_all_chains(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Option<Result<VerifyReport, StoreError>> {
+        let report = match self.hot.verify_all_chains(progress).await? {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        // The hot store's bulk path sees only hot events: a stream whose early events expired
+        // looks cut. Check each break again through the merged history.
+        let mut out = VerifyReport {
+            breaks: Vec::new(),
+            ..report
+        };
+        for b in report.breaks {
+            let stream = StreamId::new(&b.aggregate_type, &b.aggregate_id);
+            match crate::chain::verify_stream(self, &stream).await {
+                Ok(Ok(n)) => out.events += n - (b.version - 1),
+                Ok(Err(merged)) => {
+                    out.events += merged.version.saturating_sub(b.version);
+                    out.breaks.push(merged)
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(Ok(out))
+    }
+
+    async fn verify_copies(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Vec<ChainBreak>, StoreError> {
+        let cat = self.refresh().await?;
+        let segments = self.fetch_all(&cat).await?;
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let chains = off_runtime(segments, workers, progress).await?;
+        let found: Vec<Option<ChainBreak>> = stream::iter(chains)
+            .map(|c| async move { self.agree(&c).await })
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
+    }
+
+    async fn verify_stream_copies(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<ChainBreak>, StoreError> {
+        let cat = self.refresh().await?;
+        let mut segments: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
+        let names: std::collections::BTreeSet<&str> = cat
+            .frames(stream)
+            .iter()
+            .map(|r| cat.frame(*r).0.name.as_str())
+            .collect();
+        for name in names {
+            let bytes = self.archive.read_segment(name, ByteRange::All).await?;
+            segments.push((name.to_owned(), Arc::new(bytes)));
+        }
+        let chains = off_runtime(segments, 1, &|_| {}).await?;
+        for c in chains
+            .iter()
+            .filter(|c| &c.stream == stream || c.stream.aggregate_id == "*")
+        {
+            if let Some(b) = self.agree(c).await? {
+                return Ok(Some(b));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn read_recorded(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<RecordedPage, StoreError> {
+        self.hot.read_recorded(from, to, after, limit).await
+    }
+
+    async fn expire(
+        &self,
+        stream: &StreamId,
+        events: &[(u64, String)],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.hot.expire(stream, events, at).await
+    }
+}
+
+/// Runs [`verify_archive_blocking`] on a blocking thread, reporting its progress meanwhile.
+async fn off_runtime(
+    segments: Vec<(String, Arc<Vec<u8>>)>,
+    workers: usize,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Vec<ArchivedChain>, StoreError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let done = Arc::new(AtomicU64::new(0));
+    let counter = done.clone();
+    let mut job = tokio::task::spawn_blocking(move || {
+        verify_archive_blocking(&segments, workers, &|n| counter.store(n, Ordering::Relaxed))
+    });
+    loop {
+        tokio::select! {
+            r = &mut job => return r.map_err(|e| StoreError::Backend(format!("archive verify failed: {e}"))),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                progress(done.load(Ordering::Relaxed));
+            }
+        }
+    }
+}
+
+/// Which of a stream's events the archiver copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArchivePolicy {
+    /// Events recorded longer ago than this.
+    OlderThan(chrono::Duration),
+    /// Events at or below the stream's latest snapshot.
+    BelowSnapshot,
+}
+
+#[derive(Clone, Debug)]
+pub struct ArchiverOptions {
+    pub policy: ArchivePolicy,
+    /// A segment is closed once it holds this many events.
+    pub segment_events: u64,
+    /// When given, archived hot copies are marked to expire this long after archiving (a
+    /// DynamoDB TTL); `None` keeps them.
+    pub expire_after: Option<chrono::Duration>,
+}
+
+impl ArchiverOptions {
+    pub fn new(policy: ArchivePolicy) -> Self {
+        Self {
+            policy,
+            segment_events: 100_000,
+            expire_after: None,
+        }
+    }
+}
+
+/// What an archiver run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ArchiveReport {
+    pub streams: u64,
+    pub streams_archived: u64,
+    pub events_archived: u64,
+    pub segments: Vec<String>,
+    pub bytes: u64,
+    /// Hot copies marked to expire.
+    pub events_expiring: u64,
+    /// Streams not archived because their stored chain does not verify: archiving would copy
+    /// the damage. `chronicle verify` names the rest.
+    pub refused: Vec<ChainBreak>,
+}
+
+/// One stream's events picked for a segment.
+struct Pick {
+    stream: StreamId,
+    events: Vec<EventEnvelope>,
+    prev_hash: String,
+}
+
+/// Copies every stream's events that `opts.policy` picks, and that are not archived yet, into
+/// new segments; never the stream's latest event (the hot store keeps each stream's head).
+/// Segments are written whole and never overwritten; only once one is stored are its events'
+/// hot copies marked to expire (when configured). `progress` gets streams looked at so far.
+pub async fn run_archiver<E, S>(
+    hot: &E,
+    snapshots: &S,
+    archive: &dyn Archive,
+    opts: &ArchiverOptions,
+    progress: impl Fn(u64),
+) -> Result<ArchiveReport, StoreError>
+where
+    E: EventStore + ?Sized,
+    S: SnapshotStore + ?Sized,
+{
+    let started = crate::envelope::now();
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let catalog = Catalog::load(archive).await?;
+    let mut report = ArchiveReport::default();
+    let mut open: FxHashMap<String, (SegmentBuilder, Vec<Pick>)> = FxHashMap::default();
+    let mut part = 0u32;
+    let mut cursor = None;
+    loop {
+        let page = hot.list_streams(cursor.take(), 1000).await?;
+        let picks: Vec<Result<Pick, ChainBreak>> = stream::iter(page.streams)
+            .map(|s| pick(hot, snapshots, &catalog, s, opts.policy, started))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        for p in picks {
+            report.streams += 1;
+            let p = match p {
+                Ok(p) if p.events.is_empty() => continue,
+                Ok(p) => p,
+                Err(b) => {
+                    report.refused.push(b);
+                    continue;
+                }
+            };
+            let ty = p.stream.aggregate_type.clone();
+            let slot = open
+                .entry(ty.clone())
+                .or_insert_with(|| (SegmentBuilder::new(&ty), Vec::new()));
+            slot.0.add_frame(&p.events, &p.prev_hash)?;
+            slot.1.push(p);
+            if slot.0.events() >= opts.segment_events {
+                if let Some((b, picks)) = open.remove(&ty) {
+                    part += 1;
+                    flush(
+                        hot,
+                        archive,
+                        opts,
+                        b,
+                        picks,
+                        (started, &run, part),
+                        &mut report,
+                    )
+                    .await?;
+                }
+            }
+        }
+        progress(report.streams);
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    let rest: Vec<_> = open.into_values().collect();
+    for (b, picks) in rest {
+        part += 1;
+        flush(
+            hot,
+            archive,
+            opts,
+            b,
+            picks,
+            (started, &run, part),
+            &mut report,
+        )
+        .await?;
+    }
+    Ok(report)
+}
+
+async fn pick<E, S>(
+    hot: &E,
+    snapshots: &S,
+    catalog: &Catalog,
+    stream: StreamId,
+    policy: ArchivePolicy,
+    now: DateTime<Utc>,
+) -> Result<Result<Pick, ChainBreak>, StoreError>
+where
+    E: EventStore + ?Sized,
+    S: SnapshotStore + ?Sized,
+{
+    let (archived, prev_hash) = catalog.archived_head(&stream);
+    let latest = hot.stream_version(&stream).await?;
+    let mut upto = latest.saturating_sub(1);
+    if let ArchivePolicy::BelowSnapshot = policy {
+        let snap = snapshots.latest(&stream, None).await?;
+        upto = upto.min(snap.map_or(0, |s| s.version));
+    }
+    let mut events = Vec::new();
+    if upto > archived {
+        events = hot
+            .read_stream(&stream, ReadRange::from(archived + 1).to(upto))
+            .await?;
+    }
+    if let ArchivePolicy::OlderThan(age) = policy {
+        let cutoff = now - age;
+        let keep = events.iter().take_while(|e| e.recorded_at < cutoff).count();
+        events.truncate(keep);
+    }
+    // Only a chain that verifies from the archive's head is copied.
+    let mut head = prev_hash.clone();
+    for (i, e) in events.iter().enumerate() {
+        let problem = if e.version != archived + 1 + i as u64 {
+            Some(format!(
+                "missing: v{} is stored where v{} belongs",
+                e.version,
+                archived + 1 + i as u64
+            ))
+        } else if hash_envelope(&head, e) != e.hash {
+            Some(
+                "changed: the stored event does not match its hash (or its predecessor's)"
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Ok(Err(ChainBreak {
+                aggregate_type: stream.aggregate_type.clone(),
+                aggregate_id: stream.aggregate_id.clone(),
+                version: archived + 1 + i as u64,
+                problem,
+            }));
+        }
+        head.clone_from(&e.hash);
+    }
+    Ok(Ok(Pick {
+        stream,
+        events,
+        prev_hash,
+    }))
+}
+
+async fn flush<E: EventStore + ?Sized>(
+    hot: &E,
+    archive: &dyn Archive,
+    opts: &ArchiverOptions,
+    builder: SegmentBuilder,
+    picks: Vec<Pick>,
+    (started, run, part): (DateTime<Utc>, &str, u32),
+    report: &mut ArchiveReport,
+) -> Result<(), StoreError> {
+    let Some(first) = picks.first() else {
+        return Ok(());
+    };
+    let name = crate::archive::segment_name(&first.stream.aggregate_type, started, run, part);
+    let (bytes, index) = builder.finish(crate::envelope::now());
+    let size = bytes.len() as u64;
+    if !archive.put_segment(&name, bytes).await? {
+        return Err(StoreError::Invalid(format!(
+            "archive segment {name} already exists; it was left as it was"
+        )));
+    }
+    report.segments.push(name);
+    report.bytes += size;
+    report.events_archived += index.events;
+    report.streams_archived += picks.len() as u64;
+    if let Some(after) = opts.expire_after {
+        let at = crate::envelope::now() + after;
+        let marked: Vec<u64> = stream::iter(picks.iter())
+            .map(|p| {
+                let events: Vec<(u64, String)> = p
+                    .events
+                    .iter()
+                    .map(|e| (e.version, e.hash.clone()))
+                    .collect();
+                async move { hot.expire(&p.stream, &events, at).await }
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        report.events_expiring += marked.iter().sum::<u64>();
+    }
+    Ok(())
+}
+
+/// What [`replay_archived`] read, and from where.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReplayCounts {
+    pub archived_events: u64,
+    pub hot_events: u64,
+    pub segments: u64,
+}
+
+/// Folds every `A` from the archive's segments, read and decoded on `workers` threads (each
+/// owning a share of the streams), then from the hot events past each stream's archived head.
+pub async fn replay_archived<A: Aggregate>(
+    archive: &dyn Archive,
+    catalog: &Catalog,
+    feed: &dyn EventFeed,
+    hot: &dyn EventStore,
+    schema: &EventSchema,
+    workers: usize,
+) -> Result<(FxHashMap<String, (u64, A)>, ReplayCounts), Error> {
+    let workers = workers.max(1);
+    let segments: Vec<_> = catalog.segments_of(A::TYPE).cloned().collect();
+    let mut counts = ReplayCounts {
+        segments: segments.len() as u64,
+        ..Default::default()
+    };
+    let mut shards: Vec<FxHashMap<String, (u64, A)>> =
+        (0..workers).map(|_| FxHashMap::default()).collect();
+    // A window of segments in memory at a time, fetched while the previous one is folded.
+    let window = workers * 2;
+    let fetch = |names: Vec<String>| async move {
+        stream::iter(names)
+            .map(|n| async move {
+                let b = archive.read_segment(&n, ByteRange::All).await?;
+                Ok::<_, StoreError>(Arc::new(b))
+            })
+            .buffered(window)
+            .try_collect::<Vec<_>>()
+            .await
+    };
+    let chunks: Vec<Vec<crate::archive::CatalogSegment>> =
+        segments.chunks(window).map(|c| c.to_vec()).collect();
+    let names = |c: &[crate::archive::CatalogSegment]| c.iter().map(|s| s.name.clone()).collect();
+    let mut pending: Option<Vec<Arc<Vec<u8>>>> = None;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let bytes = match pending.take() {
+            Some(b) => b,
+            None => fetch(names(chunk)).await?,
+        };
+        let fold = async {
+            let chunk = chunk.clone();
+            let taken = std::mem::take(&mut shards);
+            let schema = schema.clone();
+            tokio::task::spawn_blocking(move || fold_window::<A>(&chunk, &bytes, taken, &schema))
+                .await
+                .map_err(|e| Error::Decode(format!("replay worker failed: {e}")))?
+        };
+        let folded = match chunks.get(i + 1) {
+            Some(c) => {
+                let (folded, fetched) = futures::join!(fold, fetch(names(c)));
+                pending = Some(fetched?);
+                folded
+            }
+            None => fold.await,
+        };
+        let (back, n) = folded?;
+        shards = back;
+        counts.archived_events += n;
+    }
+    let mut states: FxHashMap<String, (u64, A)> = FxHashMap::default();
+    for s in shards {
+        states.extend(s);
+    }
+    // The hot tail: whatever each stream has past its archived head.
+    let heads = feed.stream_heads(A::TYPE).await?;
+    let behind: Vec<(String, u64)> = heads
+        .into_iter()
+        .filter_map(|(id, head)| {
+            let at = states.get(&id).map_or(0, |s| s.0);
+            (head > at).then_some((id, at))
+        })
+        .collect();
+    let tails: Vec<(String, Vec<EventEnvelope>)> = stream::iter(behind)
+        .map(|(id, at)| async move {
+            let stream = StreamId::new(A::TYPE, &id);
+            let events = hot.read_stream(&stream, ReadRange::from(at + 1)).await?;
+            Ok::<_, StoreError>((id, events))
+        })
+        .buffered(16)
+        .try_collect()
+        .await?;
+    for (id, events) in tails {
+        let slot = states.entry(id).or_insert_with(|| (0, A::default()));
+        for e in events {
+            let raw = crate::ports::RawEvent {
+                aggregate_id: &e.aggregate_id,
+                version: e.version,
+                event_type: &e.event_type,
+                schema_version: e.schema_version,
+                data: &crate::chain::stored_json(&e.data),
+            };
+            let event = decode_raw::<A>(schema, &raw)?;
+            slot.1.evolve(&event);
+            slot.0 = e.version;
+            counts.hot_events += 1;
+        }
+    }
+    Ok((states, counts))
+}
+
+type States<A> = FxHashMap<String, (u64, A)>;
+type Shards<A> = Vec<States<A>>;
+
+/// Folds one window of segments: each worker takes the frames of its share of the streams.
+fn fold_window<A: Aggregate>(
+    segments: &[crate::archive::CatalogSegment],
+    bytes: &[Arc<Vec<u8>>],
+    shards: Shards<A>,
+    schema: &EventSchema,
+) -> Result<(Shards<A>, u64), Error> {
+    let workers = shards.len();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .into_iter()
+            .enumerate()
+            .map(|(w, mut states)| {
+                scope.spawn(
+                    move || -> Result<(States<A>, u64), Error> {
+                        let mut n = 0u64;
+                        for (seg, bytes) in segments.iter().zip(bytes) {
+                            for f in &seg.index.frames {
+                                if crate::archive::shard(&f.aggregate_id, workers) != w {
+                                    continue;
+                                }
+                                let frame = crate::archive::frame_bytes(&seg.name, bytes, f)?;
+                                let raw = unpack_frame(&seg.name, f, frame)?;
+                                let slot = states
+                                    .entry(f.aggregate_id.clone())
+                                    .or_insert_with(|| (0, A::default()));
+                                for rec in frame_records(&seg.name, f, &raw)? {
+                                    if rec.version <= slot.0 {
+                                        continue; // an overlapping frame
+                                    }
+                                    if rec.version != slot.0 + 1 {
+                                        return Err(Error::Store(StoreError::Corrupt(format!(
+                                            "archive segment {}: {}/{} v{} follows v{}",
+                                            seg.name,
+                                            A::TYPE,
+                                            f.aggregate_id,
+                                            rec.version,
+                                            slot.0
+                                        ))));
+                                    }
+                                    let event = decode_raw::<A>(schema, &rec.raw(&f.aggregate_id))?;
+                                    slot.1.evolve(&event);
+                                    slot.0 = rec.version;
+                                    n += 1;
+                                }
+                            }
+                        }
+                        Ok((states, n))
+                    },
+                )
+            })
+            .collect();
+        let mut out = Vec::with_capacity(workers);
+        let mut total = 0;
+        for h in handles {
+            let (s, n) = h
+                .join()
+                .map_err(|_| Error::Decode("a replay worker panicked".into()))??;
+            out.push(s);
+            total += n;
+        }
+        Ok((out, total))
+    })
+}
