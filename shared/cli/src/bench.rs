@@ -3,6 +3,9 @@
 
 use anyhow::{bail, Context};
 use chronicle_accounts::{Account, Status};
+use chronicle_embedded::DirArchive;
+use chronicle_kernel::archive::{Archive, Catalog};
+use chronicle_kernel::archived::{replay_archived, run_archiver, ArchivePolicy, ArchiverOptions};
 use chronicle_kernel::{replay::replay_all, Aggregate, CommandOptions, EventFeed};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -135,24 +138,77 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // The figures mean nothing if the result is wrong.
     let want = expected_balance(args.events_per_account);
-    if read != total_events || states.len() != args.accounts {
-        bail!(
-            "replay read {read} events for {} accounts; expected {total_events} for {}",
-            states.len(),
-            args.accounts
-        );
-    }
-    for (id, (version, account)) in &states {
-        if account.balance != want
-            || *version != args.events_per_account as u64
-            || account.status != Status::Open
-        {
+    let check = |what: &str, states: &rustc_hash::FxHashMap<String, (u64, Account)>, read: u64| {
+        if read != total_events || states.len() != args.accounts {
             bail!(
-                "{id}: balance {} at v{version}; expected {want}",
-                account.balance
+                "{what} read {read} events for {} accounts; expected {total_events} for {}",
+                states.len(),
+                args.accounts
             );
         }
+        for (id, (version, account)) in states {
+            if account.balance != want
+                || *version != args.events_per_account as u64
+                || account.status != Status::Open
+            {
+                bail!(
+                    "{what}: {id}: balance {} at v{version}; expected {want}",
+                    account.balance
+                );
+            }
+        }
+        Ok(())
+    };
+    check("replay", &states, read)?;
+
+    // Archive: every event but each stream's head into segments, as `chronicle archive
+    // --older-than 0s` does (an existing archive, with --replay-only, is used as it is).
+    let (store, chronicle) = crate::open(&store_args)?;
+    let feed: Arc<dyn EventFeed> = store.clone();
+    let archive = DirArchive::open(crate::archive_dir(&store_args))?;
+    let started = Instant::now();
+    let archived = if archive.list_segments("").await?.is_empty() {
+        let opts = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::zero()));
+        Some(run_archiver(&*store, &*store, &archive, &opts, |_| {}).await?)
+    } else {
+        None
+    };
+    let archive_secs = started.elapsed().as_secs_f64();
+
+    // Replay from the archive: segments read and folded on every core, then the hot heads.
+    reset_peak_rss();
+    let started = Instant::now();
+    let catalog = Catalog::load(&archive).await?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (arch_states, counts) =
+        replay_archived::<Account>(&archive, &catalog, feed.as_ref(), &schema, workers).await?;
+    let replay_archive_secs = started.elapsed().as_secs_f64();
+    let replay_archive_peak = peak_rss();
+    check(
+        "replay from the archive",
+        &arch_states,
+        counts.archived_events + counts.hot_events,
+    )?;
+    drop(arch_states);
+
+    // Verify with the archive: the hot chains, every segment's chains, and that they agree.
+    let started = Instant::now();
+    let verified_both = chronicle.verify_all(VERIFY_CONCURRENCY, |_| {}).await?;
+    let verify_archive_secs = started.elapsed().as_secs_f64();
+    store.close();
+    if !verified_both.breaks.is_empty() || verified_both.events != total_events {
+        bail!(
+            "verify with the archive found {} events and {} broken chains (first: {:?})",
+            verified_both.events,
+            verified_both.breaks.len(),
+            verified_both.breaks.first().map(ToString::to_string)
+        );
     }
+    let archive_bytes: u64 = catalog
+        .segments
+        .iter()
+        .map(|s| s.index.frames.iter().map(|f| f.len).sum::<u64>())
+        .sum();
 
     let ms = |us: u64| us as f64 / 1000.0;
     let report = json!({
@@ -174,7 +230,39 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "verify_seconds": verify_secs,
         "verify_events_per_sec": verified.events as f64 / verify_secs,
         "peak_rss_bytes": append_peak.max(replay_peak),
+        "archive_seconds": archived.as_ref().map(|_| archive_secs),
+        "archive_events": catalog.events(),
+        "archive_segments": catalog.segments.len(),
+        "archive_bytes": archive_bytes,
+        "replay_archive_seconds": replay_archive_secs,
+        "replay_archive_events_per_sec": total_events as f64 / replay_archive_secs,
+        "replay_archive_hot_events": counts.hot_events,
+        "replay_archive_peak_rss_bytes": replay_archive_peak,
+        "verify_archive_seconds": verify_archive_secs,
     });
+    let archive_lines = || {
+        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        if archived.is_some() {
+            println!(
+                "archive {} events into {} segments ({:.0} MiB) in {archive_secs:.2} s",
+                catalog.events(),
+                catalog.segments.len(),
+                mb(archive_bytes)
+            );
+        }
+        println!(
+            "replay from archive  {} events ({} from segments, {} hot) in {replay_archive_secs:.3} s = {:.0} events/s, peak RSS {:.0} MiB",
+            total_events,
+            counts.archived_events,
+            counts.hot_events,
+            total_events as f64 / replay_archive_secs,
+            mb(replay_archive_peak)
+        );
+        println!(
+            "verify with archive  {} events, hot chains + segments in {verify_archive_secs:.3} s",
+            verified_both.events
+        );
+    };
     if args.json {
         println!("{report}");
     } else if args.replay_only {
@@ -191,6 +279,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             verified.streams,
             verified.events as f64 / verify_secs
         );
+        archive_lines();
     } else {
         let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
         println!(
@@ -216,6 +305,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
             verified.streams,
             verified.events as f64 / verify_secs
         );
+        archive_lines();
         println!("checked every account's balance ({want}) and version, and every chain");
     }
     Ok(())

@@ -340,3 +340,61 @@ async fn rebuild_by_streams(projection: &str) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+pub(crate) async fn archive(
+    args: &StoreArgs,
+    opts: &chronicle_kernel::archived::ArchiverOptions,
+    json: bool,
+) -> anyhow::Result<()> {
+    use chronicle_kernel::archived::run_archiver;
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} archiving: {pos} streams looked at ({per_sec})")
+            .context("progress bar template")?,
+    );
+    let started = std::time::Instant::now();
+    let (report, place) = match args.backend {
+        crate::Backend::Embedded => {
+            if opts.expire_after.is_some() {
+                anyhow::bail!(
+                    "--expire-after is for --backend aws: the embedded store is append-only and \
+                     keeps every event"
+                );
+            }
+            let (store, _) = crate::open(args)?;
+            let dir = crate::archive_dir(args);
+            let archive = chronicle_embedded::DirArchive::open(&dir)?;
+            let report =
+                run_archiver(&*store, &*store, &archive, opts, |n| bar.set_position(n)).await;
+            store.close();
+            (report?, dir.display().to_string())
+        }
+        crate::Backend::Aws => anyhow::bail!("archiving on AWS: wired with the S3 archive"),
+    };
+    bar.finish_and_clear();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "archived {} events of {} streams ({} looked at) into {} segment(s), {:.1} MB, in {place} in {:.2?}",
+            report.events_archived,
+            report.streams_archived,
+            report.streams,
+            report.segments.len(),
+            report.bytes as f64 / 1e6,
+            started.elapsed()
+        );
+        if opts.expire_after.is_some() {
+            println!("{} hot copies marked to expire", report.events_expiring);
+        }
+        for b in &report.refused {
+            println!("NOT ARCHIVED  {b}");
+        }
+    }
+    match report.refused.first() {
+        None => Ok(()),
+        Some(b) => Err(anyhow!(
+            "{} stream(s) were not archived because their stored chain does not verify; the first: {b}",
+            report.refused.len()
+        )),
+    }
+}

@@ -7,6 +7,7 @@ mod serve;
 
 use anyhow::Context;
 use chronicle_embedded::EmbeddedStore;
+use chronicle_kernel::archived::ArchivedEventStore;
 use chronicle_kernel::{Chronicle, HandlerConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -134,6 +135,29 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy older events into compressed, immutable archive segments (`archive/` in the data
+    /// directory, or the archive bucket on AWS); reads, verify and replay use both.
+    Archive {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Archive events recorded longer ago than this (e.g. 30d, 12h, 0s).
+        #[arg(long, value_parser = humantime::parse_duration,
+              required_unless_present = "below_snapshot")]
+        older_than: Option<std::time::Duration>,
+        /// Archive events at or below each stream's latest snapshot instead.
+        #[arg(long, conflicts_with = "older_than")]
+        below_snapshot: bool,
+        /// Close a segment once it holds this many events.
+        #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        segment_events: u64,
+        /// AWS: mark the archived hot copies to expire this long after archiving (DynamoDB
+        /// TTL). The embedded store keeps every event.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expire_after: Option<std::time::Duration>,
+        /// A JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay every event into a fresh generation of a read model, then switch reads to it.
     Rebuild {
         #[command(flatten)]
@@ -173,8 +197,11 @@ pub(crate) fn open(args: &StoreArgs) -> anyhow::Result<(Arc<EmbeddedStore>, Chro
         snapshot_every: args.snapshot_every,
         ..HandlerConfig::default()
     };
+    let archive = chronicle_embedded::DirArchive::open(archive_dir(args))
+        .context("opening the archive directory")?;
+    let events = Arc::new(ArchivedEventStore::new(store.clone(), Arc::new(archive)));
     let chronicle = chronicle_accounts::register(Chronicle::builder(
-        store.clone(),
+        events,
         store.clone(),
         store.clone(),
         store.clone(),
@@ -182,6 +209,11 @@ pub(crate) fn open(args: &StoreArgs) -> anyhow::Result<(Arc<EmbeddedStore>, Chro
     ))
     .build();
     Ok((store, chronicle))
+}
+
+/// The embedded archive's directory: `archive/` in the data directory.
+pub(crate) fn archive_dir(args: &StoreArgs) -> PathBuf {
+    args.data_dir.join("archive")
 }
 
 fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
@@ -279,6 +311,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             } => {
                 let one = aggregate_type.zip(id);
                 inspect::verify(&store, one, json).await
+            }
+            Command::Archive {
+                store,
+                older_than,
+                below_snapshot,
+                segment_events,
+                expire_after,
+                json,
+            } => {
+                use chronicle_kernel::archived::{ArchivePolicy, ArchiverOptions};
+                let policy = match older_than {
+                    _ if below_snapshot => ArchivePolicy::BelowSnapshot,
+                    Some(age) => ArchivePolicy::OlderThan(
+                        chrono::Duration::from_std(age).context("--older-than is too long")?,
+                    ),
+                    None => anyhow::bail!("give --older-than or --below-snapshot"),
+                };
+                let opts = ArchiverOptions {
+                    policy,
+                    segment_events,
+                    expire_after: expire_after
+                        .map(chrono::Duration::from_std)
+                        .transpose()
+                        .context("--expire-after is too long")?,
+                };
+                inspect::archive(&store, &opts, json).await
             }
             Command::Rebuild { store, projection } => inspect::rebuild(&store, &projection).await,
             Command::Bench(args) => bench::run(args).await,

@@ -681,6 +681,29 @@ impl EventStore for EmbeddedStore {
         Ok(record)
     }
 
+    async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
+        let at = at.to_vec();
+        // One job on one connection rather than a round trip per event.
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT hash FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+                     AND version = ?3",
+                )
+                .map_err(backend)?;
+            at.iter()
+                .map(|(s, v)| {
+                    stmt.query_row(params![s.aggregate_type, s.aggregate_id, to_i64(*v)], |r| {
+                        r.get::<_, String>(0)
+                    })
+                    .optional()
+                    .map_err(backend)
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn verify_all_chains(
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
@@ -936,46 +959,172 @@ fn scan_connection(db: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-/// Both cores: the stream key space is cut in two at the middle event, and each half is
-/// verified on its own connection; `done` counts streams finished.
+/// Rows of the events table as stored, packed into one text buffer (a batch of the scan).
+#[derive(Default)]
+struct RowBatch {
+    text: String,
+    /// Per row: version, schema version, and the end of each of its 9 text fields in `text`.
+    rows: Vec<(u64, u32, [usize; 9])>,
+}
+
+/// Both cores: this thread reads the events table in position (rowid) order, which is
+/// sequential on disk, and a second thread recomputes the hashes, one chain per stream held in
+/// memory. A stream's events are stored in version order, so position order is chain order;
+/// a stream found out of order (a tampered version) is checked again in version order, so the
+/// report is the one the stream-by-stream path gives. `done` counts streams seen.
 fn verify_all_blocking(
     db: &Path,
     done: &std::sync::atomic::AtomicU64,
 ) -> Result<chronicle_kernel::chain::VerifyReport, StoreError> {
-    {
-        let conn = scan_connection(db)?;
-        let pins = snapshot_pins(&conn)?;
-        let mid: Option<(String, String)> = conn
-            .query_row(
-                "SELECT aggregate_type, aggregate_id FROM events \
-                 ORDER BY aggregate_type, aggregate_id, version LIMIT 1 \
-                 OFFSET (SELECT COUNT(*) FROM events) / 2",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(backend)?;
-        let (mut a, b) = std::thread::scope(|scope| {
-            let second = scope.spawn(|| match &mid {
-                Some(m) => {
-                    let conn = scan_connection(db)?;
-                    verify_range(&conn, Some(m), None, &pins, done)
+    use chronicle_kernel::chain::{CanonicalFields, ChainCheck, VerifyReport};
+    use std::collections::HashMap;
+    let conn = scan_connection(db)?;
+    let pins = snapshot_pins(&conn)?;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RowBatch>(4);
+    let pins_ref = &pins;
+    let (report, reorder) = std::thread::scope(|scope| {
+        let checker = scope.spawn(move || {
+            let mut checks: HashMap<String, ChainCheck> = HashMap::new();
+            let mut scratch = String::new();
+            let mut reorder: Vec<StreamId> = Vec::new();
+            for batch in rx {
+                let mut start = 0;
+                for (version, schema_version, ends) in &batch.rows {
+                    let (row_start, text, ends) = (start, &batch.text, *ends);
+                    start = ends[8];
+                    let f = move |k: usize| {
+                        let from = if k == 0 { row_start } else { ends[k - 1] };
+                        &text[from..ends[k]]
+                    };
+                    let (t, id) = (f(1), f(2));
+                    // The key built in a reused buffer: an allocation only for a new stream.
+                    scratch.clear();
+                    scratch.push_str(t);
+                    scratch.push('\0');
+                    scratch.push_str(id);
+                    if !checks.contains_key(scratch.as_str()) {
+                        done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let pin = pins_ref.get(&(t.to_owned(), id.to_owned())).cloned();
+                        let check = ChainCheck::new(StreamId::new(t, id)).pinned(pin);
+                        checks.insert(scratch.clone(), check);
+                    }
+                    let Some(c) = checks.get_mut(scratch.as_str()) else {
+                        continue;
+                    };
+                    if c.is_broken() {
+                        continue;
+                    }
+                    if *version != c.head().0 + 1 {
+                        // A version out of place: a version-order read reports it as the
+                        // stream-by-stream path does (rare: only tampering does this).
+                        reorder.push(c.stream().clone());
+                    }
+                    c.next(
+                        &CanonicalFields {
+                            event_id: f(0),
+                            aggregate_type: t,
+                            aggregate_id: id,
+                            version: *version,
+                            event_type: f(3),
+                            schema_version: *schema_version,
+                            data: f(4),
+                            metadata: f(5),
+                            recorded_at: f(6),
+                        },
+                        f(7),
+                    );
                 }
-                None => Ok(Default::default()),
-            });
-            let first = verify_range(&conn, None, mid.as_ref(), &pins, done);
-            let second = second
-                .join()
-                .unwrap_or_else(|_| Err(backend("the second verifier panicked")));
-            (first, second)
+            }
+            let mut report = VerifyReport::default();
+            for (_, c) in checks {
+                report.streams += 1;
+                match c.finish() {
+                    Ok(n) => report.events += n,
+                    Err(b) => {
+                        report.events += b.version - 1;
+                        report.breaks.push(b);
+                    }
+                }
+            }
+            (report, reorder)
         });
-        let b = b?;
-        let a_ref = a.as_mut().map_err(|e| e.clone())?;
-        a_ref.streams += b.streams;
-        a_ref.events += b.events;
-        a_ref.breaks.extend(b.breaks);
-        a
+        let read = (|| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT event_id, aggregate_type, aggregate_id, event_type, data, metadata, \
+                            recorded_at, hash, version, schema_version FROM events ORDER BY position",
+                )
+                .map_err(backend)?;
+            let mut rows = stmt.query([]).map_err(backend)?;
+            let mut batch = RowBatch::default();
+            while let Some(row) = rows.next().map_err(backend)? {
+                let mut ends = [0usize; 9];
+                for (k, end) in ends.iter_mut().enumerate().take(8) {
+                    let v = row
+                        .get_ref(k)
+                        .and_then(|v| v.as_str().map_err(Into::into))
+                        .map_err(backend)?;
+                    batch.text.push_str(v);
+                    *end = batch.text.len();
+                }
+                ends[8] = batch.text.len();
+                let version: i64 = row.get(8).map_err(backend)?;
+                let schema_version: i64 = row.get(9).map_err(backend)?;
+                batch
+                    .rows
+                    .push((version as u64, schema_version as u32, ends));
+                if batch.rows.len() == 4096 && tx.send(std::mem::take(&mut batch)).is_err() {
+                    break;
+                }
+            }
+            if !batch.rows.is_empty() {
+                let _ = tx.send(batch);
+            }
+            Ok::<(), StoreError>(())
+        })();
+        drop(tx);
+        let checked = checker
+            .join()
+            .map_err(|_| backend("the chain checker panicked"));
+        read.and(checked)
+    })?;
+    let mut report = report;
+    let by_stream = |r: &mut VerifyReport| {
+        r.breaks.sort_by(|a, b| {
+            (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
+        })
+    };
+    if reorder.is_empty() {
+        by_stream(&mut report);
+        return Ok(report);
     }
+    // The streams stored out of order, again in version order.
+    let mut again: std::collections::HashSet<StreamId> = reorder.into_iter().collect();
+    let mut events = report.events;
+    report.breaks.retain(|b| {
+        let redo = again.contains(&StreamId::new(&b.aggregate_type, &b.aggregate_id));
+        if redo {
+            events -= b.version - 1;
+        }
+        !redo
+    });
+    report.events = events;
+    for stream in again.drain() {
+        let key = (stream.aggregate_type.clone(), stream.aggregate_id.clone());
+        let lo = Some(&key);
+        let hi = (key.0.clone(), format!("{}\u{0}", key.1));
+        let one = verify_range(
+            &conn,
+            lo,
+            Some(&hi),
+            &pins,
+            &std::sync::atomic::AtomicU64::new(0),
+        )?;
+        report.events += one.events;
+        report.breaks.extend(one.breaks);
+    }
+    by_stream(&mut report);
+    Ok(report)
 }
 
 impl EmbeddedStore {
@@ -1051,23 +1200,43 @@ impl EventFeed for EmbeddedStore {
         .await
     }
 
-    async fn stream_heads(&self, aggregate_type: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    async fn read_tails(
+        &self,
+        aggregate_type: &str,
+        after: Arc<std::collections::HashMap<String, u64>>,
+    ) -> Result<RawBatch, StoreError> {
         let ty = aggregate_type.to_owned();
-        // A scan of the (type, id, version) index alone: no event row is read.
+        // One job on one connection: seek stream by stream along the (type, id, version) index
+        // and read each one's tail, instead of a round trip per stream.
         self.read(move |conn| {
-            let mut stmt = conn
+            let mut next = conn
                 .prepare_cached(
-                    "SELECT aggregate_id, MAX(version) FROM events WHERE aggregate_type = ?1 \
-                     GROUP BY aggregate_id",
+                    "SELECT aggregate_id FROM events WHERE aggregate_type = ?1 AND aggregate_id > ?2 \
+                     ORDER BY aggregate_id LIMIT 1",
                 )
                 .map_err(backend)?;
-            let heads = stmt
-                .query_map(params![ty], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-                })
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            let mut tail = conn
+                .prepare_cached(
+                    "SELECT aggregate_id, version, event_type, schema_version, data FROM events \
+                     WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 ORDER BY version",
+                )
                 .map_err(backend)?;
-            Ok(heads)
+            let mut batch = RawBatch::default();
+            let mut id = String::new();
+            loop {
+                let found: Option<String> = next
+                    .query_row(params![ty, id], |r| r.get(0))
+                    .optional()
+                    .map_err(backend)?;
+                let Some(found) = found else { break };
+                let from = after.get(&found).copied().unwrap_or(0);
+                let mut rows = tail.query(params![ty, found, to_i64(from)]).map_err(backend)?;
+                while let Some(row) = rows.next().map_err(backend)? {
+                    push_raw_event(&mut batch, row)?;
+                }
+                id = found;
+            }
+            Ok(batch)
         })
         .await
     }

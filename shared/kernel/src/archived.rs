@@ -104,27 +104,42 @@ impl<E: EventStore + ?Sized> ArchivedEventStore<E> {
             .await
     }
 
-    /// Holds a verified archived chain to the hot store's copy of the same events: equal hashes
-    /// at the archived head mean equal histories up to it (each hash covers its predecessors).
-    async fn agree(&self, chain: &ArchivedChain) -> Result<Option<ChainBreak>, StoreError> {
+    /// Holds verified archived chains to the hot store's copies of the same events: equal
+    /// hashes at the archived head mean equal histories up to it (each hash covers its
+    /// predecessors). One bulk lookup of the hot hashes.
+    async fn agree_all(&self, chains: &[ArchivedChain]) -> Result<Vec<ChainBreak>, StoreError> {
+        let mut out: Vec<ChainBreak> = chains.iter().filter_map(|c| c.broken.clone()).collect();
+        let whole: Vec<&ArchivedChain> = chains
+            .iter()
+            .filter(|c| c.broken.is_none() && c.version > 0)
+            .collect();
+        let at: Vec<(StreamId, u64)> = whole
+            .iter()
+            .map(|c| (c.stream.clone(), c.version))
+            .collect();
+        let hot = self.hot.hashes_at(&at).await?;
+        for (c, h) in whole.into_iter().zip(hot) {
+            if let Some(b) = self.agree(c, h).await? {
+                out.push(b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One chain against the hot store's hash at its head (`None`: not in the hot store).
+    async fn agree(
+        &self,
+        chain: &ArchivedChain,
+        hot_hash: Option<String>,
+    ) -> Result<Option<ChainBreak>, StoreError> {
         if let Some(b) = &chain.broken {
             return Ok(Some(b.clone()));
         }
-        if chain.version == 0 {
-            return Ok(None);
-        }
-        let hot = self
-            .hot
-            .read_stream(
-                &chain.stream,
-                ReadRange::from(chain.version).to(chain.version),
-            )
-            .await?;
-        match hot.first() {
+        match hot_hash {
             // Expired from the hot store: the hot chain's link to the archive is checked by
             // the merged read instead.
             None => Ok(None),
-            Some(e) if e.hash == chain.head => Ok(None),
+            Some(h) if chain.version == 0 || h == chain.head => Ok(None),
             Some(_) => {
                 // Rare: find the first version where the copies differ.
                 let cat = self.catalog().await?;
@@ -240,12 +255,7 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         let segments = self.fetch_all(&cat).await?;
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let chains = off_runtime(segments, workers, progress).await?;
-        let found: Vec<Option<ChainBreak>> = stream::iter(chains)
-            .map(|c| async move { self.agree(&c).await })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        Ok(found.into_iter().flatten().collect())
+        self.agree_all(&chains).await
     }
 
     async fn verify_stream_copies(
@@ -264,15 +274,11 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
             segments.push((name.to_owned(), Arc::new(bytes)));
         }
         let chains = off_runtime(segments, 1, &|_| {}).await?;
-        for c in chains
-            .iter()
+        let mine: Vec<ArchivedChain> = chains
+            .into_iter()
             .filter(|c| &c.stream == stream || c.stream.aggregate_id == "*")
-        {
-            if let Some(b) = self.agree(c).await? {
-                return Ok(Some(b));
-            }
-        }
-        Ok(None)
+            .collect();
+        Ok(self.agree_all(&mine).await?.into_iter().next())
     }
 
     async fn read_recorded(
@@ -573,7 +579,6 @@ pub async fn replay_archived<A: Aggregate>(
     archive: &dyn Archive,
     catalog: &Catalog,
     feed: &dyn EventFeed,
-    hot: &dyn EventStore,
     schema: &EventSchema,
     workers: usize,
 ) -> Result<(FxHashMap<String, (u64, A)>, ReplayCounts), Error> {
@@ -586,7 +591,7 @@ pub async fn replay_archived<A: Aggregate>(
     let mut shards: Vec<FxHashMap<String, (u64, A)>> =
         (0..workers).map(|_| FxHashMap::default()).collect();
     // A window of segments in memory at a time, fetched while the previous one is folded.
-    let window = workers * 2;
+    let window = workers;
     let fetch = |names: Vec<String>| async move {
         stream::iter(names)
             .map(|n| async move {
@@ -631,38 +636,29 @@ pub async fn replay_archived<A: Aggregate>(
         states.extend(s);
     }
     // The hot tail: whatever each stream has past its archived head.
-    let heads = feed.stream_heads(A::TYPE).await?;
-    let behind: Vec<(String, u64)> = heads
-        .into_iter()
-        .filter_map(|(id, head)| {
-            let at = states.get(&id).map_or(0, |s| s.0);
-            (head > at).then_some((id, at))
-        })
-        .collect();
-    let tails: Vec<(String, Vec<EventEnvelope>)> = stream::iter(behind)
-        .map(|(id, at)| async move {
-            let stream = StreamId::new(A::TYPE, &id);
-            let events = hot.read_stream(&stream, ReadRange::from(at + 1)).await?;
-            Ok::<_, StoreError>((id, events))
-        })
-        .buffered(16)
-        .try_collect()
-        .await?;
-    for (id, events) in tails {
-        let slot = states.entry(id).or_insert_with(|| (0, A::default()));
-        for e in events {
-            let raw = crate::ports::RawEvent {
-                aggregate_id: &e.aggregate_id,
-                version: e.version,
-                event_type: &e.event_type,
-                schema_version: e.schema_version,
-                data: &crate::chain::stored_json(&e.data),
-            };
-            let event = decode_raw::<A>(schema, &raw)?;
-            slot.1.evolve(&event);
-            slot.0 = e.version;
-            counts.hot_events += 1;
+    let after: std::collections::HashMap<String, u64> =
+        states.iter().map(|(id, (v, _))| (id.clone(), *v)).collect();
+    let tails = feed.read_tails(A::TYPE, Arc::new(after)).await?;
+    for raw in tails.iter() {
+        let event = decode_raw::<A>(schema, &raw)?;
+        let slot = match states.get_mut(raw.aggregate_id) {
+            Some(slot) => slot,
+            None => states
+                .entry(raw.aggregate_id.to_owned())
+                .or_insert_with(|| (0, A::default())),
+        };
+        if raw.version != slot.0 + 1 {
+            return Err(Error::Store(StoreError::Corrupt(format!(
+                "{}/{} v{} follows v{} (archive and hot store)",
+                A::TYPE,
+                raw.aggregate_id,
+                raw.version,
+                slot.0
+            ))));
         }
+        slot.1.evolve(&event);
+        slot.0 = raw.version;
+        counts.hot_events += 1;
     }
     Ok((states, counts))
 }
@@ -683,43 +679,41 @@ fn fold_window<A: Aggregate>(
             .into_iter()
             .enumerate()
             .map(|(w, mut states)| {
-                scope.spawn(
-                    move || -> Result<(States<A>, u64), Error> {
-                        let mut n = 0u64;
-                        for (seg, bytes) in segments.iter().zip(bytes) {
-                            for f in &seg.index.frames {
-                                if crate::archive::shard(&f.aggregate_id, workers) != w {
-                                    continue;
+                scope.spawn(move || -> Result<(States<A>, u64), Error> {
+                    let mut n = 0u64;
+                    for (seg, bytes) in segments.iter().zip(bytes) {
+                        for f in &seg.index.frames {
+                            if crate::archive::shard(&f.aggregate_id, workers) != w {
+                                continue;
+                            }
+                            let frame = crate::archive::frame_bytes(&seg.name, bytes, f)?;
+                            let raw = unpack_frame(&seg.name, f, frame)?;
+                            let slot = states
+                                .entry(f.aggregate_id.clone())
+                                .or_insert_with(|| (0, A::default()));
+                            for rec in frame_records(&seg.name, f, &raw)? {
+                                if rec.version <= slot.0 {
+                                    continue; // an overlapping frame
                                 }
-                                let frame = crate::archive::frame_bytes(&seg.name, bytes, f)?;
-                                let raw = unpack_frame(&seg.name, f, frame)?;
-                                let slot = states
-                                    .entry(f.aggregate_id.clone())
-                                    .or_insert_with(|| (0, A::default()));
-                                for rec in frame_records(&seg.name, f, &raw)? {
-                                    if rec.version <= slot.0 {
-                                        continue; // an overlapping frame
-                                    }
-                                    if rec.version != slot.0 + 1 {
-                                        return Err(Error::Store(StoreError::Corrupt(format!(
-                                            "archive segment {}: {}/{} v{} follows v{}",
-                                            seg.name,
-                                            A::TYPE,
-                                            f.aggregate_id,
-                                            rec.version,
-                                            slot.0
-                                        ))));
-                                    }
-                                    let event = decode_raw::<A>(schema, &rec.raw(&f.aggregate_id))?;
-                                    slot.1.evolve(&event);
-                                    slot.0 = rec.version;
-                                    n += 1;
+                                if rec.version != slot.0 + 1 {
+                                    return Err(Error::Store(StoreError::Corrupt(format!(
+                                        "archive segment {}: {}/{} v{} follows v{}",
+                                        seg.name,
+                                        A::TYPE,
+                                        f.aggregate_id,
+                                        rec.version,
+                                        slot.0
+                                    ))));
                                 }
+                                let event = decode_raw::<A>(schema, &rec.raw(&f.aggregate_id))?;
+                                slot.1.evolve(&event);
+                                slot.0 = rec.version;
+                                n += 1;
                             }
                         }
-                        Ok((states, n))
-                    },
-                )
+                    }
+                    Ok((states, n))
+                })
             })
             .collect();
         let mut out = Vec::with_capacity(workers);

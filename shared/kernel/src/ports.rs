@@ -6,6 +6,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -126,6 +128,19 @@ pub trait EventStore: Send + Sync + 'static {
         _at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         Ok(0)
+    }
+    /// The stored hash of each (stream, version), `None` where the store doesn't hold that
+    /// event: how copies kept elsewhere (an archive) are held to the store's chain.
+    async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        stream::iter(at.to_vec())
+            .map(|(s, v)| async move {
+                let e = self.read_stream(&s, ReadRange::from(v).to(v)).await?;
+                Ok::<_, StoreError>(e.into_iter().next().map(|e| e.hash))
+            })
+            .buffered(16)
+            .try_collect()
+            .await
     }
     /// Checks copies of events kept beside the store's own (an archive): their chains, and that
     /// they agree with the store. Breaks found; none by default (no copies).
@@ -283,9 +298,14 @@ pub trait EventFeed: Send + Sync + 'static {
     /// Resolves once the feed may hold events after `after`, or when `timeout` passes
     /// (writers in other processes can't always signal, so callers poll too).
     async fn wait_for_events(&self, after: u64, timeout: std::time::Duration);
-    /// Each stream of `aggregate_type` with its latest version: where a replay from the archive
-    /// finds the hot events it still has to read.
-    async fn stream_heads(&self, aggregate_type: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Every event of `aggregate_type` past `after[aggregate_id]` (all of a stream `after`
+    /// doesn't name), stream by stream in version order: what a replay from the archive still
+    /// has to read from the hot store.
+    async fn read_tails(
+        &self,
+        aggregate_type: &str,
+        after: Arc<HashMap<String, u64>>,
+    ) -> Result<RawBatch, StoreError>;
     /// Every event of `aggregate_type` in feed order, in batches, read concurrently with the
     /// consumer: the bulk path for replaying whole aggregates.
     fn replay_raw(

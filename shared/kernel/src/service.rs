@@ -398,7 +398,15 @@ impl Chronicle {
         stream: &StreamId,
     ) -> Result<Result<u64, crate::chain::ChainBreak>, Error> {
         let snap = self.snapshots.latest(stream, None).await?;
-        Ok(crate::chain::verify_stream_against(&*self.events, stream, snap.as_ref()).await?)
+        let chain =
+            crate::chain::verify_stream_against(&*self.events, stream, snap.as_ref()).await?;
+        // Copies (an archive) are checked too, and the lower break wins.
+        let copy = self.events.verify_stream_copies(stream).await?;
+        Ok(match (chain, copy) {
+            (Ok(_), Some(b)) => Err(b),
+            (Err(a), Some(b)) if b.version < a.version => Err(b),
+            (r, _) => r,
+        })
     }
 
     /// Recomputes every stream's chain in the store: through the store's bulk path if it has
@@ -408,13 +416,31 @@ impl Chronicle {
         concurrency: usize,
         progress: impl Fn(u64) + Send + Sync,
     ) -> Result<crate::chain::VerifyReport, Error> {
-        if let Some(report) = self.events.verify_all_chains(&progress).await {
-            return Ok(report?);
-        }
-        Ok(
+        // The store's own chains and its copies (an archive) at once: both are CPU-bound on
+        // threads of their own.
+        let progress = &progress;
+        let own = async {
+            if let Some(report) = self.events.verify_all_chains(progress).await {
+                return report;
+            }
             crate::chain::verify_all(&*self.events, Some(&*self.snapshots), concurrency, progress)
-                .await?,
-        )
+                .await
+        };
+        let (own, copies) = futures::join!(own, self.events.verify_copies(&|_| {}));
+        let mut report = own?;
+        for b in copies? {
+            match report.breaks.iter_mut().find(|a| {
+                (&a.aggregate_type, &a.aggregate_id) == (&b.aggregate_type, &b.aggregate_id)
+            }) {
+                Some(a) if b.version < a.version => *a = b,
+                Some(_) => {}
+                None => report.breaks.push(b),
+            }
+        }
+        report.breaks.sort_by(|a, b| {
+            (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
+        });
+        Ok(report)
     }
 
     /// A runner that publishes every event from the feed to `publisher`; `None` without a feed.
