@@ -6,10 +6,12 @@
 //!   same axum router as the local server.
 //! - [`streams`]: the DynamoDB Streams handlers: projector, publisher, snapshotter.
 //! - [`activity`]: a Kinesis consumer keeping an activity-feed read model.
+//! - [`archiver`]: the scheduled archiver (older events to S3 segments, hot copies to expire).
 //! - [`local`]: pollers that drive the stream handlers from DynamoDB Streams and Kinesis as an
 //!   event source mapping would, for development against a local endpoint.
 
 pub mod activity;
+pub mod archiver;
 pub mod http;
 pub mod local;
 pub mod streams;
@@ -182,5 +184,27 @@ pub async fn run_activity() -> Result<(), Error> {
             activity::consume(&app, &e).await
         },
     )
+    .await
+}
+
+/// The archiver function (an EventBridge schedule; the payload is not read). Its settings
+/// come from `CHRONICLE_ARCHIVE_*` / `CHRONICLE_EXPIRE_AFTER` beside the usual ones.
+pub async fn run_archiver() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    let settings = archiver::ArchiverSettings::from_env().map_err(|e| {
+        tracing::error!(error = %e, "configuration");
+        Error::from(e.to_string())
+    })?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let (app, settings) = (app.clone(), settings.clone());
+            async move {
+                archiver::handle(&app, &settings).await.map_err(|e| {
+                    tracing::error!(error = %e, "archiver run failed");
+                    Error::from(e.to_string())
+                })
+            }
+        },
+    ))
     .await
 }
