@@ -414,16 +414,17 @@ def grants(*pairs):
 
 
 EXPECTED_GRANTS = {
+    # Both read archived events whose hot copies expired (ArchivedEventStore in App::new).
     "command": grants(
         (["dynamodb:PutItem", "dynamodb:ConditionCheckItem", "dynamodb:GetItem", "dynamodb:Query"], [EVENTS]),
-        (["s3:GetObject"], [SNAPSHOT_OBJECTS]),
-        (["s3:ListBucket"], [SNAPSHOT_BUCKET]),
+        (["s3:GetObject"], [SNAPSHOT_OBJECTS, ARCHIVE_OBJECTS]),
+        (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
     ),
     "query": grants(
         (["dynamodb:GetItem", "dynamodb:Query"], [EVENTS, READ, READ_INDEXES]),
         (["dynamodb:Query"], [EVENTS_TIME_INDEX]),
-        (["s3:GetObject"], [SNAPSHOT_OBJECTS]),
-        (["s3:ListBucket"], [SNAPSHOT_BUCKET]),
+        (["s3:GetObject"], [SNAPSHOT_OBJECTS, ARCHIVE_OBJECTS]),
+        (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
     ),
     "projector": grants(
         (["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"], [READ, READ_INDEXES]),

@@ -5,7 +5,7 @@
 
 use crate::App;
 use async_trait::async_trait;
-use chronicle_aws::{ConfigError, S3Archive};
+use chronicle_aws::ConfigError;
 use chronicle_kernel::archived::{run_archiver, ArchivePolicy, ArchiveReport, ArchiverOptions};
 use chronicle_kernel::{
     AppendError, AppendRequest, EventEnvelope, EventStore, IdempotencyRecord, ReadRange,
@@ -189,7 +189,7 @@ impl<'a> Summary<'a> {
 
 /// One archiver run over the whole events table.
 pub async fn archive(app: &App, settings: &ArchiverSettings) -> Result<ArchiveReport, StoreError> {
-    let archive = S3Archive::new(app.clients.s3.clone(), &app.settings.archive_bucket);
+    let archive = &*app.archive;
     let mut opts = ArchiverOptions::new(if settings.below_snapshot {
         ArchivePolicy::BelowSnapshot
     } else {
@@ -202,9 +202,9 @@ pub async fn archive(app: &App, settings: &ArchiverSettings) -> Result<ArchiveRe
             inner: app.events.clone(),
             cutoff: chronicle_kernel::envelope::now() - settings.archive_after,
         };
-        run_archiver(&hot, &*app.snapshots, &archive, &opts, progress).await?
+        run_archiver(&hot, &*app.snapshots, archive, &opts, progress).await?
     } else {
-        run_archiver(&*app.events, &*app.snapshots, &archive, &opts, progress).await?
+        run_archiver(&*app.events, &*app.snapshots, archive, &opts, progress).await?
     };
     for b in &report.refused {
         tracing::warn!(aggregate_type = %b.aggregate_type, aggregate_id = %b.aggregate_id, version = b.version, problem = %b.problem, "stream not archived: its stored chain does not verify");

@@ -17,9 +17,10 @@ pub mod local;
 pub mod streams;
 
 use chronicle_aws::{
-    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher,
+    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher, S3Archive,
     S3SnapshotStore, Settings,
 };
+use chronicle_kernel::archived::ArchivedEventStore;
 use chronicle_kernel::{Chronicle, HandlerConfig};
 use std::sync::Arc;
 
@@ -30,7 +31,9 @@ pub use lambda_runtime::Error;
 pub struct App {
     pub settings: Settings,
     pub clients: Clients,
+    /// The hot store alone (the stream handlers and the archiver work on it).
     pub events: Arc<DynamoEventStore>,
+    pub archive: Arc<S3Archive>,
     pub snapshots: Arc<S3SnapshotStore>,
     pub read_models: Arc<DynamoReadModelStore>,
     pub publisher: Arc<KinesisPublisher>,
@@ -43,6 +46,7 @@ impl App {
             clients.dynamodb.clone(),
             &settings.events_table,
         ));
+        let archive = Arc::new(S3Archive::new(clients.s3.clone(), &settings.archive_bucket));
         let snapshots = Arc::new(S3SnapshotStore::new(
             clients.s3.clone(),
             &settings.snapshot_bucket,
@@ -62,8 +66,14 @@ impl App {
             max_events_per_command: DynamoEventStore::MAX_EVENTS_PER_APPEND,
             ..HandlerConfig::default()
         };
-        let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
+        // Commands and reads see one history: events whose hot copies expired are read from
+        // the archive (only then: a read the hot store answers whole costs nothing more).
+        let history = Arc::new(ArchivedEventStore::new(
             events.clone(),
+            archive.clone() as Arc<dyn chronicle_kernel::archive::Archive>,
+        ));
+        let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
+            history,
             snapshots.clone(),
             read_models.clone(),
             config,
@@ -73,6 +83,7 @@ impl App {
             settings,
             clients,
             events,
+            archive,
             snapshots,
             read_models,
             publisher,
