@@ -6,7 +6,9 @@
 - events/dynamodb/stream-batch.json: a DynamoDB Streams batch as Lambda delivers it to the
   projector, publisher and snapshotter (three events of one account, one stored as Deposited
   v1, and an idempotency record the handlers skip);
-- events/kinesis/batch.json: a Kinesis batch as the activity consumer receives it.
+- events/kinesis/batch.json: a Kinesis batch as the activity consumer receives it;
+- events/eventbridge/schedule.json: the EventBridge scheduled event that starts the archiver
+  (the archiver does not read it).
 
 Run from the repository root after changing them:  python3 scripts/gen_events.py
 """
@@ -248,6 +250,20 @@ def kinesis_batch():
     return {"Records": records}
 
 
+def schedule_event():
+    return {
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT,
+        "time": "2026-11-26T03:00:00Z",
+        "region": "us-east-1",
+        "resources": [f"arn:aws:events:us-east-1:{ACCOUNT}:rule/chronicle-archiver-daily"],
+        "detail": {},
+    }
+
+
 def write(path, value):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as fh:
@@ -258,6 +274,7 @@ def write(path, value):
 def main():
     write("events/dynamodb/stream-batch.json", dynamodb_batch())
     write("events/kinesis/batch.json", kinesis_batch())
+    write("events/eventbridge/schedule.json", schedule_event())
     for f in os.listdir(OUT):
         if f.endswith(".json"):
             os.remove(os.path.join(OUT, f))

@@ -17,7 +17,7 @@ ensure_venv "$VENV" scripts/requirements-lambda.txt
 export PATH="$PWD/$VENV/bin:$PATH"
 PY="$VENV/bin/python"
 
-FUNCTIONS=(command query projector publisher snapshotter activity)
+FUNCTIONS=(command query projector publisher snapshotter activity archiver)
 echo "== building the function binaries"
 cargo build --locked -p chronicle-cli $(printf -- '-p %s ' "${FUNCTIONS[@]}")
 # Where cargo put them: CARGO_TARGET_DIR when set (a relative one is relative to here).
@@ -27,7 +27,8 @@ BIN="${CARGO_TARGET_DIR:-target}/debug"
 SUFFIX=$("$PY" -c 'import uuid; print(uuid.uuid4().hex[:10])')
 export CHRONICLE_EVENTS_TABLE="smoke-$SUFFIX-events" CHRONICLE_READ_TABLE="smoke-$SUFFIX-read" \
        CHRONICLE_SNAPSHOT_BUCKET="smoke-$SUFFIX-snapshots" CHRONICLE_ARCHIVE_BUCKET="smoke-$SUFFIX-archive" \
-       CHRONICLE_EVENT_STREAM="smoke-$SUFFIX-stream" CHRONICLE_SNAPSHOT_EVERY=2 RUST_LOG=info
+       CHRONICLE_EVENT_STREAM="smoke-$SUFFIX-stream" CHRONICLE_SNAPSHOT_EVERY=2 RUST_LOG=info \
+       CHRONICLE_ARCHIVE_AFTER=0s CHRONICLE_ARCHIVE_BELOW_SNAPSHOT=false CHRONICLE_EXPIRE_AFTER=7d
 "$BIN/chronicle" aws-setup >/dev/null
 
 WORK=$(mktemp -d -t chronicle-smoke.XXXXXX)
@@ -113,6 +114,11 @@ json.dump(ev, open(sys.argv[1], "w"))
 PYEOF
 invoke query "$WORK/audit.json" "r['statusCode'] == 200 and [e['version'] for e in $(body "['events']")] == [1, 2]"
 
+# The archiver on its schedule's event: acc-1's v1 goes to a segment and expires in a week;
+# its head (v2) stays. Then history still reads both (nothing is deleted).
+invoke archiver events/eventbridge/schedule.json "r['events_archived'] == 1 and r['events_expiring'] == 1 and r['segments'] == 1 and r['refused'] == []"
+invoke query events/apigw/07-history.json "r['statusCode'] == 200 and len($(body "['events']")) == 2"
+
 # Configuration comes from the environment: a bad value stops the function at init, named.
 if CHRONICLE_SNAPSHOT_EVERY=often AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/bad" \
         AWS_LAMBDA_FUNCTION_NAME=bad timeout 20 $(binary projector) >"$WORK/bad.txt" 2>&1; then
@@ -121,6 +127,14 @@ elif grep -q CHRONICLE_SNAPSHOT_EVERY "$WORK/bad.txt"; then
     echo "ok   a bad CHRONICLE_SNAPSHOT_EVERY stops the function at init, named"
 else
     echo "FAIL the init error does not name the variable: $(cat "$WORK/bad.txt")"; FAILED=1
+fi
+if CHRONICLE_EXPIRE_AFTER=soon AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/bad-archiver" \
+        AWS_LAMBDA_FUNCTION_NAME=bad-archiver timeout 20 $(binary archiver) >"$WORK/bad-archiver.txt" 2>&1; then
+    echo "FAIL a bad CHRONICLE_EXPIRE_AFTER was accepted"; FAILED=1
+elif grep -q CHRONICLE_EXPIRE_AFTER "$WORK/bad-archiver.txt"; then
+    echo "ok   a bad CHRONICLE_EXPIRE_AFTER stops the archiver at init, named"
+else
+    echo "FAIL the init error does not name the variable: $(cat "$WORK/bad-archiver.txt")"; FAILED=1
 fi
 # Logs are JSON inside Lambda: every line any function wrote.
 cat "$WORK"/*.log >"$WORK/all-lines"

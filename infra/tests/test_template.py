@@ -164,12 +164,18 @@ def test_functions_build_with_cargo_lambda():
         assert member in members, f"{name}: {member} is not a workspace member"
 
 
+# Variables only some functions read, beside config.rs's: {binary: (source, const)}.
+OWN_ENV_VARS = {"archiver": ("shared/lambda/src/archiver.rs", "ENV_VARS")}
+
+
 def test_environment_is_what_the_code_reads():
     config = rust_source("shared/aws/src/config.rs")
     env_vars = rust_str_array(config, "ENV_VARS")
-    expected = set(env_vars) | {LOG_LEVEL_VAR}
     globals_env = GLOBAL_FN.get("Environment", {}).get("Variables", {})
     for name, fn in FUNCTIONS.items():
+        expected = set(env_vars) | {LOG_LEVEL_VAR}
+        if binary_of(fn) in OWN_ENV_VARS:
+            expected |= set(rust_str_array(rust_source(OWN_ENV_VARS[binary_of(fn)][0]), OWN_ENV_VARS[binary_of(fn)][1]))
         own = fn["Properties"].get("Environment", {}).get("Variables", {})
         keys = set(globals_env) | set(own)
         assert keys == expected, (
@@ -183,6 +189,19 @@ def test_environment_is_what_the_code_reads():
     assert literals == set(env_vars), f"config.rs reads {sorted(literals)}, ENV_VARS lists {sorted(env_vars)}"
     for var in env_vars:
         assert code.count(f'"{var}"') >= 2, f"{var} is listed in ENV_VARS but never read in config.rs"
+    # The same for each function's own variables.
+    for binary, (path, const) in OWN_ENV_VARS.items():
+        src = rust_source(path).split("#[cfg(test)]")[0]
+        own = rust_str_array(src, const)
+        literals = set(re.findall(r'"(CHRONICLE_[A-Z0-9_]+)"', src))
+        assert literals == set(own), f"{path} reads {sorted(literals)}, {const} lists {sorted(own)}"
+        for var in own:
+            assert src.count(f'"{var}"') >= 2, f"{var} is listed in {const} but never read in {path}"
+    # The archiver's settings come from their parameters.
+    env = FUNCTIONS[function_for("archiver")]["Properties"]["Environment"]["Variables"]
+    assert ref(env["CHRONICLE_ARCHIVE_AFTER"]) == "ArchiveAfter"
+    assert ref(env["CHRONICLE_ARCHIVE_BELOW_SNAPSHOT"]) == "ArchiveBelowSnapshot"
+    assert ref(env["CHRONICLE_EXPIRE_AFTER"]) == "ExpireAfter"
 
 
 def test_environment_values_point_at_the_right_resources():
@@ -244,7 +263,9 @@ def test_events_table_matches_the_code():
     assert p["StreamSpecification"]["StreamViewType"] == "NEW_IMAGE"
     assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert p["DeletionProtectionEnabled"] is True
-    assert p["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    ttl = rust_str_const(item, "EXPIRES_AT")
+    assert p["TimeToLiveSpecification"] == {"AttributeName": ttl, "Enabled": True}
+    assert ARCHIVER_UPDATABLE == {pk, sk, ttl, rust_str_const(item, "HASH")}
     assert p["SSESpecification"]["SSEEnabled"] is True
     assert t.get("DeletionPolicy") == "Retain" and t.get("UpdateReplacePolicy") == "Retain"
 
@@ -294,7 +315,12 @@ def test_buckets_are_private_encrypted_versioned_tls_only():
     assert any(t["StorageClass"] in ("STANDARD_IA", "GLACIER", "GLACIER_IR") for t in transitions)
     lock = archive["ObjectLockConfiguration"]
     assert list(lock) == ["Fn::If"] and lock["Fn::If"][0] == "ArchiveLocked", "Object Lock is not conditional"
-    assert TEMPLATE["Conditions"]["ArchiveLocked"] == {"Fn::Equals": [{"Ref": "ArchiveObjectLock"}, "true"]}
+    assert lock["Fn::If"][1]["Rule"]["DefaultRetention"] == {
+        "Mode": {"Ref": "ArchiveObjectLockMode"}, "Days": {"Ref": "ArchiveObjectLockDays"}}
+    assert archive["ObjectLockEnabled"] == {"Fn::If": ["ArchiveLocked", True, {"Ref": "AWS::NoValue"}]}
+    # 0 days: no Object Lock.
+    assert TEMPLATE["Conditions"]["ArchiveLocked"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ArchiveObjectLockDays"}, "0"]}]}
 
 
 def test_kinesis_stream():
@@ -368,6 +394,11 @@ READ_INDEXES = "${ReadTable.Arn}/index/*"
 EVENTS_TIME_INDEX = "${EventsTable.Arn}/index/by_time"
 SNAPSHOT_OBJECTS = "${SnapshotBucket.Arn}/snapshots/*"
 SNAPSHOT_BUCKET = "SnapshotBucket.Arn"
+ARCHIVE_OBJECTS = "${ArchiveBucket.Arn}/*"
+ARCHIVE_BUCKET = "ArchiveBucket.Arn"
+# The attributes the archiver's UpdateItem may name: the keys, expires_at, and the hash its
+# condition compares (checked against item.rs in test_events_table_matches_the_code).
+ARCHIVER_UPDATABLE = {"stream", "version", "expires_at", "hash"}
 STREAM = "EventStream.Arn"
 STREAM_READ = {("dynamodb:DescribeStream", EVENTS_STREAM), ("dynamodb:GetRecords", EVENTS_STREAM),
                ("dynamodb:GetShardIterator", EVENTS_STREAM), ("dynamodb:ListStreams", "*")}
@@ -383,16 +414,17 @@ def grants(*pairs):
 
 
 EXPECTED_GRANTS = {
+    # Both read archived events whose hot copies expired (ArchivedEventStore in App::new).
     "command": grants(
         (["dynamodb:PutItem", "dynamodb:ConditionCheckItem", "dynamodb:GetItem", "dynamodb:Query"], [EVENTS]),
-        (["s3:GetObject"], [SNAPSHOT_OBJECTS]),
-        (["s3:ListBucket"], [SNAPSHOT_BUCKET]),
+        (["s3:GetObject"], [SNAPSHOT_OBJECTS, ARCHIVE_OBJECTS]),
+        (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
     ),
     "query": grants(
         (["dynamodb:GetItem", "dynamodb:Query"], [EVENTS, READ, READ_INDEXES]),
         (["dynamodb:Query"], [EVENTS_TIME_INDEX]),
-        (["s3:GetObject"], [SNAPSHOT_OBJECTS]),
-        (["s3:ListBucket"], [SNAPSHOT_BUCKET]),
+        (["s3:GetObject"], [SNAPSHOT_OBJECTS, ARCHIVE_OBJECTS]),
+        (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
     ),
     "projector": grants(
         (["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"], [READ, READ_INDEXES]),
@@ -415,6 +447,12 @@ EXPECTED_GRANTS = {
           "kinesis:DescribeStreamSummary", "kinesis:ListShards"], [STREAM]),
         (["kinesis:ListStreams"], ["*"]),
         (["sqs:SendMessage"], ["ActivityFailureQueue.Arn"]),
+    ),
+    "archiver": grants(
+        (["dynamodb:Scan", "dynamodb:Query", "dynamodb:UpdateItem"], [EVENTS]),
+        (["s3:GetObject"], [SNAPSHOT_OBJECTS]),
+        (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
+        (["s3:GetObject", "s3:PutObject"], [ARCHIVE_OBJECTS]),
     ),
 }
 # Every role also writes its own log group and X-Ray segments.
@@ -476,6 +514,40 @@ def test_least_privilege():
     forbidden = {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
     assert not {a for a, _ in EXPECTED_GRANTS["command"]} & forbidden
     assert all(a.split(":")[1].startswith(("Get", "Query", "List")) for a, _ in EXPECTED_GRANTS["query"])
+    # The archiver deletes nothing: hot copies expire through TTL, segments stay.
+    deletes = {"dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "s3:DeleteObject",
+               "s3:DeleteObjectVersion", "s3:PutObjectRetention", "s3:BypassGovernanceRetention"}
+    assert not {a for a, _ in EXPECTED_GRANTS["archiver"]} & deletes, "the archiver may delete or overwrite"
+
+
+def test_archiver_updates_only_expires_at():
+    role = getatt(FUNCTIONS[function_for("archiver")]["Properties"]["Role"])[0]
+    updates = [
+        s for p in RESOURCES[role]["Properties"]["Policies"] for s in p["PolicyDocument"]["Statement"]
+        if "dynamodb:UpdateItem" in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]])
+    ]
+    assert len(updates) == 1, updates
+    (u,) = updates
+    assert u["Action"] == "dynamodb:UpdateItem", "UpdateItem shares a statement with other actions"
+    cond = u["Condition"]
+    assert set(cond["ForAllValues:StringEquals"]["dynamodb:Attributes"]) == ARCHIVER_UPDATABLE, cond
+    assert set(cond["StringEqualsIfExists"]["dynamodb:ReturnValues"]) <= {"NONE", "UPDATED_NEW"}, cond
+    # The code sets exactly that attribute, under that condition.
+    events = rust_source("shared/aws/src/events.rs")
+    assert '"SET #exp = :at"' in events and "attribute_exists(#pk) AND #h = :hash" in events
+
+
+def test_archiver_runs_daily_with_room():
+    fn = FUNCTIONS[function_for("archiver")]["Properties"]
+    (event,) = fn["Events"].values()
+    assert event["Type"] == "Schedule", event
+    assert event["Properties"]["Schedule"] in ("rate(1 day)",) or event["Properties"]["Schedule"].startswith("cron("), event
+    assert fn["Timeout"] == 900, fn["Timeout"]
+    assert fn["MemorySize"] >= 1024, fn["MemorySize"]
+    assert fn["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    # The sample payload the smoke test invokes it with is such an event.
+    sample = json.loads((ROOT / "events/eventbridge/schedule.json").read_text())
+    assert sample["source"] == "aws.events" and sample["detail-type"] == "Scheduled Event"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -635,11 +707,23 @@ def test_outputs():
 def test_parameters():
     params = TEMPLATE["Parameters"]
     for p in ("Stage", "SnapshotEvery", "ArchiveHorizonDays", "LogLevel", "AuthMode", "JwtIssuer",
-              "JwtAudience", "KinesisRetentionHours", "ArchiveObjectLock", "ArchiveObjectLockDays"):
+              "JwtAudience", "KinesisRetentionHours", "ArchiveObjectLockDays", "ArchiveObjectLockMode",
+              "ArchiveAfter", "ArchiveBelowSnapshot", "ExpireAfter"):
         assert p in params, f"parameter {p} missing"
     assert params["SnapshotEvery"]["Default"] == 100
     assert set(params["AuthMode"]["AllowedValues"]) == {"jwt", "iam"}
-    assert set(params["ArchiveObjectLock"]["AllowedValues"]) == {"true", "false"}
+    assert params["ArchiveObjectLockDays"]["Default"] == 0 and params["ArchiveObjectLockDays"]["MinValue"] == 0
+    assert set(params["ArchiveObjectLockMode"]["AllowedValues"]) == {"GOVERNANCE", "COMPLIANCE"}
+    assert set(params["ArchiveBelowSnapshot"]["AllowedValues"]) == {"true", "false"}
+    # Durations the code's parser (humantime) takes, and nothing it refuses.
+    after, expire = params["ArchiveAfter"]["AllowedPattern"], params["ExpireAfter"]["AllowedPattern"]
+    for ok in ("30d", "12h", "0s", "1w", "7d 12h"):
+        assert re.fullmatch(after, ok) and re.fullmatch(expire, ok), ok
+    assert re.fullmatch(expire, "off") and not re.fullmatch(after, "off")
+    for bad in ("", "30", "a month", "-1d", "30 days"):
+        assert not re.fullmatch(after, bad) and not re.fullmatch(expire, bad), bad
+    assert re.fullmatch(after, str(params["ArchiveAfter"]["Default"]))
+    assert re.fullmatch(expire, str(params["ExpireAfter"]["Default"]))
 
 
 def test_nothing_account_specific():

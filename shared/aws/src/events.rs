@@ -6,6 +6,7 @@ use crate::backend;
 use crate::item::{self, EventItem, IdempotencyItem, PK, SK};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use aws_sdk_dynamodb::Client;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
@@ -14,6 +15,7 @@ use chronicle_kernel::{
     RecordedPage, StoreError, StreamId, StreamPage,
 };
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::stream::{self as fstream, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 
 /// DynamoDB's limit on the actions of one transaction.
@@ -23,6 +25,10 @@ pub const MAX_TRANSACTION_ACTIONS: usize = 100;
 /// page ends early with a cursor at the next hour: a long, quiet range costs many short calls
 /// instead of one that runs past a Lambda's or a client's timeout.
 pub const MAX_HOURS_PER_PAGE: usize = 24;
+
+/// `UpdateItem`s one `expire` call keeps in flight: enough to hide latency, few enough not to
+/// take a partition's whole write capacity from the command path.
+const EXPIRE_CONCURRENCY: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct DynamoEventStore {
@@ -496,6 +502,59 @@ impl EventStore for DynamoEventStore {
             _ => None,
         };
         Ok(StreamPage { streams, next })
+    }
+
+    /// Sets the TTL attribute on each listed event item whose stored hash is the given one
+    /// (the archived copy's), so DynamoDB's TTL process deletes it later; an item that is gone
+    /// or holds another hash is left alone and not counted. One `UpdateItem` per event.
+    async fn expire(
+        &self,
+        stream: &StreamId,
+        events: &[(u64, String)],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let pk = item::stream_key(stream);
+        let at = AttributeValue::N(at.timestamp().max(0).to_string());
+        // Owned items: a closure over borrowed ones trips async_trait's `Send` check.
+        let updates: Vec<_> = events
+            .iter()
+            .map(|(version, hash)| {
+                let version = *version;
+                let update = self
+                    .client
+                    .update_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(&pk, version)))
+                    .update_expression("SET #exp = :at")
+                    // Without attribute_exists an UpdateItem would create a bare item.
+                    .condition_expression("attribute_exists(#pk) AND #h = :hash")
+                    .expression_attribute_names("#exp", item::EXPIRES_AT)
+                    .expression_attribute_names("#pk", PK)
+                    .expression_attribute_names("#h", item::HASH)
+                    .expression_attribute_values(":at", at.clone())
+                    .expression_attribute_values(":hash", AttributeValue::S(hash.clone()));
+                let stream = &*stream;
+                async move {
+                    match update.send().await {
+                        Ok(_) => Ok(1u64),
+                        Err(e)
+                            if matches!(
+                                e.as_service_error(),
+                                Some(UpdateItemError::ConditionalCheckFailedException(_))
+                            ) =>
+                        {
+                            tracing::warn!(%stream, version, "not expired: the stored event is gone or is not the archived one");
+                            Ok(0)
+                        }
+                        Err(e) => Err(backend("UpdateItem expires_at", e)),
+                    }
+                }
+            })
+            .collect();
+        fstream::iter(updates)
+            .buffer_unordered(EXPIRE_CONCURRENCY)
+            .try_fold(0u64, |n, m| async move { Ok(n + m) })
+            .await
     }
 
     /// Walks the hours of `from..=to` on the `by_time` index: each hour's shards are queried

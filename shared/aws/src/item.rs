@@ -11,6 +11,11 @@ pub const PK: &str = "stream";
 /// Sort key attribute: the version (number); idempotency records use 0.
 pub const SK: &str = "version";
 pub const IDEMPOTENCY_PREFIX: &str = "idempotency#";
+/// The event's chain hash attribute.
+pub const HASH: &str = "hash";
+/// The table's TTL attribute (epoch seconds): set only on event items already archived, by
+/// `EventStore::expire`; DynamoDB deletes the item some time after it passes.
+pub const EXPIRES_AT: &str = "expires_at";
 
 /// The global secondary index of event items by recorded time: the audit feed. Sparse:
 /// idempotency records have neither of its keys, so they are not in it.

@@ -1,11 +1,12 @@
 //! Chronicle's ports on AWS: events and idempotency records in DynamoDB ([`DynamoEventStore`]),
-//! read models in DynamoDB ([`DynamoReadModelStore`]), snapshots in S3 ([`S3SnapshotStore`])
-//! and distribution through Kinesis ([`KinesisPublisher`]). Each passes the same contract
-//! suite as its embedded counterpart.
+//! read models in DynamoDB ([`DynamoReadModelStore`]), snapshots in S3 ([`S3SnapshotStore`]),
+//! archived event segments in S3 ([`S3Archive`]) and distribution through Kinesis
+//! ([`KinesisPublisher`]). Each passes the same contract suite as its embedded counterpart.
 //!
 //! Everything talks to AWS through the standard settings (`AWS_REGION`, credentials,
 //! `AWS_ENDPOINT_URL` for a local endpoint), so the same code runs on moto, LocalStack or AWS.
 
+mod archive;
 mod config;
 mod events;
 pub mod item;
@@ -15,6 +16,7 @@ pub mod setup;
 mod snapshots;
 pub mod testing;
 
+pub use archive::S3Archive;
 pub use config::{Clients, ConfigError, Settings};
 pub use events::{DynamoEventStore, MAX_HOURS_PER_PAGE, MAX_TRANSACTION_ACTIONS};
 pub use publisher::KinesisPublisher;

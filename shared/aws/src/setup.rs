@@ -6,7 +6,8 @@ use crate::{item, read_models};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
     GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
-    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TableStatus, TimeToLiveSpecification,
+    TimeToLiveStatus,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use chronicle_kernel::StoreError;
@@ -166,18 +167,65 @@ async fn wait_index_active(clients: &Clients, table: &str, index: &str) -> Resul
     )))
 }
 
+/// Turns on the table's TTL on [`item::EXPIRES_AT`] (as the SAM template does), so hot copies
+/// of archived events marked to expire are deleted. An endpoint that doesn't support TTL is
+/// noted, not fatal: expiry is a cost saving, and nothing is ever marked without an archive.
+async fn ensure_ttl(clients: &Clients, table: &str) -> String {
+    let current = clients
+        .dynamodb
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await;
+    if let Ok(out) = &current {
+        let d = out.time_to_live_description();
+        if d.and_then(|d| d.attribute_name()) == Some(item::EXPIRES_AT)
+            && matches!(
+                d.and_then(|d| d.time_to_live_status()),
+                Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+            )
+        {
+            return format!("TTL on {}", item::EXPIRES_AT);
+        }
+    }
+    let spec = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name(item::EXPIRES_AT)
+        .build();
+    let spec = match spec {
+        Ok(s) => s,
+        Err(e) => return format!("TTL not enabled: {e}"),
+    };
+    match clients
+        .dynamodb
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(spec)
+        .send()
+        .await
+    {
+        Ok(_) => format!("TTL on {} enabled", item::EXPIRES_AT),
+        Err(e) => {
+            let e = backend("UpdateTimeToLive", e);
+            tracing::warn!(table, error = %e, "the endpoint did not enable TTL; archived hot copies will not expire");
+            format!("TTL not enabled ({e})")
+        }
+    }
+}
+
 async fn ensure_events_table(clients: &Clients, table: &str) -> Result<String, StoreError> {
     if table_exists(clients, table).await? {
+        let ttl = ensure_ttl(clients, table).await;
         if table_indexes(clients, table)
             .await?
             .iter()
             .any(|i| i == item::TIME_INDEX)
         {
-            return Ok(format!("events table {table}: exists"));
+            return Ok(format!("events table {table}: exists; {ttl}"));
         }
         add_time_index(clients, table).await?;
         return Ok(format!(
-            "events table {table}: exists; index {} added (events stored before it are not in it)",
+            "events table {table}: exists; {ttl}; index {} added (events stored before it are not in it)",
             item::TIME_INDEX
         ));
     }
@@ -205,8 +253,9 @@ async fn ensure_events_table(clients: &Clients, table: &str) -> Result<String, S
         .map_err(|e| backend("CreateTable", e))?;
     wait_table_active(clients, table).await?;
     wait_index_active(clients, table, item::TIME_INDEX).await?;
+    let ttl = ensure_ttl(clients, table).await;
     Ok(format!(
-        "events table {table}: created (stream NEW_IMAGE, index {})",
+        "events table {table}: created (stream NEW_IMAGE, index {}; {ttl})",
         item::TIME_INDEX
     ))
 }

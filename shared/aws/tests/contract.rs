@@ -1,7 +1,10 @@
 //! The port contract suites, run against the AWS adapters on the configured endpoint.
 
+use aws_sdk_dynamodb::types::AttributeValue;
+use chronicle_aws::item::{self, PK, SK};
 use chronicle_aws::testing::AwsTestEnv;
-use chronicle_aws::{DynamoEventStore, DynamoReadModelStore, S3SnapshotStore};
+use chronicle_aws::{DynamoEventStore, DynamoReadModelStore, S3Archive, S3SnapshotStore};
+use chronicle_kernel::archive::Archive;
 use std::sync::Arc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -21,6 +24,81 @@ async fn s3_snapshot_store_passes_the_snapshot_store_contract() {
     };
     let store = S3SnapshotStore::new(env.clients.s3.clone(), &env.settings.snapshot_bucket);
     chronicle_testkit::snapshot_store_contract(Arc::new(store)).await;
+    env.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_archive_passes_the_archive_contract() {
+    let Some(env) = AwsTestEnv::create("archive contract").await else {
+        return;
+    };
+    let (s3, bucket) = (env.clients.s3.clone(), env.settings.archive_bucket.clone());
+    // Under a key prefix (names come back without it), and at the bucket's root.
+    let prefixed = S3Archive::with_prefix(s3.clone(), &bucket, "chronicle/archive");
+    chronicle_testkit::archive_contract(Arc::new(prefixed)).await;
+    chronicle_testkit::archive_contract(Arc::new(S3Archive::new(s3.clone(), &bucket))).await;
+    // Objects that are not segments are not listed.
+    env.clients
+        .s3
+        .put_object()
+        .bucket(&bucket)
+        .key("chronicle/archive/notes.txt")
+        .body(b"not a segment".to_vec().into())
+        .send()
+        .await
+        .expect("PutObject");
+    let listed = S3Archive::with_prefix(s3, &bucket, "chronicle/archive/")
+        .list_segments("")
+        .await
+        .expect("list");
+    assert!(
+        !listed.is_empty()
+            && listed
+                .iter()
+                .all(|n| n.ends_with(".seg") && !n.starts_with("chronicle/")),
+        "{listed:?}"
+    );
+    env.remove().await;
+}
+
+/// On a fresh table: the archiver walks every stream of it. Expiry is what DynamoDB's TTL
+/// process does once `expires_at` passes: a plain DeleteItem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamodb_event_store_passes_the_archived_reads_contract() {
+    let Some(env) = AwsTestEnv::create("archived reads contract").await else {
+        return;
+    };
+    let store = Arc::new(DynamoEventStore::new(
+        env.clients.dynamodb.clone(),
+        &env.settings.events_table,
+    ));
+    let snapshots = Arc::new(S3SnapshotStore::new(
+        env.clients.s3.clone(),
+        &env.settings.snapshot_bucket,
+    ));
+    let archive: Arc<dyn Archive> = Arc::new(S3Archive::new(
+        env.clients.s3.clone(),
+        &env.settings.archive_bucket,
+    ));
+    let (ddb, table) = (
+        env.clients.dynamodb.clone(),
+        env.settings.events_table.clone(),
+    );
+    chronicle_testkit::archived_reads_contract(store, snapshots, archive, |s, through| {
+        let (ddb, table) = (ddb.clone(), table.clone());
+        async move {
+            for v in 1..=through {
+                ddb.delete_item()
+                    .table_name(&table)
+                    .key(PK, AttributeValue::S(item::stream_key(&s)))
+                    .key(SK, AttributeValue::N(v.to_string()))
+                    .send()
+                    .await
+                    .expect("DeleteItem");
+            }
+        }
+    })
+    .await;
     env.remove().await;
 }
 

@@ -1,8 +1,8 @@
 //! What only the DynamoDB event store promises beyond the contract: reads past DynamoDB's
-//! 1 MB page, and the audit feed's time index (its layout, its bounded pages, and being added
-//! to a table made before it).
+//! 1 MB page, the audit feed's time index (its layout, its bounded pages, and being added
+//! to a table made before it), and expiring archived hot copies through the table's TTL.
 
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use chronicle_aws::item::{self, TIME_BUCKET, TIME_INDEX, TIME_KEY};
 use chronicle_aws::testing::AwsTestEnv;
 use chronicle_aws::{DynamoEventStore, MAX_HOURS_PER_PAGE};
@@ -296,7 +296,11 @@ async fn setup_adds_the_time_index_to_an_older_table() {
     let again = chronicle_aws::setup::ensure(&env.clients, &env.settings)
         .await
         .expect("aws-setup again");
-    assert!(again[0].ends_with("exists"), "{}", again.join("\n"));
+    assert!(
+        again[0].contains(": exists") && !again[0].contains("added"),
+        "{}",
+        again.join("\n")
+    );
 
     let stream = kit::new_stream();
     let new = kit::events(&stream, 0, 2);
@@ -314,6 +318,157 @@ async fn setup_adds_the_time_index_to_an_older_table() {
             .await
             .expect("read"),
         old
+    );
+    env.remove().await;
+}
+
+/// Every item of a stream as stored: version, hash and `expires_at` (if set).
+async fn stored(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    stream: &chronicle_kernel::StreamId,
+) -> Vec<(u64, String, Option<i64>)> {
+    let page = ddb
+        .query()
+        .table_name(table)
+        .consistent_read(true)
+        .key_condition_expression("#pk = :pk")
+        .expression_attribute_names("#pk", item::PK)
+        .expression_attribute_values(":pk", AttributeValue::S(item::stream_key(stream)))
+        .send()
+        .await
+        .expect("Query");
+    page.items()
+        .iter()
+        .map(|it| {
+            let n = |name: &str| match it.get(name) {
+                Some(AttributeValue::N(n)) => Some(n.parse::<i64>().expect("a number")),
+                _ => None,
+            };
+            let hash = match it.get(item::HASH) {
+                Some(AttributeValue::S(s)) => s.clone(),
+                _ => String::new(),
+            };
+            (
+                n(item::SK).expect("a version") as u64,
+                hash,
+                n(item::EXPIRES_AT),
+            )
+        })
+        .collect()
+}
+
+/// The archiver marks exactly the archived hot copies to expire, never a stream's head, and
+/// never an event whose stored hash is not the one it archived; `expire` itself creates
+/// nothing and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archiver_expires_exactly_the_archived_copies() {
+    use chronicle_kernel::archived::{run_archiver, ArchivePolicy, ArchiverOptions};
+    let Some(env) = AwsTestEnv::create("archiver expiry").await else {
+        return;
+    };
+    let (ddb, table) = (&env.clients.dynamodb, env.settings.events_table.as_str());
+    // aws-setup turned the table's TTL on, on the attribute `expire` sets.
+    let ttl = ddb
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .expect("DescribeTimeToLive");
+    let ttl = ttl.time_to_live_description().expect("a TTL description");
+    assert_eq!(ttl.attribute_name(), Some(item::EXPIRES_AT));
+    assert!(
+        matches!(
+            ttl.time_to_live_status(),
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        ),
+        "{ttl:?}"
+    );
+    let store = DynamoEventStore::new(ddb.clone(), table);
+    let snapshots =
+        chronicle_aws::S3SnapshotStore::new(env.clients.s3.clone(), &env.settings.snapshot_bucket);
+    let archive =
+        chronicle_aws::S3Archive::new(env.clients.s3.clone(), &env.settings.archive_bucket);
+    let (a, b, c) = (kit::new_stream(), kit::new_stream(), kit::new_stream());
+    for (s, n) in [(&a, 5), (&b, 4), (&c, 4)] {
+        store
+            .append(&kit::request(s, 0, kit::sealed_events(s, n)))
+            .await
+            .expect("append");
+    }
+    // c's v2 gets another hash behind the store's back: its chain no longer verifies.
+    ddb.update_item()
+        .table_name(table)
+        .key(item::PK, AttributeValue::S(item::stream_key(&c)))
+        .key(item::SK, AttributeValue::N("2".into()))
+        .update_expression("SET #h = :h")
+        .expression_attribute_names("#h", item::HASH)
+        .expression_attribute_values(":h", AttributeValue::S("0".repeat(64)))
+        .send()
+        .await
+        .expect("UpdateItem");
+
+    let mut opts = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::zero()));
+    opts.expire_after = Some(chrono::Duration::days(7));
+    let before = Utc::now();
+    let report = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+        .await
+        .expect("archiver");
+    assert_eq!(report.events_archived, 4 + 3, "{report:?}");
+    assert_eq!(report.events_expiring, 4 + 3, "{report:?}");
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert_eq!(report.refused[0].aggregate_id, c.aggregate_id);
+    assert_eq!(report.refused[0].version, 2);
+
+    let week = TimeDelta::days(7).num_seconds();
+    let (lo, hi) = (before.timestamp() + week, Utc::now().timestamp() + week);
+    for (s, n) in [(&a, 5u64), (&b, 4)] {
+        let items = stored(ddb, table, s).await;
+        assert_eq!(items.len() as u64, n, "nothing deleted");
+        for (v, _, exp) in items {
+            if v < n {
+                let exp = exp.unwrap_or_else(|| panic!("{s} v{v} is archived but not expiring"));
+                assert!((lo..=hi).contains(&exp), "{s} v{v} expires at {exp}");
+            } else {
+                assert_eq!(exp, None, "{s}: the head v{v} never expires");
+            }
+        }
+    }
+    assert!(
+        stored(ddb, table, &c)
+            .await
+            .iter()
+            .all(|(_, _, e)| e.is_none()),
+        "a refused stream is not expired"
+    );
+
+    // Directly: a hash that is not the stored one, or a version that is not stored, is
+    // skipped, uncounted, and creates nothing.
+    let items = stored(ddb, table, &b).await;
+    let at = Utc::now() + TimeDelta::days(1);
+    let marked = store
+        .expire(
+            &b,
+            &[
+                (items[3].0, "f".repeat(64)),
+                (99, items[0].1.clone()),
+                (items[0].0, items[0].1.clone()),
+            ],
+            at,
+        )
+        .await
+        .expect("expire");
+    assert_eq!(marked, 1, "only the copy with the archived hash");
+    let after = stored(ddb, table, &b).await;
+    assert_eq!(after.len(), 4, "no item created");
+    assert_eq!(after[0].2, Some(at.timestamp()));
+    assert_eq!(after[3].2, None);
+    // Items that carry the TTL attribute still read and verify.
+    assert_eq!(
+        chronicle_kernel::chain::verify_stream(&store, &b)
+            .await
+            .expect("verify"),
+        Ok(4)
     );
     env.remove().await;
 }

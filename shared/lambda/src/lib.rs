@@ -6,18 +6,21 @@
 //!   same axum router as the local server.
 //! - [`streams`]: the DynamoDB Streams handlers: projector, publisher, snapshotter.
 //! - [`activity`]: a Kinesis consumer keeping an activity-feed read model.
+//! - [`archiver`]: the scheduled archiver (older events to S3 segments, hot copies to expire).
 //! - [`local`]: pollers that drive the stream handlers from DynamoDB Streams and Kinesis as an
 //!   event source mapping would, for development against a local endpoint.
 
 pub mod activity;
+pub mod archiver;
 pub mod http;
 pub mod local;
 pub mod streams;
 
 use chronicle_aws::{
-    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher,
+    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher, S3Archive,
     S3SnapshotStore, Settings,
 };
+use chronicle_kernel::archived::ArchivedEventStore;
 use chronicle_kernel::{Chronicle, HandlerConfig};
 use std::sync::Arc;
 
@@ -28,7 +31,9 @@ pub use lambda_runtime::Error;
 pub struct App {
     pub settings: Settings,
     pub clients: Clients,
+    /// The hot store alone (the stream handlers and the archiver work on it).
     pub events: Arc<DynamoEventStore>,
+    pub archive: Arc<S3Archive>,
     pub snapshots: Arc<S3SnapshotStore>,
     pub read_models: Arc<DynamoReadModelStore>,
     pub publisher: Arc<KinesisPublisher>,
@@ -41,6 +46,7 @@ impl App {
             clients.dynamodb.clone(),
             &settings.events_table,
         ));
+        let archive = Arc::new(S3Archive::new(clients.s3.clone(), &settings.archive_bucket));
         let snapshots = Arc::new(S3SnapshotStore::new(
             clients.s3.clone(),
             &settings.snapshot_bucket,
@@ -60,8 +66,14 @@ impl App {
             max_events_per_command: DynamoEventStore::MAX_EVENTS_PER_APPEND,
             ..HandlerConfig::default()
         };
-        let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
+        // Commands and reads see one history: events whose hot copies expired are read from
+        // the archive (only then: a read the hot store answers whole costs nothing more).
+        let history = Arc::new(ArchivedEventStore::new(
             events.clone(),
+            archive.clone() as Arc<dyn chronicle_kernel::archive::Archive>,
+        ));
+        let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
+            history,
             snapshots.clone(),
             read_models.clone(),
             config,
@@ -71,6 +83,7 @@ impl App {
             settings,
             clients,
             events,
+            archive,
             snapshots,
             read_models,
             publisher,
@@ -182,5 +195,27 @@ pub async fn run_activity() -> Result<(), Error> {
             activity::consume(&app, &e).await
         },
     )
+    .await
+}
+
+/// The archiver function (an EventBridge schedule; the payload is not read). Its settings
+/// come from `CHRONICLE_ARCHIVE_*` / `CHRONICLE_EXPIRE_AFTER` beside the usual ones.
+pub async fn run_archiver() -> Result<(), Error> {
+    let app = app_or_exit().await?;
+    let settings = archiver::ArchiverSettings::from_env().map_err(|e| {
+        tracing::error!(error = %e, "configuration");
+        Error::from(e.to_string())
+    })?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let (app, settings) = (app.clone(), settings.clone());
+            async move {
+                archiver::handle(&app, &settings).await.map_err(|e| {
+                    tracing::error!(error = %e, "archiver run failed");
+                    Error::from(e.to_string())
+                })
+            }
+        },
+    ))
     .await
 }
