@@ -419,3 +419,109 @@ async fn audit_prints_every_event_of_a_time_range() {
     let (ok, _, err) = audit(&["--limit", "0"]);
     assert!(!ok && err.contains("--limit"), "{err}");
 }
+
+/// `chronicle archive` copies older events into segments; history, state and verify read
+/// archive and store as one history, also once the store has lost archived events (as a TTL
+/// would on AWS); a changed segment is named by verify.
+#[tokio::test]
+async fn archive_keeps_history_whole_and_verify_checks_the_segments() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = common::Server::start_in(dir.path()).await;
+    seed(&server).await;
+    server.kill();
+
+    // Bad input first: no policy, both policies, expiry on the append-only embedded store.
+    let (ok, _, err) = chronicle(dir.path(), &["archive"]);
+    assert!(!ok && err.contains("--older-than"), "{err}");
+    let (ok, _, err) = chronicle(
+        dir.path(),
+        &["archive", "--older-than", "1d", "--below-snapshot"],
+    );
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, _, err) = chronicle(dir.path(), &["archive", "--older-than", "soon"]);
+    assert!(!ok && err.contains("--older-than"), "{err}");
+    let (ok, _, err) = chronicle(
+        dir.path(),
+        &["archive", "--older-than", "0s", "--expire-after", "1d"],
+    );
+    assert!(!ok && err.contains("append-only"), "{err}");
+    assert!(
+        !dir.path().join("archive/accounts").exists(),
+        "nothing archived"
+    );
+
+    // Nothing is a day old yet.
+    let (ok, out, err) = chronicle(dir.path(), &["archive", "--older-than", "1d", "--json"]);
+    assert!(ok, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(report["events_archived"], 0, "{report}");
+
+    // Everything but each stream's head: cli-1 has v1..v4, so v1..v3; cli-2 and cli-3 v1 only.
+    let (ok, out, err) = chronicle(dir.path(), &["archive", "--older-than", "0s", "--json"]);
+    assert!(ok, "{out}{err}");
+    let report: Value = serde_json::from_str(&out).expect("a JSON report");
+    assert_eq!(report["events_archived"], 3, "{report}");
+    assert_eq!(report["streams_archived"], 1, "{report}");
+    let segment = report["segments"][0]
+        .as_str()
+        .expect("a segment")
+        .to_owned();
+    let (ok, out, _) = chronicle(dir.path(), &["archive", "--older-than", "0s", "--json"]);
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).expect("JSON")["events_archived"],
+        0,
+        "a second run archives nothing twice"
+    );
+    let (ok, out, err) = chronicle(dir.path(), &["verify", "--all"]);
+    assert!(ok, "{out}{err}");
+
+    // The store loses v1..v3 of cli-1: history and time travel come from the segment.
+    tamper(
+        dir.path(),
+        "DELETE FROM events WHERE aggregate_id = 'cli-1' AND version <= 3",
+    );
+    let (ok, out, err) = chronicle(dir.path(), &["history", "accounts", "cli-1", "--json"]);
+    assert!(ok, "{err}");
+    let events: Value = serde_json::from_str(&out).expect("JSON history");
+    let versions: Vec<u64> = events
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|e| e["version"].as_u64())
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4], "{out}");
+    let (ok, out, err) = chronicle(
+        dir.path(),
+        &["state", "accounts", "cli-1", "--version", "2", "--json"],
+    );
+    assert!(ok, "{err}");
+    let state: Value = serde_json::from_str(&out).expect("JSON state");
+    assert_eq!(state["balance"], 100, "{state}");
+    let (ok, out, err) = chronicle(dir.path(), &["verify", "accounts", "cli-1"]);
+    assert!(
+        ok,
+        "the chain runs from the segment into the store: {out}{err}"
+    );
+
+    // A byte of the segment changed: verify names the stream and the segment.
+    let path = dir.path().join("archive").join(&segment);
+    let mut perms = std::fs::metadata(&path).expect("segment").permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).expect("chmod");
+    let mut bytes = std::fs::read(&path).expect("read segment");
+    bytes[12] ^= 0x20;
+    std::fs::write(&path, bytes).expect("write segment");
+    for args in [
+        &["verify", "--all"][..],
+        &["verify", "accounts", "cli-1"][..],
+    ] {
+        let (ok, out, err) = chronicle(dir.path(), args);
+        assert!(!ok, "{args:?}: {out}");
+        assert!(
+            out.contains("accounts/cli-1 v1") && out.contains("archive segment"),
+            "{args:?}: {out}{err}"
+        );
+    }
+}

@@ -368,7 +368,14 @@ pub(crate) async fn archive(
             store.close();
             (report?, dir.display().to_string())
         }
-        crate::Backend::Aws => anyhow::bail!("archiving on AWS: wired with the S3 archive"),
+        crate::Backend::Aws => {
+            let app = chronicle_lambda::App::from_env().await?;
+            let report = run_archiver(&*app.events, &*app.snapshots, &*app.archive, opts, |n| {
+                bar.set_position(n)
+            })
+            .await?;
+            (report, format!("s3://{}", app.settings.archive_bucket))
+        }
     };
     bar.finish_and_clear();
     if json {

@@ -241,6 +241,12 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
                     out.events += merged.version.saturating_sub(b.version);
                     out.breaks.push(merged)
                 }
+                // The archive can't fill the gap (a damaged segment): the hot break stands,
+                // with why; the archive check names the segment.
+                Err(StoreError::Corrupt(why)) => out.breaks.push(ChainBreak {
+                    problem: format!("{}; {why}", b.problem),
+                    ..b
+                }),
                 Err(e) => return Some(Err(e)),
             }
         }

@@ -398,10 +398,20 @@ impl Chronicle {
         stream: &StreamId,
     ) -> Result<Result<u64, crate::chain::ChainBreak>, Error> {
         let snap = self.snapshots.latest(stream, None).await?;
-        let chain =
-            crate::chain::verify_stream_against(&*self.events, stream, snap.as_ref()).await?;
         // Copies (an archive) are checked too, and the lower break wins.
         let copy = self.events.verify_stream_copies(stream).await?;
+        let chain =
+            match crate::chain::verify_stream_against(&*self.events, stream, snap.as_ref()).await {
+                Ok(r) => r,
+                // History that can't be read whole (a damaged archive segment) is a break.
+                Err(crate::ports::StoreError::Corrupt(why)) => Err(crate::chain::ChainBreak {
+                    aggregate_type: stream.aggregate_type.clone(),
+                    aggregate_id: stream.aggregate_id.clone(),
+                    version: copy.as_ref().map_or(1, |b| b.version),
+                    problem: why,
+                }),
+                Err(e) => return Err(e.into()),
+            };
         Ok(match (chain, copy) {
             (Ok(_), Some(b)) => Err(b),
             (Err(a), Some(b)) if b.version < a.version => Err(b),
