@@ -408,7 +408,7 @@ async fn archiver_expires_exactly_the_archived_copies() {
         .await
         .expect("UpdateItem");
 
-    let mut opts = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::zero()));
+    let mut opts = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
     opts.expire_after = Some(chrono::Duration::days(7));
     let before = Utc::now();
     let report = run_archiver(&store, &snapshots, &archive, &opts, |_| {})

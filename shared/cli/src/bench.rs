@@ -168,7 +168,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let archive = DirArchive::open(crate::archive_dir(&store_args))?;
     let started = Instant::now();
     let archived = if archive.list_segments("").await?.is_empty() {
-        let opts = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::zero()));
+        let opts = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
         Some(run_archiver(&*store, &*store, &archive, &opts, |_| {}).await?)
     } else {
         None

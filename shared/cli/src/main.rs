@@ -144,8 +144,9 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration,
               required_unless_present = "below_snapshot")]
         older_than: Option<std::time::Duration>,
-        /// Archive events at or below each stream's latest snapshot instead.
-        #[arg(long, conflicts_with = "older_than")]
+        /// Archive only events at or below each stream's latest snapshot (with --older-than:
+        /// events that are both).
+        #[arg(long)]
         below_snapshot: bool,
         /// Close a segment once it holds this many events.
         #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -321,12 +322,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             } => {
                 use chronicle_kernel::archived::{ArchivePolicy, ArchiverOptions};
-                let policy = match older_than {
-                    _ if below_snapshot => ArchivePolicy::BelowSnapshot,
-                    Some(age) => ArchivePolicy::OlderThan(
-                        chrono::Duration::from_std(age).context("--older-than is too long")?,
-                    ),
-                    None => anyhow::bail!("give --older-than or --below-snapshot"),
+                let policy = ArchivePolicy {
+                    older_than: older_than
+                        .map(chrono::Duration::from_std)
+                        .transpose()
+                        .context("--older-than is too long")?,
+                    below_snapshot,
                 };
                 let opts = ArchiverOptions {
                     policy,

@@ -329,13 +329,31 @@ async fn off_runtime(
     }
 }
 
-/// Which of a stream's events the archiver copies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ArchivePolicy {
-    /// Events recorded longer ago than this.
-    OlderThan(chrono::Duration),
-    /// Events at or below the stream's latest snapshot.
-    BelowSnapshot,
+/// Which of a stream's events the archiver copies: those within every limit given (with
+/// none, every event but the stream's latest).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArchivePolicy {
+    /// Only events recorded longer ago than this.
+    pub older_than: Option<chrono::Duration>,
+    /// Only events at or below the stream's latest snapshot, so loading an aggregate never
+    /// needs the archive.
+    pub below_snapshot: bool,
+}
+
+impl ArchivePolicy {
+    pub fn older_than(age: chrono::Duration) -> Self {
+        Self {
+            older_than: Some(age),
+            below_snapshot: false,
+        }
+    }
+
+    pub fn below_snapshot() -> Self {
+        Self {
+            older_than: None,
+            below_snapshot: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -374,6 +392,12 @@ pub struct ArchiveReport {
 }
 
 /// One stream's events picked for a segment.
+/// A stream's events in an open segment: (version, hash) each.
+struct Framed {
+    stream: StreamId,
+    events: Vec<(u64, String)>,
+}
+
 struct Pick {
     stream: StreamId,
     events: Vec<EventEnvelope>,
@@ -399,7 +423,7 @@ where
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let catalog = Catalog::load(archive).await?;
     let mut report = ArchiveReport::default();
-    let mut open: FxHashMap<String, (SegmentBuilder, Vec<Pick>)> = FxHashMap::default();
+    let mut open: FxHashMap<String, (SegmentBuilder, Vec<Framed>)> = FxHashMap::default();
     let mut part = 0u32;
     let mut cursor = None;
     loop {
@@ -424,7 +448,15 @@ where
                 .entry(ty.clone())
                 .or_insert_with(|| (SegmentBuilder::new(&ty), Vec::new()));
             slot.0.add_frame(&p.events, &p.prev_hash)?;
-            slot.1.push(p);
+            // Only what expiry needs is kept until the segment is stored.
+            slot.1.push(Framed {
+                events: p
+                    .events
+                    .iter()
+                    .map(|e| (e.version, e.hash.clone()))
+                    .collect(),
+                stream: p.stream,
+            });
             if slot.0.events() >= opts.segment_events {
                 if let Some((b, picks)) = open.remove(&ty) {
                     part += 1;
@@ -479,7 +511,7 @@ where
     let (archived, prev_hash) = catalog.archived_head(&stream);
     let latest = hot.stream_version(&stream).await?;
     let mut upto = latest.saturating_sub(1);
-    if let ArchivePolicy::BelowSnapshot = policy {
+    if policy.below_snapshot {
         let snap = snapshots.latest(&stream, None).await?;
         upto = upto.min(snap.map_or(0, |s| s.version));
     }
@@ -489,7 +521,7 @@ where
             .read_stream(&stream, ReadRange::from(archived + 1).to(upto))
             .await?;
     }
-    if let ArchivePolicy::OlderThan(age) = policy {
+    if let Some(age) = policy.older_than {
         let cutoff = now - age;
         let keep = events.iter().take_while(|e| e.recorded_at < cutoff).count();
         events.truncate(keep);
@@ -533,7 +565,7 @@ async fn flush<E: EventStore + ?Sized>(
     archive: &dyn Archive,
     opts: &ArchiverOptions,
     builder: SegmentBuilder,
-    picks: Vec<Pick>,
+    picks: Vec<Framed>,
     (started, run, part): (DateTime<Utc>, &str, u32),
     report: &mut ArchiveReport,
 ) -> Result<(), StoreError> {
@@ -555,14 +587,7 @@ async fn flush<E: EventStore + ?Sized>(
     if let Some(after) = opts.expire_after {
         let at = crate::envelope::now() + after;
         let marked: Vec<u64> = stream::iter(picks.iter())
-            .map(|p| {
-                let events: Vec<(u64, String)> = p
-                    .events
-                    .iter()
-                    .map(|e| (e.version, e.hash.clone()))
-                    .collect();
-                async move { hot.expire(&p.stream, &events, at).await }
-            })
+            .map(|p| hot.expire(&p.stream, &p.events, at))
             .buffer_unordered(8)
             .try_collect()
             .await?;

@@ -4,16 +4,10 @@
 //! short by the Lambda timeout loses nothing: the next one goes on from there.
 
 use crate::App;
-use async_trait::async_trait;
 use chronicle_aws::ConfigError;
 use chronicle_kernel::archived::{run_archiver, ArchivePolicy, ArchiveReport, ArchiverOptions};
-use chronicle_kernel::{
-    AppendError, AppendRequest, EventEnvelope, EventStore, IdempotencyRecord, ReadRange,
-    RecordedPage, StoreError, StreamId, StreamPage,
-};
-use chrono::{DateTime, Utc};
+use chronicle_kernel::StoreError;
 use serde::Serialize;
-use std::sync::Arc;
 
 /// What to archive and when hot copies expire, from the function's environment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,70 +89,6 @@ fn duration(name: &'static str, value: &str) -> Result<chrono::Duration, ConfigE
     chrono::Duration::from_std(std).map_err(|e| problem(e.to_string()))
 }
 
-/// Hides events recorded at or after `cutoff` from the archiver's reads, so the policy below
-/// the snapshot also holds to an age (the kernel's policies are one or the other). Everything
-/// else, `expire` included, is the wrapped store's.
-struct RecordedBefore {
-    inner: Arc<dyn EventStore>,
-    cutoff: DateTime<Utc>,
-}
-
-#[async_trait]
-impl EventStore for RecordedBefore {
-    async fn append(&self, request: &AppendRequest) -> Result<(), AppendError> {
-        self.inner.append(request).await
-    }
-
-    async fn read_stream(
-        &self,
-        stream: &StreamId,
-        range: ReadRange,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let mut events = self.inner.read_stream(stream, range).await?;
-        let keep = events
-            .iter()
-            .take_while(|e| e.recorded_at < self.cutoff)
-            .count();
-        events.truncate(keep);
-        Ok(events)
-    }
-
-    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        self.inner.stream_version(stream).await
-    }
-
-    async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        self.inner.idempotency_record(key).await
-    }
-
-    async fn list_streams(
-        &self,
-        cursor: Option<String>,
-        limit: usize,
-    ) -> Result<StreamPage, StoreError> {
-        self.inner.list_streams(cursor, limit).await
-    }
-
-    async fn expire(
-        &self,
-        stream: &StreamId,
-        events: &[(u64, String)],
-        at: DateTime<Utc>,
-    ) -> Result<u64, StoreError> {
-        self.inner.expire(stream, events, at).await
-    }
-
-    async fn read_recorded(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<RecordedPage, StoreError> {
-        self.inner.read_recorded(from, to, after, limit).await
-    }
-}
-
 /// What a run logs and answers: the report without the (long) list of segment names.
 #[derive(Debug, Serialize)]
 pub struct Summary<'a> {
@@ -190,22 +120,13 @@ impl<'a> Summary<'a> {
 /// One archiver run over the whole events table.
 pub async fn archive(app: &App, settings: &ArchiverSettings) -> Result<ArchiveReport, StoreError> {
     let archive = &*app.archive;
-    let mut opts = ArchiverOptions::new(if settings.below_snapshot {
-        ArchivePolicy::BelowSnapshot
-    } else {
-        ArchivePolicy::OlderThan(settings.archive_after)
+    let mut opts = ArchiverOptions::new(ArchivePolicy {
+        older_than: Some(settings.archive_after),
+        below_snapshot: settings.below_snapshot,
     });
     opts.expire_after = settings.expire_after;
     let progress = |streams: u64| tracing::debug!(streams, "archiver progress");
-    let report = if settings.below_snapshot && settings.archive_after > chrono::Duration::zero() {
-        let hot = RecordedBefore {
-            inner: app.events.clone(),
-            cutoff: chronicle_kernel::envelope::now() - settings.archive_after,
-        };
-        run_archiver(&hot, &*app.snapshots, archive, &opts, progress).await?
-    } else {
-        run_archiver(&*app.events, &*app.snapshots, archive, &opts, progress).await?
-    };
+    let report = run_archiver(&*app.events, &*app.snapshots, archive, &opts, progress).await?;
     for b in &report.refused {
         tracing::warn!(aggregate_type = %b.aggregate_type, aggregate_id = %b.aggregate_id, version = b.version, problem = %b.problem, "stream not archived: its stored chain does not verify");
     }

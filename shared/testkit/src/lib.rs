@@ -2243,7 +2243,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
     ok(snapshots.save(snap).await, CTX);
 
     // Below the snapshot: v1..=8 are copied; the head (v10) never is.
-    let opts = ArchiverOptions::new(ArchivePolicy::BelowSnapshot);
+    let opts = ArchiverOptions::new(ArchivePolicy::below_snapshot());
     let report = ok(
         run_archiver(&*hot, &*snapshots, &*archive, &opts, |_| {}).await,
         CTX,
@@ -2270,7 +2270,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         idempotency: None,
     };
     ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
-    let aged = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::zero()));
+    let aged = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
     let report = ok(
         run_archiver(&*hot, &*snapshots, &*archive, &aged, |_| {}).await,
         CTX,
@@ -2279,7 +2279,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         report.events_archived, 3,
         "{CTX}: v9..=11 join in a new segment"
     );
-    let young = ArchiverOptions::new(ArchivePolicy::OlderThan(chrono::Duration::days(1)));
+    let young = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::days(1)));
     let report = ok(
         run_archiver(&*hot, &*snapshots, &*archive, &young, |_| {}).await,
         CTX,
