@@ -71,8 +71,14 @@ fn peak_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Resets the peak so the next phase is measured on its own (Linux 4.0+; best effort).
+/// Resets the peak so the next phase is measured on its own (Linux 4.0+; best effort). Heap
+/// an earlier phase freed is handed back first: glibc keeps it mapped, and it would count.
 fn reset_peak_rss() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the system; no memory we hold moves.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

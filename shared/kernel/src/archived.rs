@@ -233,8 +233,18 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
             breaks: Vec::new(),
             ..report
         };
+        let cat = match self.catalog().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err(e)),
+        };
         for b in report.breaks {
             let stream = StreamId::new(&b.aggregate_type, &b.aggregate_id);
+            // Only a break inside the archived range can be the hot store's expiry; any other
+            // (a cut tail held to its snapshot, say) stands as the hot store found it.
+            if b.version > cat.archived_head(&stream).0 {
+                out.breaks.push(b);
+                continue;
+            }
             match crate::chain::verify_stream(self, &stream).await {
                 Ok(Ok(n)) => out.events += n - (b.version - 1),
                 Ok(Err(merged)) => {
