@@ -610,83 +610,122 @@ pub fn verify_archive_blocking(
     workers: usize,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Vec<ArchivedChain> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let workers = workers.max(1);
-    let done = AtomicU64::new(0);
-    let results: Vec<Vec<ArchivedChain>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|w| {
-                let done = &done;
-                scope.spawn(move || {
-                    let mut chains: HashMap<StreamId, ArchivedChain> = HashMap::new();
-                    let mut frames: Vec<(&str, &[u8], FrameIndex, String)> = Vec::new();
-                    for (name, bytes) in segments {
-                        let index = match index_of(name, bytes) {
-                            Ok(i) => i,
-                            // Every worker sees it; worker 0 reports it.
-                            Err(e) if w == 0 => {
-                                let stream =
-                                    StreamId::new(name.split('/').next().unwrap_or(""), "*");
-                                chains.insert(
-                                    stream.clone(),
-                                    ArchivedChain {
-                                        broken: Some(ChainBreak {
-                                            aggregate_type: stream.aggregate_type.clone(),
-                                            aggregate_id: format!("(segment {name})"),
+    let mut v = ArchiveVerifier::new(workers);
+    v.window(segments, progress);
+    v.finish()
+}
+
+/// [`verify_archive_blocking`] a window of segments at a time (in name order), so an archive of
+/// any size is checked in bounded memory: each stream's chain is carried from one window on.
+pub struct ArchiveVerifier {
+    shards: Vec<HashMap<StreamId, ArchivedChain>>,
+    done: u64,
+}
+
+impl ArchiveVerifier {
+    pub fn new(workers: usize) -> Self {
+        Self {
+            shards: (0..workers.max(1)).map(|_| HashMap::new()).collect(),
+            done: 0,
+        }
+    }
+
+    /// Checks the next segments (by name order); blocking.
+    pub fn window(
+        &mut self,
+        segments: &[(String, Arc<Vec<u8>>)],
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let workers = self.shards.len();
+        let done = AtomicU64::new(self.done);
+        let shards = std::mem::take(&mut self.shards);
+        self.shards = std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .into_iter()
+                .enumerate()
+                .map(|(w, mut chains)| {
+                    let done = &done;
+                    scope.spawn(move || {
+                        let mut frames: Vec<(&str, &[u8], FrameIndex, String)> = Vec::new();
+                        for (name, bytes) in segments {
+                            let index = match index_of(name, bytes) {
+                                Ok(i) => i,
+                                // Every worker sees it; worker 0 reports it.
+                                Err(e) if w == 0 => {
+                                    let ty = name.split('/').next().unwrap_or("");
+                                    let stream = StreamId::new(ty, format!("*{name}"));
+                                    chains.insert(
+                                        stream.clone(),
+                                        ArchivedChain {
+                                            broken: Some(ChainBreak {
+                                                aggregate_type: ty.to_owned(),
+                                                aggregate_id: format!("(segment {name})"),
+                                                version: 0,
+                                                problem: e.to_string(),
+                                            }),
+                                            stream,
                                             version: 0,
-                                            problem: e.to_string(),
-                                        }),
-                                        stream,
-                                        version: 0,
-                                        head: String::new(),
-                                        events: 0,
-                                    },
-                                );
-                                continue;
-                            }
-                            Err(_) => continue,
-                        };
-                        for f in index.frames {
-                            if shard(&f.aggregate_id, workers) == w {
-                                frames.push((name, bytes, f, index.aggregate_type.clone()));
+                                            head: String::new(),
+                                            events: 0,
+                                        },
+                                    );
+                                    continue;
+                                }
+                                Err(_) => continue,
+                            };
+                            for f in index.frames {
+                                if shard(&f.aggregate_id, workers) == w {
+                                    frames.push((name, bytes, f, index.aggregate_type.clone()));
+                                }
                             }
                         }
-                    }
-                    // By stream, then version: links are checked in order.
-                    frames.sort_by(|a, b| {
-                        (&a.3, &a.2.aggregate_id, a.2.from_version).cmp(&(
-                            &b.3,
-                            &b.2.aggregate_id,
-                            b.2.from_version,
-                        ))
-                    });
-                    for (name, bytes, f, ty) in &frames {
-                        let stream = StreamId::new(ty, &f.aggregate_id);
-                        let chain = chains
-                            .entry(stream.clone())
-                            .or_insert_with(|| ArchivedChain {
-                                stream: stream.clone(),
-                                version: 0,
-                                head: GENESIS.to_owned(),
-                                broken: None,
-                                events: 0,
-                            });
-                        let n = check_frame(name, bytes, f, chain);
-                        done.fetch_add(n, Ordering::Relaxed);
-                        progress(done.load(Ordering::Relaxed));
-                    }
-                    chains.into_values().collect()
+                        // By stream, then version: links are checked in order.
+                        frames.sort_by(|a, b| {
+                            (&a.3, &a.2.aggregate_id, a.2.from_version).cmp(&(
+                                &b.3,
+                                &b.2.aggregate_id,
+                                b.2.from_version,
+                            ))
+                        });
+                        for (name, bytes, f, ty) in &frames {
+                            let stream = StreamId::new(ty, &f.aggregate_id);
+                            let chain =
+                                chains
+                                    .entry(stream.clone())
+                                    .or_insert_with(|| ArchivedChain {
+                                        stream: stream.clone(),
+                                        version: 0,
+                                        head: GENESIS.to_owned(),
+                                        broken: None,
+                                        events: 0,
+                                    });
+                            let n = check_frame(name, bytes, f, chain);
+                            done.fetch_add(n, Ordering::Relaxed);
+                            progress(done.load(Ordering::Relaxed));
+                        }
+                        chains
+                    })
                 })
-            })
-            .collect();
-        handles
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        self.done = done.load(Ordering::Relaxed);
+    }
+
+    /// Every stream's chain, by stream.
+    pub fn finish(self) -> Vec<ArchivedChain> {
+        let mut all: Vec<ArchivedChain> = self
+            .shards
             .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let mut all: Vec<ArchivedChain> = results.into_iter().flatten().collect();
-    all.sort_by(|a, b| a.stream.cmp(&b.stream));
-    all
+            .flat_map(|m| m.into_values())
+            .collect();
+        all.sort_by(|a, b| a.stream.cmp(&b.stream));
+        all
+    }
 }
 
 pub(crate) fn shard(id: &str, workers: usize) -> usize {

@@ -3,8 +3,8 @@
 
 use crate::aggregate::Aggregate;
 use crate::archive::{
-    frame_records, read_archived, unpack_frame, verify_archive_blocking, Archive, ArchivedChain,
-    ByteRange, Catalog, SegmentBuilder,
+    frame_records, read_archived, unpack_frame, Archive, ArchiveVerifier, ArchivedChain, ByteRange,
+    Catalog, SegmentBuilder,
 };
 use crate::chain::{hash_envelope, ChainBreak, VerifyReport};
 use crate::envelope::{EventEnvelope, StreamId};
@@ -90,18 +90,62 @@ impl<E: EventStore + ?Sized> ArchivedEventStore<E> {
         )))
     }
 
-    /// Fetches whole segments, `concurrency` at a time, in catalog order.
-    async fn fetch_all(&self, cat: &Catalog) -> Result<Vec<(String, Arc<Vec<u8>>)>, StoreError> {
+    /// Verifies the named segments (in name order) a window at a time: the next window is
+    /// fetched while one is checked on `workers` blocking threads, so memory stays bounded
+    /// whatever the archive's size. `progress` gets events checked so far.
+    async fn verify_segments(
+        &self,
+        names: Vec<String>,
+        workers: usize,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<Vec<ArchivedChain>, StoreError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
         let archive = &*self.archive;
-        let names: Vec<String> = cat.segments.iter().map(|s| s.name.clone()).collect();
-        stream::iter(names)
-            .map(|name| async move {
-                let bytes = archive.read_segment(&name, ByteRange::All).await?;
-                Ok::<_, StoreError>((name, Arc::new(bytes)))
-            })
-            .buffered(8)
-            .try_collect()
-            .await
+        let window = workers.max(1) * 2;
+        let fetch = |names: Vec<String>| async move {
+            stream::iter(names)
+                .map(|name| async move {
+                    let bytes = archive.read_segment(&name, ByteRange::All).await?;
+                    Ok::<_, StoreError>((name, Arc::new(bytes)))
+                })
+                .buffered(window)
+                .try_collect::<Vec<_>>()
+                .await
+        };
+        let chunks: Vec<Vec<String>> = names.chunks(window).map(|c| c.to_vec()).collect();
+        let done = Arc::new(AtomicU64::new(0));
+        let mut verifier = ArchiveVerifier::new(workers);
+        let mut pending = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let segments = match pending.take() {
+                Some(s) => s,
+                None => fetch(chunk.clone()).await?,
+            };
+            let counter = done.clone();
+            let check = async {
+                let mut job = tokio::task::spawn_blocking(move || {
+                    verifier.window(&segments, &|n| counter.store(n, Ordering::Relaxed));
+                    verifier
+                });
+                loop {
+                    tokio::select! {
+                        r = &mut job => return r.map_err(|e| StoreError::Backend(format!("archive verify failed: {e}"))),
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                            progress(done.load(Ordering::Relaxed));
+                        }
+                    }
+                }
+            };
+            verifier = match chunks.get(i + 1) {
+                Some(next) => {
+                    let (checked, fetched) = futures::join!(check, fetch(next.clone()));
+                    pending = Some(fetched?);
+                    checked?
+                }
+                None => check.await?,
+            };
+        }
+        Ok(verifier.finish())
     }
 
     /// Holds verified archived chains to the hot store's copies of the same events: equal
@@ -268,9 +312,9 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<Vec<ChainBreak>, StoreError> {
         let cat = self.refresh().await?;
-        let segments = self.fetch_all(&cat).await?;
+        let names: Vec<String> = cat.segments.iter().map(|s| s.name.clone()).collect();
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let chains = off_runtime(segments, workers, progress).await?;
+        let chains = self.verify_segments(names, workers, progress).await?;
         self.agree_all(&chains).await
     }
 
@@ -279,20 +323,17 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         stream: &StreamId,
     ) -> Result<Option<ChainBreak>, StoreError> {
         let cat = self.refresh().await?;
-        let mut segments: Vec<(String, Arc<Vec<u8>>)> = Vec::new();
-        let names: std::collections::BTreeSet<&str> = cat
+        let names: std::collections::BTreeSet<String> = cat
             .frames(stream)
             .iter()
-            .map(|r| cat.frame(*r).0.name.as_str())
+            .map(|r| cat.frame(*r).0.name.clone())
             .collect();
-        for name in names {
-            let bytes = self.archive.read_segment(name, ByteRange::All).await?;
-            segments.push((name.to_owned(), Arc::new(bytes)));
-        }
-        let chains = off_runtime(segments, 1, &|_| {}).await?;
+        let chains = self
+            .verify_segments(names.into_iter().collect(), 1, &|_| {})
+            .await?;
         let mine: Vec<ArchivedChain> = chains
             .into_iter()
-            .filter(|c| &c.stream == stream || c.stream.aggregate_id == "*")
+            .filter(|c| &c.stream == stream || c.stream.aggregate_id.starts_with('*'))
             .collect();
         Ok(self.agree_all(&mine).await?.into_iter().next())
     }
@@ -314,28 +355,6 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         self.hot.expire(stream, events, at).await
-    }
-}
-
-/// Runs [`verify_archive_blocking`] on a blocking thread, reporting its progress meanwhile.
-async fn off_runtime(
-    segments: Vec<(String, Arc<Vec<u8>>)>,
-    workers: usize,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<Vec<ArchivedChain>, StoreError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let done = Arc::new(AtomicU64::new(0));
-    let counter = done.clone();
-    let mut job = tokio::task::spawn_blocking(move || {
-        verify_archive_blocking(&segments, workers, &|n| counter.store(n, Ordering::Relaxed))
-    });
-    loop {
-        tokio::select! {
-            r = &mut job => return r.map_err(|e| StoreError::Backend(format!("archive verify failed: {e}"))),
-            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
-                progress(done.load(Ordering::Relaxed));
-            }
-        }
     }
 }
 
