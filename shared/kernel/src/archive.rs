@@ -733,6 +733,27 @@ pub(crate) fn shard(id: &str, workers: usize) -> usize {
     (rustc_hash::FxBuildHasher.hash_one(id) % workers as u64) as usize
 }
 
+/// Verifies one stream's archived chain from its frames alone (each as `(segment, index,
+/// the frame's bytes)`, in version order), without reading whole segments.
+pub fn verify_frames(stream: &StreamId, frames: &[(String, FrameIndex, Vec<u8>)]) -> ArchivedChain {
+    let mut chain = ArchivedChain {
+        stream: stream.clone(),
+        version: 0,
+        head: GENESIS.to_owned(),
+        broken: None,
+        events: 0,
+    };
+    for (name, f, bytes) in frames {
+        // The bytes are the frame alone: it starts at offset 0 of them.
+        let at_zero = FrameIndex {
+            offset: 0,
+            ..f.clone()
+        };
+        check_frame(name, bytes, &at_zero, &mut chain);
+    }
+    chain
+}
+
 /// Follows one frame on from `chain`; returns the events it checked.
 fn check_frame(name: &str, bytes: &[u8], f: &FrameIndex, chain: &mut ArchivedChain) -> u64 {
     if chain.broken.is_some() {

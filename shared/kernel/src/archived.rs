@@ -323,18 +323,26 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         stream: &StreamId,
     ) -> Result<Option<ChainBreak>, StoreError> {
         let cat = self.refresh().await?;
-        let names: std::collections::BTreeSet<String> = cat
-            .frames(stream)
-            .iter()
-            .map(|r| cat.frame(*r).0.name.clone())
-            .collect();
-        let chains = self
-            .verify_segments(names.into_iter().collect(), 1, &|_| {})
-            .await?;
-        let mine: Vec<ArchivedChain> = chains
-            .into_iter()
-            .filter(|c| &c.stream == stream || c.stream.aggregate_id.starts_with('*'))
-            .collect();
+        // Only this stream's frames, by ranged reads.
+        let mut frames = Vec::new();
+        for r in cat.frames(stream) {
+            let (seg, f) = cat.frame(*r);
+            let bytes = self
+                .archive
+                .read_segment(
+                    &seg.name,
+                    ByteRange::Span {
+                        offset: f.offset,
+                        len: f.len,
+                    },
+                )
+                .await?;
+            frames.push((seg.name.clone(), f.clone(), bytes));
+        }
+        if frames.is_empty() {
+            return Ok(None);
+        }
+        let mine = vec![crate::archive::verify_frames(stream, &frames)];
         Ok(self.agree_all(&mine).await?.into_iter().next())
     }
 
