@@ -557,6 +557,52 @@ impl EventStore for DynamoEventStore {
             .await
     }
 
+    async fn unexpired(
+        &self,
+        stream: &StreamId,
+        through: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let mut out = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            // The filter is applied after the read: items already marked still cost read units
+            // (eventually consistent, half price), not the failed writes re-marking would.
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("#pk = :pk AND #v <= :through")
+                .filter_expression("attribute_not_exists(#exp)")
+                .projection_expression("#v, #h")
+                .expression_attribute_names("#pk", PK)
+                .expression_attribute_names("#v", SK)
+                .expression_attribute_names("#h", item::HASH)
+                .expression_attribute_names("#exp", item::EXPIRES_AT)
+                .expression_attribute_values(":pk", AttributeValue::S(item::stream_key(stream)))
+                .expression_attribute_values(":through", AttributeValue::N(through.to_string()))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| backend("Query unexpired", e))?;
+            for it in page.items.unwrap_or_default() {
+                let version = it
+                    .get(SK)
+                    .and_then(|v| v.as_n().ok())
+                    .and_then(|n| n.parse::<u64>().ok());
+                let hash = it.get(item::HASH).and_then(|h| h.as_s().ok());
+                // An item without a hash predates chains and is never archived.
+                if let (Some(v), Some(h)) = (version, hash) {
+                    out.push((v, h.clone()));
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => break,
+            }
+        }
+        Ok(out)
+    }
+
     /// Walks the hours of `from..=to` on the `by_time` index: each hour's shards are queried
     /// at once and merged by time key. Eventually consistent (a GSI has no strongly
     /// consistent reads): an event appears in the feed a moment after its append returns.

@@ -472,3 +472,54 @@ async fn archiver_expires_exactly_the_archived_copies() {
     );
     env.remove().await;
 }
+
+/// A run cut short after storing a segment leaves its hot copies unmarked; the next run with
+/// expiry marks them (only those), and a run after that marks nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archiver_marks_what_an_interrupted_run_left() {
+    use chronicle_kernel::archived::{run_archiver, ArchivePolicy, ArchiverOptions};
+    let Some(env) = AwsTestEnv::create("archiver catch-up").await else {
+        return;
+    };
+    let (ddb, table) = (&env.clients.dynamodb, env.settings.events_table.as_str());
+    let store = DynamoEventStore::new(ddb.clone(), table);
+    let snapshots =
+        chronicle_aws::S3SnapshotStore::new(env.clients.s3.clone(), &env.settings.snapshot_bucket);
+    let archive =
+        chronicle_aws::S3Archive::new(env.clients.s3.clone(), &env.settings.archive_bucket);
+    let s = kit::new_stream();
+    store
+        .append(&kit::request(&s, 0, kit::sealed_events(&s, 4)))
+        .await
+        .expect("append");
+
+    // Archived, not marked: as if the run stopped right after storing the segment.
+    let mut opts = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
+    let first = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+        .await
+        .expect("archiver");
+    assert_eq!((first.events_archived, first.events_expiring), (3, 0));
+    assert_eq!(store.unexpired(&s, 3).await.expect("unexpired").len(), 3);
+
+    opts.expire_after = Some(chrono::Duration::days(7));
+    let second = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+        .await
+        .expect("archiver");
+    assert_eq!(
+        (second.events_archived, second.events_expiring),
+        (0, 3),
+        "{second:?}"
+    );
+    let marked: Vec<(u64, bool)> = stored(ddb, table, &s)
+        .await
+        .into_iter()
+        .map(|(v, _, exp)| (v, exp.is_some()))
+        .collect();
+    assert_eq!(marked, vec![(1, true), (2, true), (3, true), (4, false)]);
+    assert!(store.unexpired(&s, 3).await.expect("unexpired").is_empty());
+
+    let third = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+        .await
+        .expect("archiver");
+    assert_eq!((third.events_archived, third.events_expiring), (0, 0));
+}

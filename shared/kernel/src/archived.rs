@@ -364,6 +364,14 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
     ) -> Result<u64, StoreError> {
         self.hot.expire(stream, events, at).await
     }
+
+    async fn unexpired(
+        &self,
+        stream: &StreamId,
+        through: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        self.hot.unexpired(stream, through).await
+    }
 }
 
 /// Which of a stream's events the archiver copies: those within every limit given (with
@@ -436,6 +444,8 @@ struct Framed {
 }
 
 struct Pick {
+    /// Archived earlier but left unmarked (a run cut short): (version, archived hash).
+    catch_up: Vec<(u64, String)>,
     stream: StreamId,
     events: Vec<EventEnvelope>,
     prev_hash: String,
@@ -466,12 +476,18 @@ where
     loop {
         let page = hot.list_streams(cursor.take(), 1000).await?;
         let picks: Vec<Result<Pick, ChainBreak>> = stream::iter(page.streams)
-            .map(|s| pick(hot, snapshots, &catalog, s, opts.policy, started))
+            .map(|s| pick(hot, snapshots, (archive, &catalog), s, opts, started))
             .buffered(16)
             .try_collect()
             .await?;
         for p in picks {
             report.streams += 1;
+            if let (Ok(p), Some(after)) = (&p, opts.expire_after) {
+                if !p.catch_up.is_empty() {
+                    let at = crate::envelope::now() + after;
+                    report.events_expiring += hot.expire(&p.stream, &p.catch_up, at).await?;
+                }
+            }
             let p = match p {
                 Ok(p) if p.events.is_empty() => continue,
                 Ok(p) => p,
@@ -536,15 +552,16 @@ where
 async fn pick<E, S>(
     hot: &E,
     snapshots: &S,
-    catalog: &Catalog,
+    (archive, catalog): (&dyn Archive, &Catalog),
     stream: StreamId,
-    policy: ArchivePolicy,
+    opts: &ArchiverOptions,
     now: DateTime<Utc>,
 ) -> Result<Result<Pick, ChainBreak>, StoreError>
 where
     E: EventStore + ?Sized,
     S: SnapshotStore + ?Sized,
 {
+    let policy = opts.policy;
     let (archived, prev_hash) = catalog.archived_head(&stream);
     let latest = hot.stream_version(&stream).await?;
     let mut upto = latest.saturating_sub(1);
@@ -590,7 +607,25 @@ where
         }
         head.clone_from(&e.hash);
     }
+    // Archived by an earlier run but never marked (it was cut short): mark them now, each
+    // only if the hot copy is still the archived one.
+    let mut catch_up = Vec::new();
+    if opts.expire_after.is_some() && archived > 0 {
+        let left = hot.unexpired(&stream, archived).await?;
+        if let (Some(first), Some(last)) = (left.first(), left.last()) {
+            let copies = read_archived(archive, catalog, &stream, first.0, last.0).await?;
+            let archived_hash: std::collections::HashMap<u64, &str> = copies
+                .iter()
+                .map(|e| (e.version, e.hash.as_str()))
+                .collect();
+            catch_up = left
+                .iter()
+                .filter_map(|(v, _)| archived_hash.get(v).map(|h| (*v, (*h).to_owned())))
+                .collect();
+        }
+    }
     Ok(Ok(Pick {
+        catch_up,
         stream,
         events,
         prev_hash,

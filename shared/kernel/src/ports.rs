@@ -142,6 +142,15 @@ pub trait EventStore: Send + Sync + 'static {
             .try_collect()
             .await
     }
+    /// The stream's hot events up to `through` not yet marked to expire, as (version, hash):
+    /// what an interrupted archiver run left unmarked. None by default (no expiry).
+    async fn unexpired(
+        &self,
+        _stream: &StreamId,
+        _through: u64,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        Ok(Vec::new())
+    }
     /// Checks copies of events kept beside the store's own (an archive): their chains, and that
     /// they agree with the store. Breaks found; none by default (no copies).
     async fn verify_copies(
