@@ -24,10 +24,6 @@ impl DirArchive {
         Ok(Self { root })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// A segment's path; names are relative and stay under the root.
     fn path(&self, name: &str) -> Result<PathBuf, StoreError> {
         let rel = Path::new(name);

@@ -113,10 +113,6 @@ impl SegmentBuilder {
         self.events
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     /// Adds one stream's consecutive events, whose first follows the event hashed `prev_hash`.
     pub fn add_frame(
         &mut self,
@@ -548,13 +544,22 @@ impl Catalog {
             .filter(move |s| s.index.aggregate_type == aggregate_type)
     }
 
-    pub fn streams(&self) -> impl Iterator<Item = &StreamId> {
-        self.streams.keys()
-    }
-
     pub fn events(&self) -> u64 {
         self.segments.iter().map(|s| s.index.events).sum()
     }
+}
+
+/// One frame's bytes, by a ranged read of its segment.
+pub async fn read_frame(
+    archive: &dyn Archive,
+    segment: &str,
+    frame: &FrameIndex,
+) -> Result<Vec<u8>, StoreError> {
+    let span = ByteRange::Span {
+        offset: frame.offset,
+        len: frame.len,
+    };
+    archive.read_segment(segment, span).await
 }
 
 /// Reads a stream's archived events from `from` to `to` (inclusive), in version order, as stored.
@@ -572,15 +577,7 @@ pub async fn read_archived(
         if f.to_version < next || f.from_version > to {
             continue;
         }
-        let bytes = archive
-            .read_segment(
-                &seg.name,
-                ByteRange::Span {
-                    offset: f.offset,
-                    len: f.len,
-                },
-            )
-            .await?;
+        let bytes = read_frame(archive, &seg.name, f).await?;
         let raw = unpack_frame(&seg.name, f, &bytes)?;
         for rec in frame_records(&seg.name, f, &raw)? {
             if rec.version >= next && rec.version <= to {
@@ -602,21 +599,10 @@ pub struct ArchivedChain {
     pub events: u64,
 }
 
-/// Verifies every frame of the archive: checksums, decoding, each event's hash and the links
-/// between a stream's frames, from version 1. `workers` threads share the streams; `progress`
-/// gets the events checked so far. Blocking: run it off the async runtime.
-pub fn verify_archive_blocking(
-    segments: &[(String, Arc<Vec<u8>>)],
-    workers: usize,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Vec<ArchivedChain> {
-    let mut v = ArchiveVerifier::new(workers);
-    v.window(segments, progress);
-    v.finish()
-}
-
-/// [`verify_archive_blocking`] a window of segments at a time (in name order), so an archive of
-/// any size is checked in bounded memory: each stream's chain is carried from one window on.
+/// Verifies the archive's frames: checksums, decoding, each event's hash and the links between
+/// a stream's frames from version 1, a window of segments at a time (in name order), so an
+/// archive of any size is checked in bounded memory: each stream's chain is carried from one
+/// window on. Workers share the streams. Blocking: run it off the async runtime.
 pub struct ArchiveVerifier {
     shards: Vec<HashMap<StreamId, ArchivedChain>>,
     done: u64,
@@ -831,6 +817,17 @@ fn check_frame(name: &str, bytes: &[u8], f: &FrameIndex, chain: &mut ArchivedCha
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The whole archive in one window.
+    fn verify_archive_blocking(
+        segments: &[(String, Arc<Vec<u8>>)],
+        workers: usize,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Vec<ArchivedChain> {
+        let mut v = ArchiveVerifier::new(workers);
+        v.window(segments, progress);
+        v.finish()
+    }
 
     fn events(id: &str, n: u64) -> Vec<EventEnvelope> {
         let mut out: Vec<EventEnvelope> = (1..=n)

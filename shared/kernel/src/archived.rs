@@ -40,14 +40,6 @@ impl<E: EventStore + ?Sized> ArchivedEventStore<E> {
         }
     }
 
-    pub fn hot(&self) -> &Arc<E> {
-        &self.hot
-    }
-
-    pub fn archive(&self) -> &Arc<dyn Archive> {
-        &self.archive
-    }
-
     /// The catalog as last read (read on first use).
     pub async fn catalog(&self) -> Result<Arc<Catalog>, StoreError> {
         if let Some(c) = self.catalog.read().await.as_ref() {
@@ -102,16 +94,7 @@ impl<E: EventStore + ?Sized> ArchivedEventStore<E> {
         use std::sync::atomic::{AtomicU64, Ordering};
         let archive = &*self.archive;
         let window = workers.max(1) * 2;
-        let fetch = |names: Vec<String>| async move {
-            stream::iter(names)
-                .map(|name| async move {
-                    let bytes = archive.read_segment(&name, ByteRange::All).await?;
-                    Ok::<_, StoreError>((name, Arc::new(bytes)))
-                })
-                .buffered(window)
-                .try_collect::<Vec<_>>()
-                .await
-        };
+        let fetch = |names: Vec<String>| fetch_segments(archive, names, window);
         let chunks: Vec<Vec<String>> = names.chunks(window).map(|c| c.to_vec()).collect();
         let done = Arc::new(AtomicU64::new(0));
         let mut verifier = ArchiveVerifier::new(workers);
@@ -277,6 +260,9 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
             breaks: Vec::new(),
             ..report
         };
+        if report.breaks.is_empty() {
+            return Some(Ok(report));
+        }
         let cat = match self.catalog().await {
             Ok(c) => c,
             Err(e) => return Some(Err(e)),
@@ -327,16 +313,7 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         let mut frames = Vec::new();
         for r in cat.frames(stream) {
             let (seg, f) = cat.frame(*r);
-            let bytes = self
-                .archive
-                .read_segment(
-                    &seg.name,
-                    ByteRange::Span {
-                        offset: f.offset,
-                        len: f.len,
-                    },
-                )
-                .await?;
+            let bytes = crate::archive::read_frame(&*self.archive, &seg.name, f).await?;
             frames.push((seg.name.clone(), f.clone(), bytes));
         }
         if frames.is_empty() {
@@ -467,11 +444,17 @@ where
     S: SnapshotStore + ?Sized,
 {
     let started = crate::envelope::now();
-    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut writer = SegmentWriter {
+        hot,
+        archive,
+        opts,
+        started,
+        run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+        part: 0,
+    };
     let catalog = Catalog::load(archive).await?;
     let mut report = ArchiveReport::default();
     let mut open: FxHashMap<String, (SegmentBuilder, Vec<Framed>)> = FxHashMap::default();
-    let mut part = 0u32;
     let mut cursor = None;
     loop {
         let page = hot.list_streams(cursor.take(), 1000).await?;
@@ -512,17 +495,7 @@ where
             });
             if slot.0.events() >= opts.segment_events {
                 if let Some((b, picks)) = open.remove(&ty) {
-                    part += 1;
-                    flush(
-                        hot,
-                        archive,
-                        opts,
-                        b,
-                        picks,
-                        (started, &run, part),
-                        &mut report,
-                    )
-                    .await?;
+                    writer.flush(b, picks, &mut report).await?;
                 }
             }
         }
@@ -534,17 +507,7 @@ where
     }
     let rest: Vec<_> = open.into_values().collect();
     for (b, picks) in rest {
-        part += 1;
-        flush(
-            hot,
-            archive,
-            opts,
-            b,
-            picks,
-            (started, &run, part),
-            &mut report,
-        )
-        .await?;
+        writer.flush(b, picks, &mut report).await?;
     }
     Ok(report)
 }
@@ -632,40 +595,73 @@ where
     }))
 }
 
-async fn flush<E: EventStore + ?Sized>(
-    hot: &E,
+/// Stores one run's segments, named by the run's start, its id and a counter.
+struct SegmentWriter<'a, E: ?Sized> {
+    hot: &'a E,
+    archive: &'a dyn Archive,
+    opts: &'a ArchiverOptions,
+    started: DateTime<Utc>,
+    run: String,
+    part: u32,
+}
+
+impl<E: EventStore + ?Sized> SegmentWriter<'_, E> {
+    /// Stores a finished segment, then (when configured) marks its events' hot copies.
+    async fn flush(
+        &mut self,
+        builder: SegmentBuilder,
+        picks: Vec<Framed>,
+        report: &mut ArchiveReport,
+    ) -> Result<(), StoreError> {
+        let (hot, archive, opts) = (self.hot, self.archive, self.opts);
+        let Some(first) = picks.first() else {
+            return Ok(());
+        };
+        self.part += 1;
+        let name = crate::archive::segment_name(
+            &first.stream.aggregate_type,
+            self.started,
+            &self.run,
+            self.part,
+        );
+        let (bytes, index) = builder.finish(crate::envelope::now());
+        let size = bytes.len() as u64;
+        if !archive.put_segment(&name, bytes).await? {
+            return Err(StoreError::Invalid(format!(
+                "archive segment {name} already exists; it was left as it was"
+            )));
+        }
+        report.segments.push(name);
+        report.bytes += size;
+        report.events_archived += index.events;
+        report.streams_archived += picks.len() as u64;
+        if let Some(after) = opts.expire_after {
+            let at = crate::envelope::now() + after;
+            let marked: Vec<u64> = stream::iter(picks.iter())
+                .map(|p| hot.expire(&p.stream, &p.events, at))
+                .buffer_unordered(8)
+                .try_collect()
+                .await?;
+            report.events_expiring += marked.iter().sum::<u64>();
+        }
+        Ok(())
+    }
+}
+
+/// Whole segments, `concurrency` at a time, in the order named.
+async fn fetch_segments(
     archive: &dyn Archive,
-    opts: &ArchiverOptions,
-    builder: SegmentBuilder,
-    picks: Vec<Framed>,
-    (started, run, part): (DateTime<Utc>, &str, u32),
-    report: &mut ArchiveReport,
-) -> Result<(), StoreError> {
-    let Some(first) = picks.first() else {
-        return Ok(());
-    };
-    let name = crate::archive::segment_name(&first.stream.aggregate_type, started, run, part);
-    let (bytes, index) = builder.finish(crate::envelope::now());
-    let size = bytes.len() as u64;
-    if !archive.put_segment(&name, bytes).await? {
-        return Err(StoreError::Invalid(format!(
-            "archive segment {name} already exists; it was left as it was"
-        )));
-    }
-    report.segments.push(name);
-    report.bytes += size;
-    report.events_archived += index.events;
-    report.streams_archived += picks.len() as u64;
-    if let Some(after) = opts.expire_after {
-        let at = crate::envelope::now() + after;
-        let marked: Vec<u64> = stream::iter(picks.iter())
-            .map(|p| hot.expire(&p.stream, &p.events, at))
-            .buffer_unordered(8)
-            .try_collect()
-            .await?;
-        report.events_expiring += marked.iter().sum::<u64>();
-    }
-    Ok(())
+    names: Vec<String>,
+    concurrency: usize,
+) -> Result<Vec<(String, Arc<Vec<u8>>)>, StoreError> {
+    stream::iter(names)
+        .map(|name| async move {
+            let bytes = archive.read_segment(&name, ByteRange::All).await?;
+            Ok::<_, StoreError>((name, Arc::new(bytes)))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await
 }
 
 /// What [`replay_archived`] read, and from where.
@@ -696,14 +692,8 @@ pub async fn replay_archived<A: Aggregate>(
     // A window of segments in memory at a time, fetched while the previous one is folded.
     let window = workers;
     let fetch = |names: Vec<String>| async move {
-        stream::iter(names)
-            .map(|n| async move {
-                let b = archive.read_segment(&n, ByteRange::All).await?;
-                Ok::<_, StoreError>(Arc::new(b))
-            })
-            .buffered(window)
-            .try_collect::<Vec<_>>()
-            .await
+        let fetched = fetch_segments(archive, names, window).await?;
+        Ok::<_, StoreError>(fetched.into_iter().map(|(_, b)| b).collect::<Vec<_>>())
     };
     let chunks: Vec<Vec<crate::archive::CatalogSegment>> =
         segments.chunks(window).map(|c| c.to_vec()).collect();
