@@ -295,7 +295,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         let fingerprint = match &opts.idempotency_key {
             Some(key) => {
                 let fp = Self::fingerprint(id, &command)?;
-                if let Some(done) = self.replay_idempotent(key, &fp).await? {
+                if let Some(done) = Box::pin(self.replay_idempotent(key, &fp)).await? {
                     return Ok(done);
                 }
                 Some(fp)
@@ -309,13 +309,13 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         };
         // A twin with the same key may have finished while this one waited for its turn: its
         // answer is the answer, not a decision on the state it left behind.
-        if let Some(done) = self.replay_idempotent(key, fp).await? {
+        if let Some(done) = Box::pin(self.replay_idempotent(key, fp)).await? {
             return Ok(done);
         }
         match self.run(id, &command, &opts, Some(fp)).await {
             // The same for a twin in another process, which the turn doesn't order.
             Err(e @ (Error::Conflict { .. } | Error::Rejected { .. } | Error::NotFound { .. })) => {
-                match self.replay_idempotent(key, fp).await? {
+                match Box::pin(self.replay_idempotent(key, fp)).await? {
                     Some(done) => Ok(done),
                     None => Err(e),
                 }
@@ -350,7 +350,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 head,
             } = match cached {
                 Some(hit) => hit,
-                None => self.load_with_head(id, None).await?,
+                None => Box::pin(self.load_with_head(id, None)).await?,
             };
             if let Some(expected) = opts.expected_version {
                 if expected != version && trust_cache {
@@ -447,7 +447,9 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                         head: new_head,
                     };
                     self.cache_put(id, &loaded);
-                    self.maybe_snapshot(&stream, version, &loaded).await;
+                    if self.snapshot_due(version, new_version) {
+                        Box::pin(self.save_snapshot(&stream, &loaded)).await;
+                    }
                     return Ok(CommandOutcome {
                         result,
                         replayed: false,
@@ -465,7 +467,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                     }
                     attempt += 1;
                     tracing::debug!(%stream, attempt, "version conflict, reloading");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    Box::pin(tokio::time::sleep(backoff(attempt))).await;
                 }
                 Err(AppendError::DuplicateIdempotencyKey(key)) => {
                     // A concurrent twin committed first: answer as it did.
@@ -510,12 +512,14 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         Ok(Some(version))
     }
 
-    async fn maybe_snapshot(&self, stream: &StreamId, old: u64, loaded: &Loaded<A>) {
+    /// Whether appending `old + 1 ..= new` crosses a multiple of `snapshot_every`.
+    fn snapshot_due(&self, old: u64, new: u64) -> bool {
         let every = self.config.snapshot_every;
+        self.config.inline_snapshots && every != 0 && old / every != new / every
+    }
+
+    async fn save_snapshot(&self, stream: &StreamId, loaded: &Loaded<A>) {
         let new = loaded.version;
-        if !self.config.inline_snapshots || every == 0 || old / every == new / every {
-            return;
-        }
         let snapshot = match serde_json::to_value(&loaded.state) {
             Ok(state) => Snapshot {
                 stream: stream.clone(),
