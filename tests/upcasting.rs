@@ -25,6 +25,7 @@ async fn store_with_fixture() -> (tempfile::TempDir, Arc<EmbeddedStore>, Chronic
             expected_version: 0,
             events,
             idempotency: None,
+            stored: Vec::new(),
         })
         .await
         .expect("the fixture appends as stored");
@@ -141,6 +142,7 @@ async fn the_audit_feed_upcasts_and_names_what_it_cannot() {
             expected_version: 0,
             events: vec![ledger.clone()],
             idempotency: None,
+            stored: Vec::new(),
         })
         .await
         .expect("append");

@@ -369,6 +369,7 @@ pub async fn store_v1_fixture(dir: &std::path::Path) -> Vec<Value> {
             expected_version: 0,
             events,
             idempotency: None,
+            stored: Vec::new(),
         })
         .await
         .expect("the fixture appends as stored");

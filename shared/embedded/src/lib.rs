@@ -470,14 +470,19 @@ fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
                     "event data must be a JSON object".into(),
                 ));
             }
+            // The text the kernel hashed when it sealed the events, when it passed it on.
+            let text = match req.stored.get(i) {
+                Some(t) if req.stored.len() == req.events.len() => t.clone(),
+                _ => chronicle_kernel::chain::StoredText::of(e),
+            };
             Ok(EventRow {
-                event_id: e.event_id.to_string(),
+                event_id: text.event_id,
                 version: to_i64(e.version),
                 event_type: e.event_type.clone(),
                 schema_version: e.schema_version,
-                data: e.data.to_string(),
-                metadata: serde_json::to_string(&e.metadata).map_err(backend)?,
-                recorded_at: format_timestamp(&e.recorded_at),
+                data: text.data,
+                metadata: text.metadata,
+                recorded_at: text.recorded_at,
                 hash: e.hash.clone(),
             })
         })

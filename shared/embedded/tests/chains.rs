@@ -16,6 +16,7 @@ async fn append_chain(store: &EmbeddedStore, stream: &StreamId, n: usize) -> Vec
             expected_version: 0,
             events: events.clone(),
             idempotency: None,
+            stored: Vec::new(),
         })
         .await
         .expect("append");

@@ -97,6 +97,7 @@ async fn data_survives_close_and_reopen() {
                 expected_version: 0,
                 events: evs.clone(),
                 idempotency: Some(record.clone()),
+                stored: Vec::new(),
             })
             .await
             .unwrap();

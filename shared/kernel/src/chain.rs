@@ -61,16 +61,17 @@ pub fn stored_json<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// A decoded envelope's fields rendered as the stores keep them.
-struct StoredText {
-    event_id: String,
-    data: String,
-    metadata: String,
-    recorded_at: String,
+/// A decoded envelope's fields rendered as the stores keep them: the text its hash covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredText {
+    pub event_id: String,
+    pub data: String,
+    pub metadata: String,
+    pub recorded_at: String,
 }
 
 impl StoredText {
-    fn of(e: &EventEnvelope) -> Self {
+    pub fn of(e: &EventEnvelope) -> Self {
         Self {
             event_id: e.event_id.to_string(),
             data: stored_json(&e.data),
@@ -101,12 +102,21 @@ pub fn hash_envelope(prev: &str, e: &EventEnvelope) -> String {
 
 /// Sets each event's hash, chaining from `prev`; returns the new head.
 pub fn seal(prev: &str, events: &mut [EventEnvelope]) -> String {
+    seal_stored(prev, events).0
+}
+
+/// [`seal`], also returning each event's stored text (what its hash covers), so a store
+/// can write it without rendering the envelope a second time.
+pub fn seal_stored(prev: &str, events: &mut [EventEnvelope]) -> (String, Vec<StoredText>) {
     let mut head = prev.to_owned();
+    let mut texts = Vec::with_capacity(events.len());
     for e in events {
-        e.hash = hash_envelope(&head, e);
+        let text = StoredText::of(e);
+        e.hash = hash_fields(&head, &text.fields(e));
         head.clone_from(&e.hash);
+        texts.push(text);
     }
-    head
+    (head, texts)
 }
 
 /// Where a stream's chain breaks, and how.
@@ -373,6 +383,22 @@ mod tests {
         let mut events: Vec<_> = (1..=n).map(|v| event(v, v as i64)).collect();
         seal(GENESIS, &mut events);
         events
+    }
+
+    #[test]
+    fn sealing_hands_back_the_text_each_hash_covers() {
+        let mut events: Vec<_> = (1..=3).map(|v| event(v, v as i64)).collect();
+        let (head, texts) = seal_stored(GENESIS, &mut events);
+        assert_eq!(head, events[2].hash);
+        assert_eq!(texts.len(), 3);
+        let mut prev = GENESIS.to_owned();
+        for (e, t) in events.iter().zip(&texts) {
+            // What a store writes from the text is what the hash was taken over.
+            assert_eq!(t, &StoredText::of(e));
+            assert_eq!(hash_fields(&prev, &t.fields(e)), e.hash);
+            prev.clone_from(&e.hash);
+        }
+        assert_eq!(check(&events), Ok(3));
     }
 
     fn check(events: &[EventEnvelope]) -> Result<u64, ChainBreak> {

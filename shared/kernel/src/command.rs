@@ -180,7 +180,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         }
         // Streams without events aren't cached: reads of made-up ids must not evict real ones.
         if max_version.is_none() && loaded.version > 0 {
-            self.cache_put(id, &loaded);
+            self.cache_put(id, loaded.clone());
         }
         Ok(loaded)
     }
@@ -231,18 +231,23 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         cache.get(id).cloned()
     }
 
-    fn cache_put(&self, id: &str, loaded: &Loaded<A>) {
+    fn cache_put(&self, id: &str, loaded: Loaded<A>) {
         if self.config.cache_capacity == 0 {
             return;
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= self.config.cache_capacity && !cache.contains_key(id) {
+        // The usual case, a known aggregate moving on: no new key, no clone.
+        if let Some(slot) = cache.get_mut(id) {
+            *slot = loaded;
+            return;
+        }
+        if cache.len() >= self.config.cache_capacity {
             // Bounded memory matters more than which entry goes: evict an arbitrary one.
             if let Some(k) = cache.keys().next().cloned() {
                 cache.remove(&k);
             }
         }
-        cache.insert(id.to_owned(), loaded.clone());
+        cache.insert(id.to_owned(), loaded);
     }
 
     fn cache_forget(&self, id: &str) {
@@ -405,7 +410,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                     hash: String::new(),
                 });
             }
-            let new_head = chain::seal(&head, &mut envelopes);
+            let (new_head, stored) = chain::seal_stored(&head, &mut envelopes);
             let new_version = version + envelopes.len() as u64;
             let mut result = CommandResult {
                 aggregate_id: id.to_owned(),
@@ -437,6 +442,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 // Lent to the store and taken back for the answer: no copy per command.
                 events: std::mem::take(&mut result.events),
                 idempotency,
+                stored,
             };
             match self.events.append(&request).await {
                 Ok(()) => {
@@ -446,8 +452,13 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                         version: new_version,
                         head: new_head,
                     };
-                    self.cache_put(id, &loaded);
-                    if self.snapshot_due(version, new_version) {
+                    // Cached before the snapshot is awaited, so a caller that gives up
+                    // meanwhile leaves no stale state behind.
+                    let due = self
+                        .snapshot_due(version, new_version)
+                        .then(|| loaded.clone());
+                    self.cache_put(id, loaded);
+                    if let Some(loaded) = due {
                         Box::pin(self.save_snapshot(&stream, &loaded)).await;
                     }
                     return Ok(CommandOutcome {

@@ -55,6 +55,9 @@ pub struct AppendRequest {
     /// Versions `expected_version + 1 ..`, in order.
     pub events: Vec<EventEnvelope>,
     pub idempotency: Option<IdempotencyRecord>,
+    /// Each event's stored text as sealed ([`crate::chain::seal_stored`]), which a store may
+    /// write instead of rendering the envelopes again; empty when the caller has none.
+    pub stored: Vec<crate::chain::StoredText>,
 }
 
 /// Which part of a stream to read; versions are inclusive.

@@ -120,6 +120,7 @@ async fn an_idempotent_retry_after_a_timeout_appends_nothing() {
         expected_version: 2,
         events: original.result.events.clone(),
         idempotency: Some(record),
+        stored: Vec::new(),
     };
     match other.events.append(&again).await {
         Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, "withdraw-7"),

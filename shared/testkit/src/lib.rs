@@ -134,6 +134,7 @@ pub fn request(
         expected_version,
         events,
         idempotency: None,
+        stored: Vec::new(),
     }
 }
 
@@ -2236,6 +2237,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         expected_version: 0,
         events: all[..10].to_vec(),
         idempotency: None,
+        stored: Vec::new(),
     };
     ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
     let mut snap = snapshot(&s, 8, 1, "archive");
@@ -2268,6 +2270,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         expected_version: 10,
         events: all[10..].to_vec(),
         idempotency: None,
+        stored: Vec::new(),
     };
     ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
     let aged = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
@@ -2336,6 +2339,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         expected_version: 3,
         events: events(&s, 3, 1),
         idempotency: None,
+        stored: Vec::new(),
     };
     assert!(
         matches!(
