@@ -300,6 +300,8 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         let fingerprint = match &opts.idempotency_key {
             Some(key) => {
                 let fp = Self::fingerprint(id, &command)?;
+                // Cold paths are boxed here and in `run`: a future holds every await's state
+                // inline, so each command would otherwise allocate and move room for them all.
                 if let Some(done) = Box::pin(self.replay_idempotent(key, &fp)).await? {
                     return Ok(done);
                 }
