@@ -146,51 +146,37 @@ impl<E: EventStore + ?Sized> ArchivedEventStore<E> {
             .collect();
         let hot = self.hot.hashes_at(&at).await?;
         for (c, h) in whole.into_iter().zip(hot) {
-            if let Some(b) = self.agree(c, h).await? {
-                out.push(b);
+            // No hot hash: expired from the hot store, whose link to the archive the merged
+            // read checks instead.
+            if h.is_some_and(|h| h != c.head) {
+                out.push(self.first_difference(c).await?);
             }
         }
         Ok(out)
     }
 
-    /// One chain against the hot store's hash at its head (`None`: not in the hot store).
-    async fn agree(
-        &self,
-        chain: &ArchivedChain,
-        hot_hash: Option<String>,
-    ) -> Result<Option<ChainBreak>, StoreError> {
-        if let Some(b) = &chain.broken {
-            return Ok(Some(b.clone()));
-        }
-        match hot_hash {
-            // Expired from the hot store: the hot chain's link to the archive is checked by
-            // the merged read instead.
-            None => Ok(None),
-            Some(h) if chain.version == 0 || h == chain.head => Ok(None),
-            Some(_) => {
-                // Rare: find the first version where the copies differ.
-                let cat = self.catalog().await?;
-                let archived =
-                    read_archived(&*self.archive, &cat, &chain.stream, 1, chain.version).await?;
-                let hot = self
-                    .hot
-                    .read_stream(&chain.stream, ReadRange::from(1).to(chain.version))
-                    .await?;
-                let first = archived
-                    .iter()
-                    .find(|a| {
-                        hot.iter()
-                            .any(|h| h.version == a.version && h.hash != a.hash)
-                    })
-                    .map_or(chain.version, |a| a.version);
-                Ok(Some(ChainBreak {
-                    aggregate_type: chain.stream.aggregate_type.clone(),
-                    aggregate_id: chain.stream.aggregate_id.clone(),
-                    version: first,
-                    problem: "the archived copy and the hot store's copy differ".into(),
-                }))
-            }
-        }
+    /// Rare: where a verified archived chain and the hot copy of it part, found by reading
+    /// both up to the archived head.
+    async fn first_difference(&self, chain: &ArchivedChain) -> Result<ChainBreak, StoreError> {
+        let cat = self.catalog().await?;
+        let archived = read_archived(&*self.archive, &cat, &chain.stream, 1, chain.version).await?;
+        let hot: std::collections::HashMap<u64, String> = self
+            .hot
+            .read_stream(&chain.stream, ReadRange::from(1).to(chain.version))
+            .await?
+            .into_iter()
+            .map(|e| (e.version, e.hash))
+            .collect();
+        let first = archived
+            .iter()
+            .find(|a| hot.get(&a.version).is_some_and(|h| *h != a.hash))
+            .map_or(chain.version, |a| a.version);
+        Ok(ChainBreak {
+            aggregate_type: chain.stream.aggregate_type.clone(),
+            aggregate_id: chain.stream.aggregate_id.clone(),
+            version: first,
+            problem: "the archived copy and the hot store's copy differ".into(),
+        })
     }
 }
 
@@ -413,13 +399,13 @@ pub struct ArchiveReport {
     pub refused: Vec<ChainBreak>,
 }
 
-/// One stream's events picked for a segment.
-/// A stream's events in an open segment: (version, hash) each.
+/// A stream's events in an open segment: (version, hash) each, what expiry needs.
 struct Framed {
     stream: StreamId,
     events: Vec<(u64, String)>,
 }
 
+/// One stream's events picked for a segment.
 struct Pick {
     /// Archived earlier but left unmarked (a run cut short): (version, archived hash).
     catch_up: Vec<(u64, String)>,

@@ -2102,7 +2102,7 @@ where
 // Archive
 // ---------------------------------------------------------------------------------------------
 
-use chronicle_kernel::archive::{Archive, ByteRange};
+use chronicle_kernel::archive::{segment_name, Archive, ByteRange, SegmentBuilder};
 use chronicle_kernel::archived::{
     run_archiver, ArchivePolicy, ArchivedEventStore, ArchiverOptions,
 };
@@ -2347,5 +2347,42 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
             Err(AppendError::Conflict { actual: 12, .. })
         ),
         "{CTX}: appends keep optimistic concurrency"
+    );
+
+    // An archived copy that verifies on its own but is not the hot history (a segment from
+    // elsewhere): both checks name the first version where the two part.
+    let other = new_stream();
+    let hot_copy = sealed_events(&other, 4);
+    let req = AppendRequest {
+        stream: other.clone(),
+        expected_version: 0,
+        events: hot_copy.clone(),
+        idempotency: None,
+        stored: Vec::new(),
+    };
+    ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
+    let foreign = sealed_events(&other, 3);
+    let mut builder = SegmentBuilder::new(&other.aggregate_type);
+    ok(
+        builder
+            .add_frame(&foreign, chain::GENESIS)
+            .map_err(|e| format!("{e}")),
+        CTX,
+    );
+    let (bytes, _) = builder.finish(now());
+    let name = segment_name(&other.aggregate_type, now(), &unique("run"), 1);
+    assert!(ok(archive.put_segment(&name, bytes).await, CTX));
+    let differ = |b: &chain::ChainBreak| {
+        b.aggregate_id == other.aggregate_id && b.version == 1 && b.problem.contains("differ")
+    };
+    let breaks = ok(store.verify_copies(&|_| {}).await, CTX);
+    assert!(
+        breaks.iter().any(differ),
+        "{CTX}: a foreign archived copy is named at v1: {breaks:?}"
+    );
+    let one = ok(store.verify_stream_copies(&other).await, CTX);
+    assert!(
+        one.as_ref().is_some_and(differ),
+        "{CTX}: and by the one-stream check: {one:?}"
     );
 }
