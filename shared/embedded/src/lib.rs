@@ -901,14 +901,7 @@ fn verify_range(
     let mut report = VerifyReport::default();
     let mut check: Option<ChainCheck> = None;
     let finish = |check: ChainCheck, report: &mut VerifyReport| {
-        report.streams += 1;
-        match check.finish() {
-            Ok(n) => report.events += n,
-            Err(b) => {
-                report.events += b.version - 1;
-                report.breaks.push(b);
-            }
-        }
+        report.add(check.finish());
         done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     };
     while let Some(row) = rows.next().map_err(backend)? {
@@ -1050,14 +1043,7 @@ fn verify_all_blocking(
             }
             let mut report = VerifyReport::default();
             for (_, c) in checks {
-                report.streams += 1;
-                match c.finish() {
-                    Ok(n) => report.events += n,
-                    Err(b) => {
-                        report.events += b.version - 1;
-                        report.breaks.push(b);
-                    }
-                }
+                report.add(c.finish());
             }
             (report, reorder)
         });

@@ -305,6 +305,20 @@ pub struct VerifyReport {
     pub breaks: Vec<ChainBreak>,
 }
 
+impl VerifyReport {
+    /// Counts one stream's outcome: its events up to the break, if any.
+    pub fn add(&mut self, outcome: Result<u64, ChainBreak>) {
+        self.streams += 1;
+        match outcome {
+            Ok(n) => self.events += n,
+            Err(b) => {
+                self.events += b.version - 1;
+                self.breaks.push(b);
+            }
+        }
+    }
+}
+
 /// Verifies every stream in the store (each against its latest snapshot when `snapshots` is
 /// given), `concurrency` streams at a time; `progress` is called with the streams done so far.
 pub async fn verify_all<E: EventStore + ?Sized, S: SnapshotStore + ?Sized>(
@@ -336,14 +350,7 @@ pub async fn verify_all<E: EventStore + ?Sized, S: SnapshotStore + ?Sized>(
             .try_collect()
             .await?;
         for r in results {
-            report.streams += 1;
-            match r {
-                Ok(n) => report.events += n,
-                Err(b) => {
-                    report.events += b.version - 1;
-                    report.breaks.push(b);
-                }
-            }
+            report.add(r);
         }
         progress(report.streams);
         match page.next {
