@@ -6,6 +6,7 @@
 //! no code path issues either.
 
 mod archive;
+mod heads;
 mod publisher;
 mod writer;
 
@@ -20,6 +21,7 @@ use chronicle_kernel::{
     RecordedPage, Snapshot, SnapshotStore, StoreError, StreamId, StreamPage,
 };
 use chrono::{DateTime, Utc};
+use heads::{Head, Heads, MARK_EVERY};
 use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
 use r2d2_sqlite::SqliteConnectionManager;
 use std::path::{Path, PathBuf};
@@ -45,9 +47,34 @@ CREATE TABLE IF NOT EXISTS events (
     metadata       TEXT    NOT NULL,
     recorded_at    TEXT    NOT NULL,
     -- SHA-256 chaining the event to its predecessor in the stream (kernel `chain`).
-    hash           TEXT    NOT NULL DEFAULT '',
-    UNIQUE (aggregate_type, aggregate_id, version)
+    hash           TEXT    NOT NULL DEFAULT ''
 );
+-- Streams without a per-event index (heads.rs): each event's predecessor in its stream (0 for
+-- version 1), every MARK_EVERY-th version as an entry point, and the heads as last persisted.
+-- Data directories from before these keep their (type, id, version) UNIQUE index, which costs
+-- appends but changes nothing else; `backfill_streams` fills these tables for them.
+CREATE TABLE IF NOT EXISTS stream_links (
+    position INTEGER PRIMARY KEY,
+    prev     INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_marks (
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    position       INTEGER NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stream_heads (
+    aggregate_type TEXT    NOT NULL,
+    aggregate_id   TEXT    NOT NULL,
+    version        INTEGER NOT NULL,
+    position       INTEGER NOT NULL,
+    PRIMARY KEY (aggregate_type, aggregate_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS store_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 -- The audit feed's order (kernel `recorded_order`): keyset pages over a time range. New events
 -- land at its right edge (recorded times grow), so an append pays one cheap b-tree insert.
 -- IF NOT EXISTS: data directories from before it get it on their next open.
@@ -116,6 +143,35 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("snapshots", "chain_head", "TEXT"),
 ];
 
+/// Fills the stream tables for a data directory written before them, from its (type, id,
+/// version) index, in one transaction.
+fn backfill_streams(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE;
+         INSERT INTO stream_links (position, prev)
+             SELECT position, COALESCE(LAG(position) OVER (
+                 PARTITION BY aggregate_type, aggregate_id ORDER BY version), 0)
+             FROM events;
+         INSERT INTO stream_marks (aggregate_type, aggregate_id, version, position)
+             SELECT aggregate_type, aggregate_id, version, position FROM events
+             WHERE version % {MARK_EVERY} = 0;
+         INSERT INTO stream_heads (aggregate_type, aggregate_id, version, position)
+             SELECT aggregate_type, aggregate_id, MAX(version), position FROM events
+             GROUP BY aggregate_type, aggregate_id;
+         INSERT OR REPLACE INTO store_meta (key, value)
+             SELECT 'heads_through', COALESCE(MAX(position), 0) FROM events;
+         COMMIT;"
+    ))
+}
+
+fn table_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [name],
+        |r| r.get(0),
+    )
+}
+
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     for (table, column, decl) in MIGRATIONS {
         let present: bool = conn.query_row(
@@ -137,6 +193,7 @@ pub struct EmbeddedStore {
     checkpointer: Checkpointer,
     readers: r2d2::Pool<SqliteConnectionManager>,
     head: watch::Sender<u64>,
+    heads: Arc<Heads>,
 }
 
 /// Copies committed WAL frames into the database file from a thread of its own, with
@@ -226,8 +283,14 @@ impl EmbeddedStore {
                 path.display()
             )));
         }
+        let before_streams = table_exists(&conn, "events").map_err(backend)?
+            && !table_exists(&conn, "stream_links").map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
+        if before_streams {
+            backfill_streams(&conn).map_err(backend)?;
+        }
+        let heads = Arc::new(Heads::load(&conn)?);
         let head: i64 = conn
             .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
                 r.get(0)
@@ -241,7 +304,8 @@ impl EmbeddedStore {
             .map_err(backend)?;
         Ok(Arc::new(Self {
             dir,
-            writer: Writer::spawn(conn, wal_path(&path), head.clone()),
+            writer: Writer::spawn(conn, wal_path(&path), head.clone(), heads.clone()),
+            heads,
             checkpointer: Checkpointer::spawn(&path)?,
             readers,
             head,
@@ -502,23 +566,17 @@ fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
     })
 }
 
-/// Inserts one event if its stream is at `expected`; false (and nothing stored) if it is not.
-/// Only the writer thread writes, inside its transaction, so nothing can move the stream
-/// between the check and the insert. (One `INSERT ... SELECT ... WHERE (SELECT MAX ...)`
-/// statement would make SQLite materialise the select in a temporary b-tree first, because it
-/// reads the table it inserts into: a b-tree opened and torn down per event.)
+/// Inserts one event after `prev` (its predecessor's position, 0 for version 1) with its link
+/// and, every `MARK_EVERY` versions, a mark; returns its position.
 fn insert_event(
     conn: &Connection,
     stream: &StreamId,
     row: &EventRow,
-    expected: u64,
-) -> Result<bool, StoreError> {
-    if current_version(conn, stream)? != expected {
-        return Ok(false);
-    }
+    prev: u64,
+) -> Result<u64, StoreError> {
+    // OR FAIL (here and below): a one-row insert fails before changing anything, so SQLite
+    // can skip the statement journal it would keep for OR ABORT.
     conn.prepare_cached(&format!(
-        // OR FAIL: a one-row insert fails before changing anything, so SQLite can skip
-        // the statement journal it would keep for OR ABORT.
         "INSERT OR FAIL INTO events ({EVENT_COLUMNS}) \
          VALUES (NULL, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
     ))
@@ -536,38 +594,34 @@ fn insert_event(
             row.hash,
         ])
     })
-    .map(|n| n == 1)
-    .map_err(backend)
-}
-
-fn conflict(conn: &Connection, enc: &Encoded) -> AppendError {
-    match current_version(conn, &enc.stream) {
-        Ok(actual) => AppendError::Conflict {
-            stream: enc.stream.to_string(),
-            expected: enc.expected_version,
-            actual,
-        },
-        Err(e) => e.into(),
-    }
-}
-
-fn current_version(conn: &Connection, stream: &StreamId) -> Result<u64, StoreError> {
-    conn.prepare_cached(
-        "SELECT COALESCE(MAX(version), 0) FROM events \
-         WHERE aggregate_type = ?1 AND aggregate_id = ?2",
-    )
-    .and_then(|mut s| {
-        s.query_row(params![stream.aggregate_type, stream.aggregate_id], |r| {
-            r.get::<_, i64>(0)
+    .map_err(backend)?;
+    let position = conn.last_insert_rowid();
+    conn.prepare_cached("INSERT OR FAIL INTO stream_links (position, prev) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![position, to_i64(prev)]))
+        .map_err(backend)?;
+    if row.version as u64 % MARK_EVERY == 0 {
+        conn.prepare_cached(
+            "INSERT OR FAIL INTO stream_marks (aggregate_type, aggregate_id, version, position) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                stream.aggregate_type,
+                stream.aggregate_id,
+                row.version,
+                position
+            ])
         })
-    })
-    .map(|v| v as u64)
-    .map_err(backend)
+        .map_err(backend)?;
+    }
+    Ok(position as u64)
 }
 
-/// Appends the events (and the idempotency record). Runs in a savepoint unless it is a
-/// single event without a record, which is one statement and atomic on its own.
-fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
+/// Appends the events (and the idempotency record). Every check comes before the first
+/// write, so a refused append changes nothing and needs no savepoint (writer.rs `write_one`).
+/// Only the writer thread writes, inside its group transaction, so nothing can move the
+/// stream between the check against its head and the inserts.
+fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(), AppendError> {
     if let Some(idem) = &enc.idempotency {
         let taken = conn
             .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
@@ -577,11 +631,18 @@ fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
             return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
         }
     }
-    // A conflict at any event undoes the ones before it (the savepoint).
-    for (i, row) in enc.rows.iter().enumerate() {
-        if !insert_event(conn, &enc.stream, row, enc.expected_version + i as u64)? {
-            return Err(conflict(conn, enc));
-        }
+    let head = heads.current(&enc.stream);
+    let actual = head.map_or(0, |h| h.version);
+    if actual != enc.expected_version {
+        return Err(AppendError::Conflict {
+            stream: enc.stream.to_string(),
+            expected: enc.expected_version,
+            actual,
+        });
+    }
+    let mut prev = head.map_or(0, |h| h.position);
+    for row in &enc.rows {
+        prev = insert_event(conn, &enc.stream, row, prev)?;
     }
     if let Some(idem) = &enc.idempotency {
         conn.prepare_cached(
@@ -600,7 +661,103 @@ fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
         })
         .map_err(backend)?;
     }
+    heads.stage(
+        enc.stream.clone(),
+        Head {
+            version: enc.expected_version + enc.rows.len() as u64,
+            position: prev,
+        },
+    );
     Ok(())
+}
+
+/// The positions of a stream's events `from..=to` (versions, `to` at most its head), oldest
+/// first: its chain walked back from the first mark at or after `to`, else from its head.
+/// `None` if the chain breaks before `from` (rows removed or changed behind the store's
+/// back); callers then read by scan, which finds whatever is left.
+fn chain_positions(
+    conn: &Connection,
+    stream: &StreamId,
+    head: Head,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<u64>>, StoreError> {
+    let to = to.min(head.version);
+    if from > to {
+        return Ok(Some(Vec::new()));
+    }
+    let mark: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT version, position FROM stream_marks \
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version >= ?3 \
+             ORDER BY version LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![stream.aggregate_type, stream.aggregate_id, to_i64(to)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .map_err(backend)?;
+    let (mut version, mut position) = match mark {
+        Some((v, p)) if (v as u64) < head.version => (v as u64, p as u64),
+        _ => (head.version, head.position),
+    };
+    let mut link = conn
+        .prepare_cached("SELECT prev FROM stream_links WHERE position = ?1")
+        .map_err(backend)?;
+    let mut out = Vec::with_capacity((to - from + 1).min(1 << 16) as usize);
+    loop {
+        if version <= to {
+            out.push(position);
+        }
+        if version == from {
+            break;
+        }
+        let prev: Option<i64> = link
+            .query_row([to_i64(position)], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        match prev {
+            Some(p) if p > 0 => {
+                position = p as u64;
+                version -= 1;
+            }
+            _ => return Ok(None),
+        }
+    }
+    out.reverse();
+    Ok(Some(out))
+}
+
+/// A stream's events by scanning for them: for a chain that `chain_positions` could not walk.
+/// (On a data directory from before the stream tables this is the old index's range scan.)
+fn read_stream_by_scan(
+    conn: &Connection,
+    stream: &StreamId,
+    range: &ReadRange,
+) -> Result<Vec<EventEnvelope>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+             AND version >= ?3 AND version <= ?4 ORDER BY version LIMIT ?5"
+        ))
+        .map_err(backend)?;
+    let mut rows = stmt
+        .query(params![
+            stream.aggregate_type,
+            stream.aggregate_id,
+            to_i64(range.from_version),
+            range.to_version.map_or(i64::MAX, to_i64),
+            range.limit.map_or(-1, |l| to_i64(l as u64)),
+        ])
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(backend)? {
+        out.push(event_from_row(row)?.1);
+    }
+    Ok(out)
 }
 
 /// One page of the audit feed after a key, on `events_by_recorded` (a unit test checks the plan).
@@ -624,14 +781,9 @@ impl EventStore for EmbeddedStore {
             return Err(StoreError::Invalid("an append needs at least one event".into()).into());
         }
         let enc = encode(request)?;
-        if enc.rows.len() == 1 && enc.idempotency.is_none() {
-            return self
-                .writer
-                .write_one(move |conn| append_encoded(conn, &enc))
-                .await;
-        }
+        let heads = self.heads.clone();
         self.writer
-            .write(move |conn| append_encoded(conn, &enc))
+            .write_one(move |conn| append_encoded(conn, &enc, &heads))
             .await
     }
 
@@ -641,44 +793,54 @@ impl EventStore for EmbeddedStore {
         range: ReadRange,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         let stream = stream.clone();
+        let heads = self.heads.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
-                     AND version >= ?3 AND version <= ?4 ORDER BY version LIMIT ?5"
-                ))
-                .map_err(backend)?;
-            let mut rows = stmt
-                .query(params![
-                    stream.aggregate_type,
-                    stream.aggregate_id,
-                    to_i64(range.from_version),
-                    range.to_version.map_or(i64::MAX, to_i64),
-                    range.limit.map_or(-1, |l| to_i64(l as u64)),
-                ])
-                .map_err(backend)?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next().map_err(backend)? {
-                out.push(event_from_row(row)?.1);
+            heads.catch_up(conn)?;
+            let Some(head) = heads.get(&stream) else {
+                return Ok(Vec::new());
+            };
+            let from = range.from_version.max(1);
+            let mut to = range.to_version.unwrap_or(u64::MAX).min(head.version);
+            match range.limit {
+                Some(0) => return Ok(Vec::new()),
+                Some(l) => to = to.min(from.saturating_add(l as u64 - 1)),
+                None => {}
             }
-            Ok(out)
+            if let Some(positions) = chain_positions(conn, &stream, head, from, to)? {
+                let mut stmt = conn
+                    .prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM events WHERE position = ?1"
+                    ))
+                    .map_err(backend)?;
+                let mut out = Vec::with_capacity(positions.len());
+                for (version, position) in (from..).zip(positions) {
+                    let mut rows = stmt.query([to_i64(position)]).map_err(backend)?;
+                    match rows.next().map_err(backend)? {
+                        Some(row) => {
+                            let (_, e) = event_from_row(row)?;
+                            if e.version != version || e.stream() != stream {
+                                break;
+                            }
+                            out.push(e);
+                        }
+                        None => break,
+                    }
+                }
+                if out.len() as u64 == (to + 1).saturating_sub(from) {
+                    return Ok(out);
+                }
+            }
+            read_stream_by_scan(conn, &stream, &range)
         })
         .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
         let stream = stream.clone();
+        let heads = self.heads.clone();
         self.read(move |conn| {
-            conn.prepare_cached(
-                "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![stream.aggregate_type, stream.aggregate_id], |r| {
-                    r.get::<_, i64>(0)
-                })
-            })
-            .map(|v| v as u64)
-            .map_err(backend)
+            heads.catch_up(conn)?;
+            Ok(heads.get(&stream).map_or(0, |h| h.version))
         })
         .await
     }
@@ -696,9 +858,17 @@ impl EventStore for EmbeddedStore {
 
     async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
         let at = at.to_vec();
+        let heads = self.heads.clone();
         // One job on one connection rather than a round trip per event.
         self.read(move |conn| {
-            let mut stmt = conn
+            heads.catch_up(conn)?;
+            let mut by_position = conn
+                .prepare_cached(
+                    "SELECT aggregate_type, aggregate_id, version, hash FROM events \
+                     WHERE position = ?1",
+                )
+                .map_err(backend)?;
+            let mut by_scan = conn
                 .prepare_cached(
                     "SELECT hash FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
                      AND version = ?3",
@@ -706,11 +876,34 @@ impl EventStore for EmbeddedStore {
                 .map_err(backend)?;
             at.iter()
                 .map(|(s, v)| {
-                    stmt.query_row(params![s.aggregate_type, s.aggregate_id, to_i64(*v)], |r| {
-                        r.get::<_, String>(0)
-                    })
-                    .optional()
-                    .map_err(backend)
+                    let Some(head) = heads.get(s).filter(|h| (1..=h.version).contains(v)) else {
+                        return Ok(None);
+                    };
+                    if let Some(&[position]) = chain_positions(conn, s, head, *v, *v)?.as_deref() {
+                        let found = by_position
+                            .query_row([to_i64(position)], |r| {
+                                Ok((
+                                    r.get::<_, String>(0)?,
+                                    r.get::<_, String>(1)?,
+                                    r.get::<_, i64>(2)?,
+                                    r.get::<_, String>(3)?,
+                                ))
+                            })
+                            .optional()
+                            .map_err(backend)?;
+                        if let Some((t, id, version, hash)) = found {
+                            if t == s.aggregate_type && id == s.aggregate_id && version as u64 == *v
+                            {
+                                return Ok(Some(hash));
+                            }
+                        }
+                    }
+                    by_scan
+                        .query_row(params![s.aggregate_type, s.aggregate_id, to_i64(*v)], |r| {
+                            r.get::<_, String>(0)
+                        })
+                        .optional()
+                        .map_err(backend)
                 })
                 .collect()
         })
@@ -742,30 +935,17 @@ impl EventStore for EmbeddedStore {
         cursor: Option<String>,
         limit: usize,
     ) -> Result<StreamPage, StoreError> {
-        // Keyset pagination on the (type, id, version) index: the cursor is the last stream.
+        // Keyset pagination over the stream heads: the cursor is the last stream.
         let after: (String, String) = match cursor {
             Some(c) => serde_json::from_str(&c)
                 .map_err(|e| StoreError::Invalid(format!("stream cursor `{c}`: {e}")))?,
             None => (String::new(), String::new()),
         };
         let limit = limit.max(1);
+        let heads = self.heads.clone();
         self.read(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT DISTINCT aggregate_type, aggregate_id FROM events \
-                     WHERE (aggregate_type, aggregate_id) > (?1, ?2) \
-                     ORDER BY aggregate_type, aggregate_id LIMIT ?3",
-                )
-                .map_err(backend)?;
-            let streams = stmt
-                .query_map(params![after.0, after.1, to_i64(limit as u64)], |r| {
-                    Ok(StreamId::new(
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                    ))
-                })
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(backend)?;
+            heads.catch_up(conn)?;
+            let streams = heads.streams_after(&StreamId::new(after.0, after.1), limit);
             let next = match streams.last() {
                 Some(last) if streams.len() == limit => Some(
                     serde_json::to_string(&(&last.aggregate_type, &last.aggregate_id))
@@ -1205,35 +1385,62 @@ impl EventFeed for EmbeddedStore {
         after: Arc<std::collections::HashMap<String, u64>>,
     ) -> Result<RawBatch, StoreError> {
         let ty = aggregate_type.to_owned();
-        // One job on one connection: seek stream by stream along the (type, id, version) index
-        // and read each one's tail, instead of a round trip per stream.
+        let heads = self.heads.clone();
+        // One job on one connection: each stream's tail along its chain, instead of a round
+        // trip per stream.
         self.read(move |conn| {
-            let mut next = conn
-                .prepare_cached(
-                    "SELECT aggregate_id FROM events WHERE aggregate_type = ?1 AND aggregate_id > ?2 \
-                     ORDER BY aggregate_id LIMIT 1",
-                )
-                .map_err(backend)?;
-            let mut tail = conn
+            heads.catch_up(conn)?;
+            let mut by_position = conn
                 .prepare_cached(
                     "SELECT aggregate_id, version, event_type, schema_version, data FROM events \
-                     WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version > ?3 ORDER BY version",
+                     WHERE position = ?1",
                 )
                 .map_err(backend)?;
             let mut batch = RawBatch::default();
-            let mut id = String::new();
-            loop {
-                let found: Option<String> = next
-                    .query_row(params![ty, id], |r| r.get(0))
-                    .optional()
-                    .map_err(backend)?;
-                let Some(found) = found else { break };
-                let from = after.get(&found).copied().unwrap_or(0);
-                let mut rows = tail.query(params![ty, found, to_i64(from)]).map_err(backend)?;
-                while let Some(row) = rows.next().map_err(backend)? {
-                    push_raw_event(&mut batch, row)?;
+            for (id, head) in heads.of_type(&ty) {
+                let from = after.get(&id).copied().unwrap_or(0) + 1;
+                if from > head.version {
+                    continue;
                 }
-                id = found;
+                let stream = StreamId::new(ty.clone(), id);
+                let start = batch.len();
+                let mut whole = false;
+                if let Some(positions) = chain_positions(conn, &stream, head, from, head.version)? {
+                    whole = true;
+                    for (version, position) in (from..).zip(positions) {
+                        let mut rows = by_position.query([to_i64(position)]).map_err(backend)?;
+                        let row = rows.next().map_err(backend)?;
+                        let fits = match row {
+                            Some(r) => {
+                                r.get_ref(0).map_err(backend)?.as_str().ok()
+                                    == Some(stream.aggregate_id.as_str())
+                                    && r.get::<_, i64>(1).map_err(backend)? as u64 == version
+                                    && push_raw_event(&mut batch, r).is_ok()
+                            }
+                            None => false,
+                        };
+                        if !fits {
+                            whole = false;
+                            break;
+                        }
+                    }
+                }
+                if !whole {
+                    batch.truncate(start);
+                    let mut scan = conn
+                        .prepare_cached(
+                            "SELECT aggregate_id, version, event_type, schema_version, data \
+                             FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
+                             AND version >= ?3 ORDER BY version",
+                        )
+                        .map_err(backend)?;
+                    let mut rows = scan
+                        .query(params![ty, stream.aggregate_id, to_i64(from)])
+                        .map_err(backend)?;
+                    while let Some(row) = rows.next().map_err(backend)? {
+                        push_raw_event(&mut batch, row)?;
+                    }
+                }
             }
             Ok(batch)
         })

@@ -29,7 +29,8 @@ trait Job: Send {
 
 struct TypedJob<T, E, F> {
     f: Option<F>,
-    /// False for jobs of one statement, which SQLite already applies whole or not at all.
+    /// False for jobs that check before they write, so they fail before changing anything
+    /// but for a database error, which then spoils the whole group (see `run`).
     savepoint: bool,
     result: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, E>>,
@@ -46,8 +47,13 @@ where
             return true;
         };
         if !self.savepoint {
-            self.result = Some(f(conn));
-            return true;
+            // Without a savepoint a job that fails after changing anything can't be undone
+            // alone: the group must not commit.
+            let before = conn.total_changes();
+            let r = f(conn);
+            let sound = r.is_ok() || conn.total_changes() == before;
+            self.result = Some(r);
+            return sound;
         }
         if let Err(e) = conn
             .prepare_cached("SAVEPOINT job")
@@ -82,6 +88,16 @@ where
     }
 }
 
+/// What the store does around each group transaction (the stream heads, `heads.rs`).
+pub(crate) trait GroupHooks: Send + Sync {
+    /// In the open transaction, before the group's jobs run.
+    fn begin(&self, conn: &Connection) -> Result<(), StoreError>;
+    /// In the open transaction, after the jobs ran and before COMMIT; `closing` for the last.
+    fn before_commit(&self, conn: &Connection, closing: bool) -> Result<(), StoreError>;
+    /// After the group: committed, with the feed's head after it, or rolled back (`None`).
+    fn end(&self, committed: Option<u64>);
+}
+
 /// Jobs waiting for the writer; past this, callers wait (backpressure, bounded memory).
 const QUEUE: usize = 4096;
 
@@ -105,11 +121,16 @@ pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
 impl Writer {
     /// Starts the writer thread. `wal` is the database's write-ahead log, which the syncer
     /// flushes; after every durable commit `head` gets the feed's newest position.
-    pub(crate) fn spawn(conn: Connection, wal: PathBuf, head: watch::Sender<u64>) -> Self {
+    pub(crate) fn spawn(
+        conn: Connection,
+        wal: PathBuf,
+        head: watch::Sender<u64>,
+        hooks: Arc<dyn GroupHooks>,
+    ) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<Box<dyn Job>>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("chronicle-writer".into())
-            .spawn(move || run(conn, rx, wal, head))
+            .spawn(move || run(conn, rx, wal, head, hooks))
             .expect("spawning the writer thread");
         Self {
             tx: Mutex::new(Some(tx)),
@@ -128,8 +149,9 @@ impl Writer {
         self.submit(f, true).await
     }
 
-    /// Like `write` for a job that changes the database with at most one statement (which
-    /// SQLite applies atomically), so it needs no savepoint.
+    /// Like `write` for a job that makes all its checks before its first change, so it
+    /// needs no savepoint: if it fails after changing something (a database error), the
+    /// whole group is rolled back and every job in it is told so.
     pub(crate) async fn write_one<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
@@ -183,7 +205,18 @@ impl Drop for Writer {
 /// whole transaction back under a job (disk full, I/O error), or a job's savepoint could not
 /// be undone, nothing of the group is kept and every job is told so: jobs after that point
 /// must not run in autocommit mode and be stored while reported failed.
-fn run_group(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+fn run_group(
+    conn: &Connection,
+    jobs: &mut [Box<dyn Job>],
+    hooks: &dyn GroupHooks,
+) -> Result<(), StoreError> {
+    let rollback = |e: StoreError| {
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        e
+    };
+    hooks.begin(conn).map_err(rollback)?;
     for job in jobs.iter_mut() {
         let sound = job.run(conn);
         if !sound || conn.is_autocommit() {
@@ -195,10 +228,18 @@ fn run_group(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreEr
             ));
         }
     }
-    run_cached(conn, "COMMIT").map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        backend(e)
-    })
+    hooks
+        .before_commit(conn, jobs.is_empty())
+        .map_err(rollback)?;
+    run_cached(conn, "COMMIT").map_err(|e| rollback(backend(e)))
+}
+
+/// The newest position in the feed, as the writer's connection sees it.
+fn feed_head(conn: &Connection) -> Option<u64> {
+    conn.prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .ok()
+        .map(|p| p as u64)
 }
 
 /// A committed (or failed) group on its way to its callers, with the feed head after it.
@@ -266,6 +307,7 @@ fn run(
     mut rx: tokio::sync::mpsc::Receiver<Box<dyn Job>>,
     wal: PathBuf,
     head: watch::Sender<u64>,
+    hooks: Arc<dyn GroupHooks>,
 ) {
     let (done, done_rx) = mpsc::channel::<Done>();
     let poisoned = Arc::new(AtomicBool::new(false));
@@ -296,20 +338,19 @@ fn run(
         }
         // Cached statements: parsing these three per group showed in profiles.
         let commit = match run_cached(&conn, "BEGIN IMMEDIATE") {
-            Ok(()) => run_group(&conn, &mut jobs),
+            Ok(()) => run_group(&conn, &mut jobs, &*hooks),
             Err(e) => Err(backend(e)),
         };
         if let Err(e) = &commit {
             tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
         }
         let position = match commit {
-            Ok(()) => conn
-                .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")
-                .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-                .ok()
-                .map(|p| p as u64),
+            Ok(()) => feed_head(&conn),
             Err(_) => None,
         };
+        // A committed group whose head can't be read leaves the hooks' view behind: their
+        // next `begin` catches up from the database.
+        hooks.end(position);
         if let Err(mpsc::SendError((jobs, _, _))) = done.send((jobs, commit, position)) {
             // The syncer is gone (it panicked): durability can't be confirmed, so say so.
             for job in jobs {
@@ -319,6 +360,22 @@ fn run(
     }
     drop(done);
     let _ = syncer.join();
+    // Closing: an empty group that lets the hooks write what they keep in memory; not after
+    // a failed fsync, when what they refer to may not be on disk.
+    let last = if poisoned.load(Ordering::SeqCst) {
+        Err(backend("an earlier fsync failed"))
+    } else {
+        run_cached(&conn, "BEGIN IMMEDIATE")
+            .map_err(backend)
+            .and_then(|()| run_group(&conn, &mut [], &*hooks))
+    };
+    match last {
+        Ok(()) => hooks.end(feed_head(&conn)),
+        Err(e) => {
+            hooks.end(None);
+            tracing::warn!(error = %e, "final write failed; the next open catches up instead");
+        }
+    }
     // Closing: fold the WAL into the database so the next open starts from a short log.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed on next open");

@@ -280,6 +280,13 @@ impl RawBatch {
         self.rows.len()
     }
 
+    /// Keeps the first `len` events (undoes pushes past them).
+    pub fn truncate(&mut self, len: usize) {
+        self.rows.truncate(len);
+        let end = self.rows.last().map_or(0, |r| r.data_end);
+        self.text.truncate(end);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
