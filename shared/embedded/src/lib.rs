@@ -194,6 +194,8 @@ pub struct EmbeddedStore {
     readers: r2d2::Pool<SqliteConnectionManager>,
     head: watch::Sender<u64>,
     heads: Arc<Heads>,
+    /// Reads that found a stream's chain broken and scanned instead (`scanned`).
+    scans: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Copies committed WAL frames into the database file from a thread of its own, with
@@ -306,6 +308,7 @@ impl EmbeddedStore {
             dir,
             writer: Writer::spawn(conn, wal_path(&path), head.clone(), heads.clone()),
             heads,
+            scans: Arc::default(),
             checkpointer: Checkpointer::spawn(&path)?,
             readers,
             head,
@@ -314,6 +317,12 @@ impl EmbeddedStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// How many stream reads found the stream's chain broken (rows removed or changed behind
+    /// the store's back) and scanned the table instead. Zero on an intact store.
+    pub fn chain_scans(&self) -> u64 {
+        self.scans.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Finishes queued writes and stops the writer; later writes fail.
@@ -599,7 +608,7 @@ fn insert_event(
     conn.prepare_cached("INSERT OR FAIL INTO stream_links (position, prev) VALUES (?1, ?2)")
         .and_then(|mut s| s.execute(params![position, to_i64(prev)]))
         .map_err(backend)?;
-    if row.version as u64 % MARK_EVERY == 0 {
+    if (row.version as u64).is_multiple_of(MARK_EVERY) {
         conn.prepare_cached(
             "INSERT OR FAIL INTO stream_marks (aggregate_type, aggregate_id, version, position) \
              VALUES (?1, ?2, ?3, ?4)",
@@ -731,6 +740,12 @@ fn chain_positions(
     Ok(Some(out))
 }
 
+/// Counts and reports a read that could not follow a stream's chain.
+fn scanned(scans: &std::sync::atomic::AtomicU64, stream: &StreamId) {
+    scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::warn!(%stream, "the stream's chain is broken (changed behind the store's back?); reading it by scan");
+}
+
 /// A stream's events by scanning for them: for a chain that `chain_positions` could not walk.
 /// (On a data directory from before the stream tables this is the old index's range scan.)
 fn read_stream_by_scan(
@@ -793,7 +808,7 @@ impl EventStore for EmbeddedStore {
         range: ReadRange,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         let stream = stream.clone();
-        let heads = self.heads.clone();
+        let (heads, scans) = (self.heads.clone(), self.scans.clone());
         self.read(move |conn| {
             heads.catch_up(conn)?;
             let Some(head) = heads.get(&stream) else {
@@ -830,6 +845,7 @@ impl EventStore for EmbeddedStore {
                     return Ok(out);
                 }
             }
+            scanned(&scans, &stream);
             read_stream_by_scan(conn, &stream, &range)
         })
         .await
@@ -858,7 +874,7 @@ impl EventStore for EmbeddedStore {
 
     async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
         let at = at.to_vec();
-        let heads = self.heads.clone();
+        let (heads, scans) = (self.heads.clone(), self.scans.clone());
         // One job on one connection rather than a round trip per event.
         self.read(move |conn| {
             heads.catch_up(conn)?;
@@ -898,6 +914,7 @@ impl EventStore for EmbeddedStore {
                             }
                         }
                     }
+                    scanned(&scans, s);
                     by_scan
                         .query_row(params![s.aggregate_type, s.aggregate_id, to_i64(*v)], |r| {
                             r.get::<_, String>(0)
@@ -1385,7 +1402,7 @@ impl EventFeed for EmbeddedStore {
         after: Arc<std::collections::HashMap<String, u64>>,
     ) -> Result<RawBatch, StoreError> {
         let ty = aggregate_type.to_owned();
-        let heads = self.heads.clone();
+        let (heads, scans) = (self.heads.clone(), self.scans.clone());
         // One job on one connection: each stream's tail along its chain, instead of a round
         // trip per stream.
         self.read(move |conn| {
@@ -1426,6 +1443,7 @@ impl EventFeed for EmbeddedStore {
                     }
                 }
                 if !whole {
+                    scanned(&scans, &stream);
                     batch.truncate(start);
                     let mut scan = conn
                         .prepare_cached(

@@ -70,6 +70,11 @@ async fn bulk_and_stream_by_stream_verification_agree() {
     };
     let clean = report(store.clone()).await;
     assert_eq!((clean.streams, clean.events), (40, 240));
+    assert_eq!(
+        store.chain_scans(),
+        0,
+        "intact chains are read by walking them"
+    );
     assert!(clean.breaks.is_empty(), "{:?}", clean.breaks);
 
     store.close();
@@ -86,6 +91,10 @@ async fn bulk_and_stream_by_stream_verification_agree() {
     );
     let store = EmbeddedStore::open(dir.path()).expect("reopen");
     let broken = report(store.clone()).await;
+    assert!(
+        store.chain_scans() > 0,
+        "tampered streams' chains are broken: their reads must fall back to a scan"
+    );
     assert_eq!(broken.streams, 40);
     assert_eq!(
         named(&broken.breaks),
