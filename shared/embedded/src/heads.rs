@@ -18,7 +18,8 @@
 use crate::writer::{backend, GroupHooks};
 use chronicle_kernel::{StoreError, StreamId};
 use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use rustc_hash::FxHashMap;
+use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
 /// A mark every this many versions bounds a read's walk to the range asked plus this.
@@ -32,18 +33,26 @@ pub(crate) struct Head {
     pub position: u64,
 }
 
+#[derive(Clone, Copy)]
+struct Entry {
+    head: Head,
+    /// Changed since the last flush to `stream_heads`.
+    dirty: bool,
+}
+
 #[derive(Default)]
 struct State {
-    /// Committed heads, ordered so stream listings are range scans.
-    committed: BTreeMap<StreamId, Head>,
+    /// Committed heads. A hash map: the writer looks one up for every append, and a b-tree
+    /// of string keys cost it several string comparisons each time.
+    committed: FxHashMap<StreamId, Entry>,
+    /// The same streams in (type, id) order, for listings; changes only with a new stream.
+    order: BTreeSet<StreamId>,
     /// The open group's appends: visible to later jobs of the group, to readers only once
     /// the group commits.
-    pending: HashMap<StreamId, Head>,
-    /// Changed since the last flush to `stream_heads`.
-    dirty: HashSet<StreamId>,
+    pending: FxHashMap<StreamId, Head>,
     /// Every event at or below this position is in `committed`.
     through: u64,
-    /// Events applied since the last flush.
+    /// Head changes since the last flush.
     unflushed: u64,
     /// The open group persists the heads before its COMMIT.
     flushing: bool,
@@ -51,14 +60,15 @@ struct State {
 
 impl State {
     fn apply(&mut self, stream: StreamId, head: Head) {
-        let newer = self
-            .committed
-            .get(&stream)
-            .is_none_or(|h| h.version < head.version);
-        if newer {
-            self.committed.insert(stream.clone(), head);
-            self.dirty.insert(stream);
+        self.unflushed += 1;
+        if let Some(e) = self.committed.get_mut(&stream) {
+            if e.head.version < head.version {
+                *e = Entry { head, dirty: true };
+            }
+            return;
         }
+        self.order.insert(stream.clone());
+        self.committed.insert(stream, Entry { head, dirty: true });
     }
 }
 
@@ -86,7 +96,8 @@ impl Heads {
             .map_err(backend)?;
         for row in rows {
             let (stream, head) = row.map_err(backend)?;
-            state.committed.insert(stream, head);
+            state.order.insert(stream.clone());
+            state.committed.insert(stream, Entry { head, dirty: false });
         }
         state.through = conn
             .query_row(
@@ -140,7 +151,6 @@ impl Heads {
             ));
         }
         let mut state = self.lock();
-        state.unflushed += found.len() as u64;
         for (stream, head) in found {
             state.apply(stream, head);
         }
@@ -150,7 +160,7 @@ impl Heads {
 
     /// The committed head of a stream, for readers.
     pub(crate) fn get(&self, stream: &StreamId) -> Option<Head> {
-        self.lock().committed.get(stream).copied()
+        self.lock().committed.get(stream).map(|e| e.head)
     }
 
     /// The head as the open group sees it, for the writer's version checks.
@@ -159,8 +169,8 @@ impl Heads {
         state
             .pending
             .get(stream)
-            .or_else(|| state.committed.get(stream))
             .copied()
+            .or_else(|| state.committed.get(stream).map(|e| e.head))
     }
 
     /// Records a job's appends once the job has succeeded.
@@ -172,10 +182,10 @@ impl Heads {
     pub(crate) fn streams_after(&self, after: &StreamId, limit: usize) -> Vec<StreamId> {
         use std::ops::Bound;
         self.lock()
-            .committed
+            .order
             .range((Bound::Excluded(after), Bound::Unbounded))
             .take(limit)
-            .map(|(s, _)| s.clone())
+            .cloned()
             .collect()
     }
 
@@ -183,11 +193,15 @@ impl Heads {
     pub(crate) fn of_type(&self, aggregate_type: &str) -> Vec<(String, Head)> {
         use std::ops::Bound;
         let from = StreamId::new(aggregate_type, "");
-        self.lock()
-            .committed
+        let state = self.lock();
+        state
+            .order
             .range((Bound::Included(&from), Bound::Unbounded))
-            .take_while(|(s, _)| s.aggregate_type == aggregate_type)
-            .map(|(s, h)| (s.aggregate_id.clone(), *h))
+            .take_while(|s| s.aggregate_type == aggregate_type)
+            .filter_map(|s| {
+                let e = state.committed.get(s)?;
+                Some((s.aggregate_id.clone(), e.head))
+            })
             .collect()
     }
 
@@ -196,9 +210,10 @@ impl Heads {
         let (rows, through) = {
             let state = self.lock();
             let mut rows: Vec<(StreamId, Head)> = state
-                .dirty
+                .committed
                 .iter()
-                .filter_map(|s| state.committed.get(s).map(|h| (s.clone(), *h)))
+                .filter(|(_, e)| e.dirty)
+                .map(|(s, e)| (s.clone(), e.head))
                 .collect();
             rows.extend(state.pending.iter().map(|(s, h)| (s.clone(), *h)));
             (rows, state.through)
@@ -247,7 +262,7 @@ impl GroupHooks for Heads {
     fn before_commit(&self, conn: &Connection, closing: bool) -> Result<(), StoreError> {
         let due = {
             let state = self.lock();
-            let changed = !state.dirty.is_empty() || !state.pending.is_empty();
+            let changed = state.unflushed > 0 || !state.pending.is_empty();
             changed && (closing || state.unflushed + state.pending.len() as u64 >= FLUSH_EVERY)
         };
         if due {
@@ -265,13 +280,14 @@ impl GroupHooks for Heads {
             // Rolled back: the group's appends never happened; a flush in it neither.
             return;
         };
-        state.unflushed += pending.len() as u64;
         for (stream, head) in pending {
             state.apply(stream, head);
         }
         state.through = state.through.max(position);
         if flushed {
-            state.dirty.clear();
+            for e in state.committed.values_mut() {
+                e.dirty = false;
+            }
             state.unflushed = 0;
         }
     }
