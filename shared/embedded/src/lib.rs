@@ -463,7 +463,8 @@ fn read_raw_range(
     batch: usize,
     mut send: impl FnMut(RawBatch) -> bool,
 ) -> Result<(), StoreError> {
-    // `+` keeps the planner on position order; the stream index would need a sort.
+    // `+` keeps the planner on position order (data directories from before the stream
+    // tables have a stream index, which would need a sort).
     let mut stmt = conn
         .prepare(
             "SELECT aggregate_id, version, event_type, schema_version, data FROM events \
@@ -1073,6 +1074,8 @@ fn snapshot_pins(conn: &Connection) -> Result<Pins, StoreError> {
 
 /// Verifies the chains of the streams in `[from, to)` (stream keys; `None`: unbounded), straight
 /// from the stored text in stream order: no JSON is decoded, each row is hashed as stored.
+/// Without a stream index this scans and sorts the table, so it only serves the rare streams
+/// found stored out of version order (tampering) by `verify_all_blocking`.
 fn verify_range(
     conn: &Connection,
     from: Option<&(String, String)>,
