@@ -15,7 +15,7 @@
 //! Another process writing the same data directory is caught the same way: the writer compares
 //! the feed's head with `through` at the start of every group, under SQLite's write lock.
 
-use crate::writer::{backend, GroupHooks};
+use crate::writer::{backend, last_position, GroupHooks};
 use chronicle_kernel::{StoreError, StreamId};
 use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
 use rustc_hash::FxHashMap;
@@ -123,11 +123,8 @@ impl Heads {
     /// crash that came before their heads were persisted).
     pub(crate) fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
         let through = self.lock().through;
-        let last: i64 = conn
-            .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(backend)?;
-        if last as u64 <= through {
+        let last = last_position(conn)?;
+        if last <= through {
             return Ok(());
         }
         let mut stmt = conn
@@ -136,7 +133,9 @@ impl Heads {
                  WHERE position > ?1 AND position <= ?2 ORDER BY position",
             )
             .map_err(backend)?;
-        let mut rows = stmt.query(params![through as i64, last]).map_err(backend)?;
+        let mut rows = stmt
+            .query(params![through as i64, last as i64])
+            .map_err(backend)?;
         let mut found = Vec::new();
         while let Some(r) = rows.next().map_err(backend)? {
             found.push((
@@ -154,7 +153,7 @@ impl Heads {
         for (stream, head) in found {
             state.apply(stream, head);
         }
-        state.through = state.through.max(last as u64);
+        state.through = state.through.max(last);
         Ok(())
     }
 
@@ -237,15 +236,12 @@ impl Heads {
                 .map_err(backend)?;
         }
         // The group's own events are covered too: they are all in `pending`.
-        let last: i64 = conn
-            .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(backend)?;
+        let last = last_position(conn)?;
         conn.prepare_cached(
             "INSERT INTO store_meta (key, value) VALUES ('heads_through', ?1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         )
-        .and_then(|mut s| s.execute([last.max(through as i64)]))
+        .and_then(|mut s| s.execute([last.max(through) as i64]))
         .map_err(backend)?;
         Ok(())
     }

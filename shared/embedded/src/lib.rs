@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use writer::{backend, Writer};
+use writer::{backend, last_position, Writer};
 
 pub const DB_FILE: &str = "chronicle.db";
 
@@ -293,12 +293,7 @@ impl EmbeddedStore {
             backfill_streams(&conn).map_err(backend)?;
         }
         let heads = Arc::new(Heads::load(&conn)?);
-        let head: i64 = conn
-            .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-                r.get(0)
-            })
-            .map_err(backend)?;
-        let (head, _) = watch::channel(head as u64);
+        let (head, _) = watch::channel(last_position(&conn)?);
         let manager = SqliteConnectionManager::file(&path).with_init(init_connection);
         let readers = r2d2::Pool::builder()
             .max_size(8)
@@ -411,11 +406,7 @@ fn replay_halves(
     tx: &tokio::sync::mpsc::Sender<Result<RawBatch, StoreError>>,
 ) -> Result<(), StoreError> {
     let conn = pool.get().map_err(backend)?;
-    let head: i64 = conn
-        .query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-            r.get(0)
-        })
-        .map_err(backend)?;
+    let head = to_i64(last_position(&conn)?);
     let mid = head / 2;
     let (ahead_tx, ahead_rx) = std::sync::mpsc::channel::<Result<RawBatch, StoreError>>();
     let ahead = {
@@ -628,7 +619,7 @@ fn insert_event(
 }
 
 /// Appends the events (and the idempotency record). Every check comes before the first
-/// write, so a refused append changes nothing and needs no savepoint (writer.rs `write_one`).
+/// write, so a refused append changes nothing and needs no savepoint (writer.rs `write_checked`).
 /// Only the writer thread writes, inside its group transaction, so nothing can move the
 /// stream between the check against its head and the inserts.
 fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(), AppendError> {
@@ -741,10 +732,48 @@ fn chain_positions(
     Ok(Some(out))
 }
 
-/// Counts and reports a read that could not follow a stream's chain.
-fn scanned(scans: &std::sync::atomic::AtomicU64, stream: &StreamId) {
-    scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::warn!(%stream, "the stream's chain is broken (changed behind the store's back?); reading it by scan");
+/// Reads a stream's events `from..=to` along its chain: `sql` selects one event by position
+/// (`?1`) with at least its `aggregate_type`, `aggregate_id` and `version`, and each row that is
+/// the stream's event at the next version goes to `take`. False if the chain breaks or a row is
+/// not the one expected (rows removed or changed behind the store's back): the caller then drops
+/// what `take` kept and reads by scan; such reads are counted in `scans` and logged.
+fn read_chain(
+    conn: &Connection,
+    stream: &StreamId,
+    head: Head,
+    versions: std::ops::RangeInclusive<u64>,
+    sql: &str,
+    scans: &std::sync::atomic::AtomicU64,
+    mut take: impl FnMut(&Row<'_>) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    let is_expected = |row: &Row<'_>, version: u64| -> rusqlite::Result<bool> {
+        Ok(
+            row.get_ref("aggregate_type")?.as_str()? == stream.aggregate_type
+                && row.get_ref("aggregate_id")?.as_str()? == stream.aggregate_id
+                && row.get::<_, i64>("version")? as u64 == version,
+        )
+    };
+    let (from, to) = versions.into_inner();
+    let mut whole = false;
+    if let Some(positions) = chain_positions(conn, stream, head, from, to)? {
+        let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+        whole = true;
+        for (version, position) in (from..).zip(positions) {
+            let mut rows = stmt.query([to_i64(position)]).map_err(backend)?;
+            match rows.next().map_err(backend)? {
+                Some(row) if is_expected(row, version).map_err(backend)? => take(row)?,
+                _ => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+    }
+    if !whole {
+        scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%stream, "the stream's chain is broken (changed behind the store's back?); reading it by scan");
+    }
+    Ok(whole)
 }
 
 /// A stream's events by scanning for them: for a chain that `chain_positions` could not walk.
@@ -799,7 +828,7 @@ impl EventStore for EmbeddedStore {
         let enc = encode(request)?;
         let heads = self.heads.clone();
         self.writer
-            .write_one(move |conn| append_encoded(conn, &enc, &heads))
+            .write_checked(move |conn| append_encoded(conn, &enc, &heads))
             .await
     }
 
@@ -822,31 +851,14 @@ impl EventStore for EmbeddedStore {
                 Some(l) => to = to.min(from.saturating_add(l as u64 - 1)),
                 None => {}
             }
-            if let Some(positions) = chain_positions(conn, &stream, head, from, to)? {
-                let mut stmt = conn
-                    .prepare_cached(&format!(
-                        "SELECT {EVENT_COLUMNS} FROM events WHERE position = ?1"
-                    ))
-                    .map_err(backend)?;
-                let mut out = Vec::with_capacity(positions.len());
-                for (version, position) in (from..).zip(positions) {
-                    let mut rows = stmt.query([to_i64(position)]).map_err(backend)?;
-                    match rows.next().map_err(backend)? {
-                        Some(row) => {
-                            let (_, e) = event_from_row(row)?;
-                            if e.version != version || e.stream() != stream {
-                                break;
-                            }
-                            out.push(e);
-                        }
-                        None => break,
-                    }
-                }
-                if out.len() as u64 == (to + 1).saturating_sub(from) {
-                    return Ok(out);
-                }
+            let mut out = Vec::new();
+            let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position = ?1");
+            if read_chain(conn, &stream, head, from..=to, &sql, &scans, |row| {
+                out.push(event_from_row(row)?.1);
+                Ok(())
+            })? {
+                return Ok(out);
             }
-            scanned(&scans, &stream);
             read_stream_by_scan(conn, &stream, &range)
         })
         .await
@@ -868,7 +880,9 @@ impl EventStore for EmbeddedStore {
             // A commit is readable a moment before its fsync: answer a repeat only once the
             // original is durable, by waiting for a (no-op) write, which is answered after
             // an fsync that covers every earlier commit.
-            self.writer.write_one(|_| Ok::<(), StoreError>(())).await?;
+            self.writer
+                .write_checked(|_| Ok::<(), StoreError>(()))
+                .await?;
         }
         Ok(record)
     }
@@ -879,12 +893,6 @@ impl EventStore for EmbeddedStore {
         // One job on one connection rather than a round trip per event.
         self.read(move |conn| {
             heads.catch_up(conn)?;
-            let mut by_position = conn
-                .prepare_cached(
-                    "SELECT aggregate_type, aggregate_id, version, hash FROM events \
-                     WHERE position = ?1",
-                )
-                .map_err(backend)?;
             let mut by_scan = conn
                 .prepare_cached(
                     "SELECT hash FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
@@ -896,26 +904,15 @@ impl EventStore for EmbeddedStore {
                     let Some(head) = heads.get(s).filter(|h| (1..=h.version).contains(v)) else {
                         return Ok(None);
                     };
-                    if let Some(&[position]) = chain_positions(conn, s, head, *v, *v)?.as_deref() {
-                        let found = by_position
-                            .query_row([to_i64(position)], |r| {
-                                Ok((
-                                    r.get::<_, String>(0)?,
-                                    r.get::<_, String>(1)?,
-                                    r.get::<_, i64>(2)?,
-                                    r.get::<_, String>(3)?,
-                                ))
-                            })
-                            .optional()
-                            .map_err(backend)?;
-                        if let Some((t, id, version, hash)) = found {
-                            if t == s.aggregate_type && id == s.aggregate_id && version as u64 == *v
-                            {
-                                return Ok(Some(hash));
-                            }
-                        }
+                    let mut hash = None;
+                    let sql = "SELECT aggregate_type, aggregate_id, version, hash FROM events \
+                               WHERE position = ?1";
+                    if read_chain(conn, s, head, *v..=*v, sql, &scans, |row| {
+                        hash = Some(row.get::<_, String>("hash").map_err(backend)?);
+                        Ok(())
+                    })? {
+                        return Ok(hash);
                     }
-                    scanned(&scans, s);
                     by_scan
                         .query_row(params![s.aggregate_type, s.aggregate_id, to_i64(*v)], |r| {
                             r.get::<_, String>(0)
@@ -1389,14 +1386,7 @@ impl EventFeed for EmbeddedStore {
     }
 
     async fn feed_head(&self) -> Result<u64, StoreError> {
-        self.read(|conn| {
-            conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|v| v as u64)
-            .map_err(backend)
-        })
-        .await
+        self.read(last_position).await
     }
 
     async fn read_tails(
@@ -1410,12 +1400,9 @@ impl EventFeed for EmbeddedStore {
         // trip per stream.
         self.read(move |conn| {
             heads.catch_up(conn)?;
-            let mut by_position = conn
-                .prepare_cached(
-                    "SELECT aggregate_id, version, event_type, schema_version, data FROM events \
-                     WHERE position = ?1",
-                )
-                .map_err(backend)?;
+            // `push_raw_event` reads the first five columns.
+            let sql = "SELECT aggregate_id, version, event_type, schema_version, data, \
+                       aggregate_type FROM events WHERE position = ?1";
             let mut batch = RawBatch::default();
             for (id, head) in heads.of_type(&ty) {
                 let from = after.get(&id).copied().unwrap_or(0) + 1;
@@ -1424,29 +1411,16 @@ impl EventFeed for EmbeddedStore {
                 }
                 let stream = StreamId::new(ty.clone(), id);
                 let start = batch.len();
-                let mut whole = false;
-                if let Some(positions) = chain_positions(conn, &stream, head, from, head.version)? {
-                    whole = true;
-                    for (version, position) in (from..).zip(positions) {
-                        let mut rows = by_position.query([to_i64(position)]).map_err(backend)?;
-                        let row = rows.next().map_err(backend)?;
-                        let fits = match row {
-                            Some(r) => {
-                                r.get_ref(0).map_err(backend)?.as_str().ok()
-                                    == Some(stream.aggregate_id.as_str())
-                                    && r.get::<_, i64>(1).map_err(backend)? as u64 == version
-                                    && push_raw_event(&mut batch, r).is_ok()
-                            }
-                            None => false,
-                        };
-                        if !fits {
-                            whole = false;
-                            break;
-                        }
-                    }
-                }
+                let whole = read_chain(
+                    conn,
+                    &stream,
+                    head,
+                    from..=head.version,
+                    sql,
+                    &scans,
+                    |row| push_raw_event(&mut batch, row),
+                )?;
                 if !whole {
-                    scanned(&scans, &stream);
                     batch.truncate(start);
                     let mut scan = conn
                         .prepare_cached(

@@ -30,7 +30,7 @@ trait Job: Send {
 struct TypedJob<T, E, F> {
     f: Option<F>,
     /// False for jobs that check before they write, so they fail before changing anything
-    /// but for a database error, which then spoils the whole group (see `run`).
+    /// but for a database error, which then spoils the whole group (see `run_group`).
     savepoint: bool,
     result: Option<Result<T, E>>,
     reply: oneshot::Sender<Result<T, E>>,
@@ -152,7 +152,7 @@ impl Writer {
     /// Like `write` for a job that makes all its checks before its first change, so it
     /// needs no savepoint: if it fails after changing something (a database error), the
     /// whole group is rolled back and every job in it is told so.
-    pub(crate) async fn write_one<T, E, F>(&self, f: F) -> Result<T, E>
+    pub(crate) async fn write_checked<T, E, F>(&self, f: F) -> Result<T, E>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -234,12 +234,12 @@ fn run_group(
     run_cached(conn, "COMMIT").map_err(|e| rollback(backend(e)))
 }
 
-/// The newest position in the feed, as the writer's connection sees it.
-fn feed_head(conn: &Connection) -> Option<u64> {
+/// The newest event's position (the feed's head) as `conn` sees it; 0 if there is none.
+pub(crate) fn last_position(conn: &Connection) -> Result<u64, StoreError> {
     conn.prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")
         .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
-        .ok()
         .map(|p| p as u64)
+        .map_err(backend)
 }
 
 /// A committed (or failed) group on its way to its callers, with the feed head after it.
@@ -345,7 +345,7 @@ fn run(
             tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
         }
         let position = match commit {
-            Ok(()) => feed_head(&conn),
+            Ok(()) => last_position(&conn).ok(),
             Err(_) => None,
         };
         // A committed group whose head can't be read leaves the hooks' view behind: their
@@ -370,7 +370,7 @@ fn run(
             .and_then(|()| run_group(&conn, &mut [], &*hooks))
     };
     match last {
-        Ok(()) => hooks.end(feed_head(&conn)),
+        Ok(()) => hooks.end(last_position(&conn).ok()),
         Err(e) => {
             hooks.end(None);
             tracing::warn!(error = %e, "final write failed; the next open catches up instead");
