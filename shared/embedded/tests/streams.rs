@@ -96,6 +96,28 @@ async fn check_ranges(store: &EmbeddedStore, stream: &StreamId, all: &[EventEnve
     );
 }
 
+/// Appending one event at `expected` must be refused as a conflict with the stream at `actual`.
+async fn must_conflict(
+    store: &EmbeddedStore,
+    stream: &StreamId,
+    expected: u64,
+    actual: u64,
+    why: &str,
+) {
+    let err = store
+        .append(&kit::request(
+            stream,
+            expected,
+            kit::events(stream, expected, 1),
+        ))
+        .await
+        .expect_err(why);
+    assert!(
+        matches!(err, AppendError::Conflict { expected: e, actual: a, .. } if e == expected && a == actual),
+        "{why}: {err:?}"
+    );
+}
+
 fn sql(dir: &std::path::Path, sql: &str) {
     let conn = Connection::open(dir.join(DB_FILE)).expect("open");
     conn.execute_batch(sql).expect("sql");
@@ -123,21 +145,14 @@ async fn long_streams_read_by_any_range_before_and_after_a_restart() {
     );
     let store = EmbeddedStore::open(dir.path()).expect("reopen without heads");
     check_ranges(&store, &stream, &all, "heads rebuilt").await;
-    let err = store
-        .append(&kit::request(&stream, 299, kit::events(&stream, 299, 1)))
-        .await
-        .expect_err("a stale expected version must conflict");
-    assert!(
-        matches!(
-            err,
-            AppendError::Conflict {
-                expected: 299,
-                actual: 300,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    must_conflict(
+        &store,
+        &stream,
+        299,
+        300,
+        "a stale expected version must conflict",
+    )
+    .await;
     store
         .append(&kit::request(&stream, 300, kit::events(&stream, 300, 1)))
         .await
@@ -166,41 +181,13 @@ async fn a_second_store_on_the_same_directory_sees_and_respects_the_first() {
         b.read_stream(&stream, ReadRange::all()).await.unwrap(),
         first
     );
-    let err = b
-        .append(&kit::request(&stream, 0, kit::events(&stream, 0, 1)))
-        .await
-        .expect_err("b must not write over a's events");
-    assert!(
-        matches!(
-            err,
-            AppendError::Conflict {
-                expected: 0,
-                actual: 3,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    must_conflict(&b, &stream, 0, 3, "b must not write over a's events").await;
     let fourth = kit::events(&stream, 3, 1);
     b.append(&kit::request(&stream, 3, fourth.clone()))
         .await
         .expect("b appends at the head");
 
-    let err = a
-        .append(&kit::request(&stream, 3, kit::events(&stream, 3, 1)))
-        .await
-        .expect_err("a must see b's append");
-    assert!(
-        matches!(
-            err,
-            AppendError::Conflict {
-                expected: 3,
-                actual: 4,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    must_conflict(&a, &stream, 3, 4, "a must see b's append").await;
     let mut want = first;
     want.extend(fourth);
     assert_eq!(
