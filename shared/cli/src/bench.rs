@@ -123,7 +123,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     // Replay: a fresh process view of the store, every account folded from every event.
-    let (store, chronicle) = crate::open(&store_args)?;
+    let (store, chronicle) = crate::open(&store_args, crate::Access::Write)?;
     let feed: Arc<dyn EventFeed> = store.clone();
     let schema = chronicle
         .aggregate(Account::TYPE)
@@ -178,7 +178,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Archive: every event but each stream's head into segments, as `chronicle archive
     // --older-than 0s` does (an existing archive, with --replay-only, is used as it is).
-    let (store, chronicle) = crate::open(&store_args)?;
+    let (store, chronicle) = crate::open(&store_args, crate::Access::Write)?;
     let feed: Arc<dyn EventFeed> = store.clone();
     let archive = DirArchive::open(crate::archive_dir(&store_args))?;
     let started = Instant::now();
@@ -340,7 +340,7 @@ async fn append(
     dir: &std::path::Path,
 ) -> anyhow::Result<(Histogram<u64>, f64, u64, f64)> {
     let total_events = (args.accounts * args.events_per_account) as u64;
-    let (store, chronicle) = crate::open(store_args)?;
+    let (store, chronicle) = crate::open(store_args, crate::Access::Write)?;
     let svc = chronicle
         .aggregate(Account::TYPE)
         .context("accounts are registered")?

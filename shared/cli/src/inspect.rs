@@ -31,7 +31,7 @@ pub(crate) async fn history(
     json: bool,
 ) -> anyhow::Result<()> {
     validate_id(id)?;
-    let (_store, chronicle) = crate::open_any(args).await?;
+    let (_store, chronicle) = crate::open_reader(args).await?;
     let svc = service(&chronicle, aggregate_type)?;
     // Page by page until the filters' matches (or `--limit` of them) are all read.
     let mut events = Vec::new();
@@ -86,7 +86,7 @@ pub(crate) async fn audit(
     if limit == Some(0) {
         anyhow::bail!("--limit must be at least 1");
     }
-    let (store, chronicle) = crate::open_any(args).await?;
+    let (store, chronicle) = crate::open_reader(args).await?;
     let mut query = AuditQuery {
         from,
         to,
@@ -165,7 +165,7 @@ pub(crate) async fn state(
     json: bool,
 ) -> anyhow::Result<()> {
     validate_id(id)?;
-    let (_store, chronicle) = crate::open_any(args).await?;
+    let (_store, chronicle) = crate::open_reader(args).await?;
     let svc = service(&chronicle, aggregate_type)?;
     let version = match at {
         Some(at) => Some(version_at(svc.as_ref(), id, at).await?),
@@ -203,7 +203,7 @@ pub(crate) async fn verify(
     one: Option<(String, String)>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let (store, chronicle) = crate::open_any(args).await?;
+    let (store, chronicle) = crate::open_reader(args).await?;
     let started = std::time::Instant::now();
     let report = match one {
         Some((aggregate_type, id)) => {
@@ -267,7 +267,7 @@ pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Resul
     if args.backend == crate::Backend::Aws {
         return rebuild_by_streams(projection).await;
     }
-    let (store, chronicle) = crate::open(args)?;
+    let (store, chronicle) = crate::open(args, crate::Access::Write)?;
     let runner = chronicle.runner(projection).ok_or_else(|| {
         anyhow!(
             "no projection `{projection}`; known: {}",
@@ -360,7 +360,7 @@ pub(crate) async fn archive(
                      keeps every event"
                 );
             }
-            let (store, _) = crate::open(args)?;
+            let (store, _) = crate::open(args, crate::Access::Write)?;
             let dir = crate::archive_dir(args);
             let archive = chronicle_embedded::DirArchive::open(&dir)?;
             let report =

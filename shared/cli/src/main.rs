@@ -183,13 +183,21 @@ enum Backend {
     Aws,
 }
 
-/// The registry on whichever backend `args` names; the embedded store comes along (to close
-/// it) when that is the backend.
-pub(crate) async fn open_any(
+/// Whether a command writes to the embedded store (and so takes its directory's lock) or
+/// only reads it, which works beside a running `serve`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    Write,
+    Read,
+}
+
+/// The registry on whichever backend `args` names, read-only on the embedded store; the
+/// embedded store comes along (to close it) when that is the backend.
+pub(crate) async fn open_reader(
     args: &StoreArgs,
 ) -> anyhow::Result<(Option<Arc<EmbeddedStore>>, Chronicle)> {
     match args.backend {
-        Backend::Embedded => open(args).map(|(s, c)| (Some(s), c)),
+        Backend::Embedded => open(args, Access::Read).map(|(s, c)| (Some(s), c)),
         Backend::Aws => {
             let app = chronicle_lambda::App::from_env().await?;
             Ok((None, app.chronicle))
@@ -198,15 +206,24 @@ pub(crate) async fn open_any(
 }
 
 /// Opens the embedded store and registers the sample domain on it.
-pub(crate) fn open(args: &StoreArgs) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
-    let store = EmbeddedStore::open(&args.data_dir)
-        .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
+pub(crate) fn open(
+    args: &StoreArgs,
+    access: Access,
+) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
+    let store = match access {
+        Access::Write => EmbeddedStore::open(&args.data_dir),
+        Access::Read => EmbeddedStore::open_read_only(&args.data_dir),
+    }
+    .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let config = HandlerConfig {
         snapshot_every: args.snapshot_every,
         ..HandlerConfig::default()
     };
-    let archive = chronicle_embedded::DirArchive::open(archive_dir(args))
-        .context("opening the archive directory")?;
+    let archive = match access {
+        Access::Write => chronicle_embedded::DirArchive::open(archive_dir(args))
+            .context("opening the archive directory")?,
+        Access::Read => chronicle_embedded::DirArchive::read_only(archive_dir(args)),
+    };
     let events = Arc::new(ArchivedEventStore::new(store.clone(), Arc::new(archive)));
     let chronicle = chronicle_accounts::register(Chronicle::builder(
         events,

@@ -9,7 +9,7 @@ pub(crate) async fn serve(
     addr: &str,
     publish_log: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let (store, chronicle) = crate::open(args)?;
+    let (store, chronicle) = crate::open(args, crate::Access::Write)?;
     let (stop, stopped) = watch::channel(false);
     let mut runners = Vec::new();
     if let Some(path) = publish_log {

@@ -24,6 +24,12 @@ impl DirArchive {
         Ok(Self { root })
     }
 
+    /// The archive in `root` for reading, without creating the directory (an archive that
+    /// does not exist yet lists no segments).
+    pub fn read_only(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
     /// A segment's path; names are relative and stay under the root.
     fn path(&self, name: &str) -> Result<PathBuf, StoreError> {
         let rel = Path::new(name);

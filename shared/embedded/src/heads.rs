@@ -1,31 +1,54 @@
-//! Where each stream ends, kept in memory, so appends need no per-stream index.
+//! Streams without a per-event index: chains that SQLite itself keeps, and heads on disk.
 //!
-//! A b-tree index on (type, id, version) puts every appended event on a random index leaf,
-//! and each commit then writes one 4 KiB page to the WAL per event, which the syncer flushes
-//! and the checkpointer copies again: about a third of all the CPU an append cost. Instead a
-//! stream is a chain: `stream_links` gives each event's predecessor in its stream (keyed by
-//! position, so appends land at its right edge), `stream_marks` holds every `MARK_EVERY`th
-//! version as an entry point for reads deep in a long stream, and this map holds each stream's
-//! last version and position. Only the writer thread changes it, inside its group
-//! transaction, so a version check against it is as good as one against an index.
+//! A b-tree index on (type, id, version) puts every appended event on a random leaf of an
+//! index as large as the store, and each commit then writes a 4 KiB page to the WAL per event.
+//! Instead a stream is a chain: `stream_links` gives each event's predecessor in its stream
+//! (keyed by position, so appends land at its right edge), `stream_marks` holds every
+//! `MARK_EVERY`th version as an entry point for reads deep in a long stream, and
+//! `stream_heads` holds each stream's last version and position: one row per stream, not per
+//! event, so a commit rewrites one small, hot page per stream it touches.
 //!
-//! The map is persisted to `stream_heads` every `FLUSH_EVERY` events (and on close) together
-//! with `heads_through`, the position up to which that table is complete; opening catches up
-//! from there by reading the events after it, so a crash costs a short scan, not a wrong head.
-//! Another process writing the same data directory is caught the same way: the writer compares
-//! the feed's head with `through` at the start of every group, under SQLite's write lock.
+//! Triggers on `events` maintain all three inside the inserting statement and refuse an event
+//! that does not continue its stream's head (`events_stream_check`). So the guarantee that no
+//! two rows hold one (type, id, version) is SQLite's, checked in the write transaction: it
+//! holds for every writer of the file (a second process that bypassed the directory lock, a
+//! tool, a test inserting rows by hand) and does not depend on anything kept in memory. A
+//! reader's snapshot sees the heads and the events they point at together, and nothing about
+//! streams is kept in memory, so memory does not grow with the number of streams.
 
-use crate::writer::{backend, last_position, GroupHooks};
+use crate::writer::backend;
 use chronicle_kernel::{StoreError, StreamId};
 use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
-use rustc_hash::FxHashMap;
-use std::collections::BTreeSet;
-use std::sync::{Mutex, MutexGuard};
 
 /// A mark every this many versions bounds a read's walk to the range asked plus this.
 pub(crate) const MARK_EVERY: u64 = 64;
-/// Events between persisting the heads: what a crash makes the next open re-read at most.
-const FLUSH_EVERY: u64 = 65_536;
+
+/// The message `events_stream_check` aborts with; appends check the head first, so it only
+/// reaches a caller through a writer that did not (see `append_encoded`).
+pub(crate) const CONFLICT_MESSAGE: &str = "stream version conflict";
+
+/// The triggers that keep the stream tables (created with the schema, `IF NOT EXISTS`).
+pub(crate) fn triggers() -> String {
+    format!(
+        "CREATE TRIGGER IF NOT EXISTS events_stream_check BEFORE INSERT ON events
+         WHEN NEW.version != 1 + COALESCE((SELECT version FROM stream_heads
+             WHERE aggregate_type = NEW.aggregate_type AND aggregate_id = NEW.aggregate_id), 0)
+         BEGIN SELECT RAISE(ABORT, '{CONFLICT_MESSAGE}'); END;
+         CREATE TRIGGER IF NOT EXISTS events_stream_append AFTER INSERT ON events
+         BEGIN
+             INSERT INTO stream_links (position, prev) VALUES (NEW.position,
+                 COALESCE((SELECT position FROM stream_heads WHERE aggregate_type =
+                     NEW.aggregate_type AND aggregate_id = NEW.aggregate_id), 0));
+             INSERT INTO stream_marks (aggregate_type, aggregate_id, version, position)
+                 SELECT NEW.aggregate_type, NEW.aggregate_id, NEW.version, NEW.position
+                 WHERE NEW.version % {MARK_EVERY} = 0;
+             INSERT INTO stream_heads (aggregate_type, aggregate_id, version, position)
+                 VALUES (NEW.aggregate_type, NEW.aggregate_id, NEW.version, NEW.position)
+                 ON CONFLICT (aggregate_type, aggregate_id)
+                 DO UPDATE SET version = excluded.version, position = excluded.position;
+         END;"
+    )
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Head {
@@ -33,258 +56,111 @@ pub(crate) struct Head {
     pub position: u64,
 }
 
-#[derive(Clone, Copy)]
-struct Entry {
-    head: Head,
-    /// Changed since the last flush to `stream_heads`.
-    dirty: bool,
-}
-
-#[derive(Default)]
-struct State {
-    /// Committed heads. A hash map: the writer looks one up for every append, and a b-tree
-    /// of string keys cost it several string comparisons each time.
-    committed: FxHashMap<StreamId, Entry>,
-    /// The same streams in (type, id) order, for listings; changes only with a new stream.
-    order: BTreeSet<StreamId>,
-    /// The open group's appends: visible to later jobs of the group, to readers only once
-    /// the group commits.
-    pending: FxHashMap<StreamId, Head>,
-    /// Every event at or below this position is in `committed`.
-    through: u64,
-    /// Head changes since the last flush.
-    unflushed: u64,
-    /// The open group persists the heads before its COMMIT.
-    flushing: bool,
-}
-
-impl State {
-    fn apply(&mut self, stream: StreamId, head: Head) {
-        self.unflushed += 1;
-        if let Some(e) = self.committed.get_mut(&stream) {
-            if e.head.version < head.version {
-                *e = Entry { head, dirty: true };
-            }
-            return;
-        }
-        self.order.insert(stream.clone());
-        self.committed.insert(stream, Entry { head, dirty: true });
-    }
-}
-
-pub(crate) struct Heads {
-    state: Mutex<State>,
-}
-
-impl Heads {
-    /// Loads the persisted heads and catches up with the events after them.
-    pub(crate) fn load(conn: &Connection) -> Result<Self, StoreError> {
-        let mut state = State::default();
-        let mut stmt = conn
-            .prepare("SELECT aggregate_type, aggregate_id, version, position FROM stream_heads")
-            .map_err(backend)?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    StreamId::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                    Head {
-                        version: r.get::<_, i64>(2)? as u64,
-                        position: r.get::<_, i64>(3)? as u64,
-                    },
-                ))
+/// A stream's head as `conn` sees it (inside the writer's transaction: exact).
+pub(crate) fn head(conn: &Connection, stream: &StreamId) -> Result<Option<Head>, StoreError> {
+    conn.prepare_cached(
+        "SELECT version, position FROM stream_heads WHERE aggregate_type = ?1 AND aggregate_id = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![stream.aggregate_type, stream.aggregate_id], |r| {
+            Ok(Head {
+                version: r.get::<_, i64>(0)? as u64,
+                position: r.get::<_, i64>(1)? as u64,
             })
-            .map_err(backend)?;
-        for row in rows {
-            let (stream, head) = row.map_err(backend)?;
-            state.order.insert(stream.clone());
-            state.committed.insert(stream, Entry { head, dirty: false });
-        }
-        state.through = conn
-            .query_row(
-                "SELECT value FROM store_meta WHERE key = 'heads_through'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(backend)?
-            .unwrap_or(0) as u64;
-        let heads = Self {
-            state: Mutex::new(state),
-        };
-        heads.catch_up(conn)?;
-        Ok(heads)
-    }
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Applies the events stored after `through` (written by another process, or before a
-    /// crash that came before their heads were persisted).
-    pub(crate) fn catch_up(&self, conn: &Connection) -> Result<(), StoreError> {
-        let through = self.lock().through;
-        let last = last_position(conn)?;
-        if last <= through {
-            return Ok(());
-        }
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT aggregate_type, aggregate_id, version, position FROM events \
-                 WHERE position > ?1 AND position <= ?2 ORDER BY position",
-            )
-            .map_err(backend)?;
-        let mut rows = stmt
-            .query(params![through as i64, last as i64])
-            .map_err(backend)?;
-        let mut found = Vec::new();
-        while let Some(r) = rows.next().map_err(backend)? {
-            found.push((
-                StreamId::new(
-                    r.get::<_, String>(0).map_err(backend)?,
-                    r.get::<_, String>(1).map_err(backend)?,
-                ),
-                Head {
-                    version: r.get::<_, i64>(2).map_err(backend)? as u64,
-                    position: r.get::<_, i64>(3).map_err(backend)? as u64,
-                },
-            ));
-        }
-        let mut state = self.lock();
-        for (stream, head) in found {
-            state.apply(stream, head);
-        }
-        state.through = state.through.max(last);
-        Ok(())
-    }
-
-    /// The committed head of a stream, for readers.
-    pub(crate) fn get(&self, stream: &StreamId) -> Option<Head> {
-        self.lock().committed.get(stream).map(|e| e.head)
-    }
-
-    /// The head as the open group sees it, for the writer's version checks.
-    pub(crate) fn current(&self, stream: &StreamId) -> Option<Head> {
-        let state = self.lock();
-        state
-            .pending
-            .get(stream)
-            .copied()
-            .or_else(|| state.committed.get(stream).map(|e| e.head))
-    }
-
-    /// Records a job's appends once the job has succeeded.
-    pub(crate) fn stage(&self, stream: StreamId, head: Head) {
-        self.lock().pending.insert(stream, head);
-    }
-
-    /// Up to `limit` committed streams after `after` (all types), in (type, id) order.
-    pub(crate) fn streams_after(&self, after: &StreamId, limit: usize) -> Vec<StreamId> {
-        use std::ops::Bound;
-        self.lock()
-            .order
-            .range((Bound::Excluded(after), Bound::Unbounded))
-            .take(limit)
-            .cloned()
-            .collect()
-    }
-
-    /// Every committed stream of one type with its head.
-    pub(crate) fn of_type(&self, aggregate_type: &str) -> Vec<(String, Head)> {
-        use std::ops::Bound;
-        let from = StreamId::new(aggregate_type, "");
-        let state = self.lock();
-        state
-            .order
-            .range((Bound::Included(&from), Bound::Unbounded))
-            .take_while(|s| s.aggregate_type == aggregate_type)
-            .filter_map(|s| {
-                let e = state.committed.get(s)?;
-                Some((s.aggregate_id.clone(), e.head))
-            })
-            .collect()
-    }
-
-    /// Writes the changed heads and how far they reach, in the open transaction.
-    fn flush(&self, conn: &Connection) -> Result<(), StoreError> {
-        let (rows, through) = {
-            let state = self.lock();
-            let mut rows: Vec<(StreamId, Head)> = state
-                .committed
-                .iter()
-                .filter(|(_, e)| e.dirty)
-                .map(|(s, e)| (s.clone(), e.head))
-                .collect();
-            rows.extend(state.pending.iter().map(|(s, h)| (s.clone(), *h)));
-            (rows, state.through)
-        };
-        let mut upsert = conn
-            .prepare_cached(
-                "INSERT INTO stream_heads (aggregate_type, aggregate_id, version, position) \
-                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
-                 SET version = excluded.version, position = excluded.position \
-                 WHERE excluded.version > stream_heads.version",
-            )
-            .map_err(backend)?;
-        for (s, h) in &rows {
-            upsert
-                .execute(params![
-                    s.aggregate_type,
-                    s.aggregate_id,
-                    h.version as i64,
-                    h.position as i64
-                ])
-                .map_err(backend)?;
-        }
-        // The group's own events are covered too: they are all in `pending`.
-        let last = last_position(conn)?;
-        conn.prepare_cached(
-            "INSERT INTO store_meta (key, value) VALUES ('heads_through', ?1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+/// Up to `limit` streams after `after` (all types), in (type, id) order.
+pub(crate) fn streams_after(
+    conn: &Connection,
+    after: &StreamId,
+    limit: usize,
+) -> Result<Vec<StreamId>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT aggregate_type, aggregate_id FROM stream_heads \
+             WHERE (aggregate_type, aggregate_id) > (?1, ?2) \
+             ORDER BY aggregate_type, aggregate_id LIMIT ?3",
         )
-        .and_then(|mut s| s.execute([last.max(through) as i64]))
         .map_err(backend)?;
-        Ok(())
-    }
+    let rows = stmt
+        .query_map(
+            params![
+                after.aggregate_type,
+                after.aggregate_id,
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| Ok(StreamId::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .map_err(backend)?;
+    rows.map(|r| r.map_err(backend)).collect()
 }
 
-impl GroupHooks for Heads {
-    fn begin(&self, conn: &Connection) -> Result<(), StoreError> {
-        self.lock().pending.clear();
-        // Under the write lock nobody else can append until COMMIT: after this, `through` is
-        // exact for the whole group.
-        self.catch_up(conn)
-    }
+/// Every stream of one type with its head, in id order.
+pub(crate) fn of_type(
+    conn: &Connection,
+    aggregate_type: &str,
+) -> Result<Vec<(String, Head)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT aggregate_id, version, position FROM stream_heads \
+             WHERE aggregate_type = ?1 ORDER BY aggregate_id",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map([aggregate_type], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Head {
+                    version: r.get::<_, i64>(1)? as u64,
+                    position: r.get::<_, i64>(2)? as u64,
+                },
+            ))
+        })
+        .map_err(backend)?;
+    rows.map(|r| r.map_err(backend)).collect()
+}
 
-    fn before_commit(&self, conn: &Connection, closing: bool) -> Result<(), StoreError> {
-        let due = {
-            let state = self.lock();
-            let changed = state.unflushed > 0 || !state.pending.is_empty();
-            changed && (closing || state.unflushed + state.pending.len() as u64 >= FLUSH_EVERY)
-        };
-        if due {
-            self.flush(conn)?;
-        }
-        self.lock().flushing = due;
-        Ok(())
+/// Brings `stream_heads` up to date for a data directory written when heads were kept in
+/// memory and persisted only now and then (up to `heads_through`): the events after that
+/// point, once, in the open transaction.
+pub(crate) fn catch_up_persisted(conn: &Connection) -> Result<(), StoreError> {
+    let exact: bool = conn
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM store_meta WHERE key = 'heads_exact'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if exact {
+        return Ok(());
     }
-
-    fn end(&self, committed: Option<u64>) {
-        let mut state = self.lock();
-        let pending = std::mem::take(&mut state.pending);
-        let flushed = std::mem::take(&mut state.flushing);
-        let Some(position) = committed else {
-            // Rolled back: the group's appends never happened; a flush in it neither.
-            return;
-        };
-        for (stream, head) in pending {
-            state.apply(stream, head);
-        }
-        state.through = state.through.max(position);
-        if flushed {
-            for e in state.committed.values_mut() {
-                e.dirty = false;
-            }
-            state.unflushed = 0;
-        }
-    }
+    let through: i64 = conn
+        .query_row(
+            "SELECT value FROM store_meta WHERE key = 'heads_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(backend)?
+        .unwrap_or(0);
+    // SQLite gives a bare column the values of the MAX() row of its group.
+    conn.execute(
+        "INSERT INTO stream_heads (aggregate_type, aggregate_id, version, position)
+         SELECT aggregate_type, aggregate_id, MAX(version), position FROM events
+         WHERE position > ?1 GROUP BY aggregate_type, aggregate_id
+         ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE
+         SET version = excluded.version, position = excluded.position
+         WHERE excluded.version > stream_heads.version",
+        [through],
+    )
+    .map_err(backend)?;
+    conn.execute_batch(
+        "DELETE FROM store_meta WHERE key = 'heads_through';
+         INSERT INTO store_meta (key, value) VALUES ('heads_exact', 1);",
+    )
+    .map_err(backend)
 }

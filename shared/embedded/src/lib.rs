@@ -7,10 +7,13 @@
 
 mod archive;
 mod heads;
+mod lock;
 mod publisher;
 mod writer;
 
 pub use archive::DirArchive;
+pub use lock::LOCK_FILE;
+use lock::DirLock;
 pub use publisher::JsonlPublisher;
 
 use async_trait::async_trait;
@@ -21,7 +24,7 @@ use chronicle_kernel::{
     RecordedPage, Snapshot, SnapshotStore, StoreError, StreamId, StreamPage,
 };
 use chrono::{DateTime, Utc};
-use heads::{Head, Heads, MARK_EVERY};
+use heads::{Head, MARK_EVERY};
 use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
 use r2d2_sqlite::SqliteConnectionManager;
 use std::path::{Path, PathBuf};
@@ -50,9 +53,10 @@ CREATE TABLE IF NOT EXISTS events (
     hash           TEXT    NOT NULL DEFAULT ''
 );
 -- Streams without a per-event index (heads.rs): each event's predecessor in its stream (0 for
--- version 1), every MARK_EVERY-th version as an entry point, and the heads as last persisted.
--- Data directories from before these keep their (type, id, version) UNIQUE index, which costs
--- appends but changes nothing else; `backfill_streams` fills these tables for them.
+-- version 1), every MARK_EVERY-th version as an entry point, and each stream's head, all kept
+-- by triggers on `events` (heads::triggers). Data directories from before these keep their
+-- (type, id, version) UNIQUE index, which costs appends but changes nothing else;
+-- `backfill_streams` fills these tables for them.
 CREATE TABLE IF NOT EXISTS stream_links (
     position INTEGER PRIMARY KEY,
     prev     INTEGER NOT NULL
@@ -158,8 +162,7 @@ fn backfill_streams(conn: &Connection) -> rusqlite::Result<()> {
          INSERT INTO stream_heads (aggregate_type, aggregate_id, version, position)
              SELECT aggregate_type, aggregate_id, MAX(version), position FROM events
              GROUP BY aggregate_type, aggregate_id;
-         INSERT OR REPLACE INTO store_meta (key, value)
-             SELECT 'heads_through', COALESCE(MAX(position), 0) FROM events;
+         INSERT OR REPLACE INTO store_meta (key, value) VALUES ('heads_exact', 1);
          COMMIT;"
     ))
 }
@@ -190,10 +193,12 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 pub struct EmbeddedStore {
     dir: PathBuf,
     writer: Writer,
-    checkpointer: Checkpointer,
+    /// None when opened read-only.
+    checkpointer: Option<Checkpointer>,
     readers: r2d2::Pool<SqliteConnectionManager>,
     head: watch::Sender<u64>,
-    heads: Arc<Heads>,
+    /// Held until `close`: one writing process per data directory.
+    lock: std::sync::Mutex<Option<DirLock>>,
     /// Reads that found a stream's chain broken and scanned instead (`scanned`).
     scans: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -243,6 +248,25 @@ impl Drop for Checkpointer {
     }
 }
 
+/// The readers' connections; `query_only` for a store opened read-only, so not even a bug can
+/// write through them.
+fn reader_pool(
+    path: &Path,
+    query_only: bool,
+) -> Result<r2d2::Pool<SqliteConnectionManager>, StoreError> {
+    let manager = SqliteConnectionManager::file(path).with_init(move |c| {
+        init_connection(c)?;
+        if query_only {
+            c.execute_batch("PRAGMA query_only = ON")?;
+        }
+        Ok(())
+    });
+    r2d2::Pool::builder()
+        .max_size(8)
+        .build(manager)
+        .map_err(backend)
+}
+
 fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
     c.busy_timeout(Duration::from_secs(10))?;
     // Readers keep a small page cache: every commit by the writer invalidates it anyway.
@@ -252,11 +276,14 @@ fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
 }
 
 impl EmbeddedStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir` for reading and writing. Takes the
+    /// directory's lock first (lock.rs): while another process has it open for writing, this
+    /// fails naming that process and changes nothing.
     pub fn open(dir: impl AsRef<Path>) -> Result<Arc<Self>, StoreError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir)
             .map_err(|e| backend(format!("creating {}: {e}", dir.display())))?;
+        let lock = DirLock::acquire(&dir)?;
         let path = dir.join(DB_FILE);
         let mut conn = Connection::open(&path)
             .map_err(|e| backend(format!("opening {}: {e}", path.display())))?;
@@ -288,25 +315,73 @@ impl EmbeddedStore {
         let before_streams = table_exists(&conn, "events").map_err(backend)?
             && !table_exists(&conn, "stream_links").map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        conn.execute_batch(&heads::triggers()).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
         if before_streams {
             backfill_streams(&conn).map_err(backend)?;
         }
-        let heads = Arc::new(Heads::load(&conn)?);
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(backend)?;
+        let caught_up = heads::catch_up_persisted(&conn)
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
+        if caught_up.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        caught_up?;
         let (head, _) = watch::channel(last_position(&conn)?);
-        let manager = SqliteConnectionManager::file(&path).with_init(init_connection);
-        let readers = r2d2::Pool::builder()
-            .max_size(8)
-            .build(manager)
-            .map_err(backend)?;
+        let readers = reader_pool(&path, false)?;
         Ok(Arc::new(Self {
             dir,
-            writer: Writer::spawn(conn, wal_path(&path), head.clone(), heads.clone()),
-            heads,
+            writer: Writer::spawn(conn, wal_path(&path), head.clone()),
             scans: Arc::default(),
-            checkpointer: Checkpointer::spawn(&path)?,
+            checkpointer: Some(Checkpointer::spawn(&path)?),
             readers,
             head,
+            lock: std::sync::Mutex::new(Some(lock)),
+        }))
+    }
+
+    /// Opens an existing store for reading only, beside a process that writes to it (or
+    /// none): takes no lock, starts no writer, and every write is refused. For `history`,
+    /// `state`, `audit` and `verify`.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Arc<Self>, StoreError> {
+        let dir = dir.as_ref().to_path_buf();
+        let path = dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(backend(format!(
+                "no Chronicle store in {} (no {DB_FILE}); `chronicle serve --data-dir {}` creates one",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        let readers = reader_pool(&path, true)?;
+        let conn = readers.get().map_err(backend)?;
+        // A directory whose schema a writer has not brought up to date yet can't be read
+        // correctly without writing to it.
+        let current = table_exists(&conn, "stream_links").map_err(backend)?
+            && conn
+                .query_row(
+                    "SELECT COUNT(*) > 0 FROM store_meta WHERE key = 'heads_exact'",
+                    [],
+                    |r| r.get::<_, bool>(0),
+                )
+                .map_err(backend)?;
+        if !current {
+            return Err(backend(format!(
+                "the store in {} was written by an older Chronicle: open it once with a \
+                 writing command (e.g. `chronicle serve`) to upgrade it",
+                dir.display()
+            )));
+        }
+        let (head, _) = watch::channel(last_position(&conn)?);
+        drop(conn);
+        Ok(Arc::new(Self {
+            dir,
+            writer: Writer::none(),
+            scans: Arc::default(),
+            checkpointer: None,
+            readers,
+            head,
+            lock: std::sync::Mutex::new(None),
         }))
     }
 
@@ -321,9 +396,14 @@ impl EmbeddedStore {
     }
 
     /// Finishes queued writes and stops the writer; later writes fail.
+    /// Releases the directory's lock once the writer has stopped: another process may then
+    /// open the directory for writing.
     pub fn close(&self) {
         self.writer.close();
-        self.checkpointer.close();
+        if let Some(c) = &self.checkpointer {
+            c.close();
+        }
+        self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
     /// Runs a read on a pooled connection off the async threads.
@@ -567,14 +647,9 @@ fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
     })
 }
 
-/// Inserts one event after `prev` (its predecessor's position, 0 for version 1) with its link
-/// and, every `MARK_EVERY` versions, a mark; returns its position.
-fn insert_event(
-    conn: &Connection,
-    stream: &StreamId,
-    row: &EventRow,
-    prev: u64,
-) -> Result<u64, StoreError> {
+/// Inserts one event; the stream triggers (heads.rs) link it to its predecessor, mark it and
+/// move the head, or refuse it if it does not continue the head. Returns its position.
+fn insert_event(conn: &Connection, stream: &StreamId, row: &EventRow) -> Result<u64, StoreError> {
     // OR FAIL (here and below): a one-row insert fails before changing anything, so SQLite
     // can skip the statement journal it would keep for OR ABORT.
     conn.prepare_cached(&format!(
@@ -596,33 +671,14 @@ fn insert_event(
         ])
     })
     .map_err(backend)?;
-    let position = conn.last_insert_rowid();
-    conn.prepare_cached("INSERT OR FAIL INTO stream_links (position, prev) VALUES (?1, ?2)")
-        .and_then(|mut s| s.execute(params![position, to_i64(prev)]))
-        .map_err(backend)?;
-    if (row.version as u64).is_multiple_of(MARK_EVERY) {
-        conn.prepare_cached(
-            "INSERT OR FAIL INTO stream_marks (aggregate_type, aggregate_id, version, position) \
-             VALUES (?1, ?2, ?3, ?4)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                stream.aggregate_type,
-                stream.aggregate_id,
-                row.version,
-                position
-            ])
-        })
-        .map_err(backend)?;
-    }
-    Ok(position as u64)
+    Ok(conn.last_insert_rowid() as u64)
 }
 
 /// Appends the events (and the idempotency record). Every check comes before the first
 /// write, so a refused append changes nothing and needs no savepoint (writer.rs `write_checked`).
-/// Only the writer thread writes, inside its group transaction, so nothing can move the
-/// stream between the check against its head and the inserts.
-fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(), AppendError> {
+/// The version check reads the head inside the writer's transaction, under SQLite's write
+/// lock, so it is exact whatever other processes did; the triggers check it again per event.
+fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
     if let Some(idem) = &enc.idempotency {
         let taken = conn
             .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
@@ -632,8 +688,7 @@ fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(),
             return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
         }
     }
-    let head = heads.current(&enc.stream);
-    let actual = head.map_or(0, |h| h.version);
+    let actual = heads::head(conn, &enc.stream)?.map_or(0, |h| h.version);
     if actual != enc.expected_version {
         return Err(AppendError::Conflict {
             stream: enc.stream.to_string(),
@@ -641,9 +696,8 @@ fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(),
             actual,
         });
     }
-    let mut prev = head.map_or(0, |h| h.position);
     for row in &enc.rows {
-        prev = insert_event(conn, &enc.stream, row, prev)?;
+        insert_event(conn, &enc.stream, row)?;
     }
     if let Some(idem) = &enc.idempotency {
         conn.prepare_cached(
@@ -662,13 +716,6 @@ fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(),
         })
         .map_err(backend)?;
     }
-    heads.stage(
-        enc.stream.clone(),
-        Head {
-            version: enc.expected_version + enc.rows.len() as u64,
-            position: prev,
-        },
-    );
     Ok(())
 }
 
@@ -826,9 +873,8 @@ impl EventStore for EmbeddedStore {
             return Err(StoreError::Invalid("an append needs at least one event".into()).into());
         }
         let enc = encode(request)?;
-        let heads = self.heads.clone();
         self.writer
-            .write_checked(move |conn| append_encoded(conn, &enc, &heads))
+            .write_checked(move |conn| append_encoded(conn, &enc))
             .await
     }
 
@@ -838,10 +884,9 @@ impl EventStore for EmbeddedStore {
         range: ReadRange,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         let stream = stream.clone();
-        let (heads, scans) = (self.heads.clone(), self.scans.clone());
+        let scans = self.scans.clone();
         self.read(move |conn| {
-            heads.catch_up(conn)?;
-            let Some(head) = heads.get(&stream) else {
+            let Some(head) = heads::head(conn, &stream)? else {
                 return Ok(Vec::new());
             };
             let from = range.from_version.max(1);
@@ -866,11 +911,7 @@ impl EventStore for EmbeddedStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
         let stream = stream.clone();
-        let heads = self.heads.clone();
-        self.read(move |conn| {
-            heads.catch_up(conn)?;
-            Ok(heads.get(&stream).map_or(0, |h| h.version))
-        })
+        self.read(move |conn| Ok(heads::head(conn, &stream)?.map_or(0, |h| h.version)))
         .await
     }
 
@@ -889,10 +930,9 @@ impl EventStore for EmbeddedStore {
 
     async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
         let at = at.to_vec();
-        let (heads, scans) = (self.heads.clone(), self.scans.clone());
+        let scans = self.scans.clone();
         // One job on one connection rather than a round trip per event.
         self.read(move |conn| {
-            heads.catch_up(conn)?;
             let mut by_scan = conn
                 .prepare_cached(
                     "SELECT hash FROM events WHERE aggregate_type = ?1 AND aggregate_id = ?2 \
@@ -901,7 +941,8 @@ impl EventStore for EmbeddedStore {
                 .map_err(backend)?;
             at.iter()
                 .map(|(s, v)| {
-                    let Some(head) = heads.get(s).filter(|h| (1..=h.version).contains(v)) else {
+                    let Some(head) = heads::head(conn, s)?.filter(|h| (1..=h.version).contains(v))
+                    else {
                         return Ok(None);
                     };
                     let mut hash = None;
@@ -957,10 +998,8 @@ impl EventStore for EmbeddedStore {
             None => (String::new(), String::new()),
         };
         let limit = limit.max(1);
-        let heads = self.heads.clone();
         self.read(move |conn| {
-            heads.catch_up(conn)?;
-            let streams = heads.streams_after(&StreamId::new(after.0, after.1), limit);
+            let streams = heads::streams_after(conn, &StreamId::new(after.0, after.1), limit)?;
             let next = match streams.last() {
                 Some(last) if streams.len() == limit => Some(
                     serde_json::to_string(&(&last.aggregate_type, &last.aggregate_id))
@@ -1395,16 +1434,15 @@ impl EventFeed for EmbeddedStore {
         after: Arc<std::collections::HashMap<String, u64>>,
     ) -> Result<RawBatch, StoreError> {
         let ty = aggregate_type.to_owned();
-        let (heads, scans) = (self.heads.clone(), self.scans.clone());
+        let scans = self.scans.clone();
         // One job on one connection: each stream's tail along its chain, instead of a round
         // trip per stream.
         self.read(move |conn| {
-            heads.catch_up(conn)?;
             // `push_raw_event` reads the first five columns.
             let sql = "SELECT aggregate_id, version, event_type, schema_version, data, \
                        aggregate_type FROM events WHERE position = ?1";
             let mut batch = RawBatch::default();
-            for (id, head) in heads.of_type(&ty) {
+            for (id, head) in heads::of_type(conn, &ty)? {
                 let from = after.get(&id).copied().unwrap_or(0) + 1;
                 if from > head.version {
                     continue;

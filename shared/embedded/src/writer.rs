@@ -88,16 +88,6 @@ where
     }
 }
 
-/// What the store does around each group transaction (the stream heads, `heads.rs`).
-pub(crate) trait GroupHooks: Send + Sync {
-    /// In the open transaction, before the group's jobs run.
-    fn begin(&self, conn: &Connection) -> Result<(), StoreError>;
-    /// In the open transaction, after the jobs ran and before COMMIT; `closing` for the last.
-    fn before_commit(&self, conn: &Connection, closing: bool) -> Result<(), StoreError>;
-    /// After the group: committed, with the feed's head after it, or rolled back (`None`).
-    fn end(&self, committed: Option<u64>);
-}
-
 /// Jobs waiting for the writer; past this, callers wait (backpressure, bounded memory).
 const QUEUE: usize = 4096;
 
@@ -106,6 +96,8 @@ type Queue = tokio::sync::mpsc::Sender<Box<dyn Job>>;
 pub(crate) struct Writer {
     tx: Mutex<Option<Queue>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Why writes are refused once `tx` is gone.
+    refusal: &'static str,
 }
 
 fn run_cached(conn: &Connection, sql: &str) -> r2d2_sqlite::rusqlite::Result<()> {
@@ -121,20 +113,25 @@ pub(crate) fn backend(e: impl std::fmt::Display) -> StoreError {
 impl Writer {
     /// Starts the writer thread. `wal` is the database's write-ahead log, which the syncer
     /// flushes; after every durable commit `head` gets the feed's newest position.
-    pub(crate) fn spawn(
-        conn: Connection,
-        wal: PathBuf,
-        head: watch::Sender<u64>,
-        hooks: Arc<dyn GroupHooks>,
-    ) -> Self {
+    pub(crate) fn spawn(conn: Connection, wal: PathBuf, head: watch::Sender<u64>) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel::<Box<dyn Job>>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("chronicle-writer".into())
-            .spawn(move || run(conn, rx, wal, head, hooks))
+            .spawn(move || run(conn, rx, wal, head))
             .expect("spawning the writer thread");
         Self {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
+            refusal: "the store is closed",
+        }
+    }
+
+    /// A writer that refuses every job: the store was opened read-only.
+    pub(crate) fn none() -> Self {
+        Self {
+            tx: Mutex::new(None),
+            thread: Mutex::new(None),
+            refusal: "the store was opened read-only",
         }
     }
 
@@ -180,7 +177,7 @@ impl Writer {
             None => false,
         };
         if !sent {
-            return Err(StoreError::Backend("the store is closed".into()).into());
+            return Err(StoreError::Backend(self.refusal.into()).into());
         }
         rx.await
             .unwrap_or_else(|_| Err(StoreError::Backend("the writer stopped".into()).into()))
@@ -205,18 +202,13 @@ impl Drop for Writer {
 /// whole transaction back under a job (disk full, I/O error), or a job's savepoint could not
 /// be undone, nothing of the group is kept and every job is told so: jobs after that point
 /// must not run in autocommit mode and be stored while reported failed.
-fn run_group(
-    conn: &Connection,
-    jobs: &mut [Box<dyn Job>],
-    hooks: &dyn GroupHooks,
-) -> Result<(), StoreError> {
+fn run_group(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<u64, StoreError> {
     let rollback = |e: StoreError| {
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
         e
     };
-    hooks.begin(conn).map_err(rollback)?;
     for job in jobs.iter_mut() {
         let sound = job.run(conn);
         if !sound || conn.is_autocommit() {
@@ -228,10 +220,10 @@ fn run_group(
             ));
         }
     }
-    hooks
-        .before_commit(conn, jobs.is_empty())
-        .map_err(rollback)?;
-    run_cached(conn, "COMMIT").map_err(|e| rollback(backend(e)))
+    // Read inside the transaction: after COMMIT another process may already have appended.
+    let position = last_position(conn).map_err(rollback)?;
+    run_cached(conn, "COMMIT").map_err(|e| rollback(backend(e)))?;
+    Ok(position)
 }
 
 /// The newest event's position (the feed's head) as `conn` sees it; 0 if there is none.
@@ -307,7 +299,6 @@ fn run(
     mut rx: tokio::sync::mpsc::Receiver<Box<dyn Job>>,
     wal: PathBuf,
     head: watch::Sender<u64>,
-    hooks: Arc<dyn GroupHooks>,
 ) {
     let (done, done_rx) = mpsc::channel::<Done>();
     let poisoned = Arc::new(AtomicBool::new(false));
@@ -337,20 +328,15 @@ fn run(
             continue;
         }
         // Cached statements: parsing these three per group showed in profiles.
-        let commit = match run_cached(&conn, "BEGIN IMMEDIATE") {
-            Ok(()) => run_group(&conn, &mut jobs, &*hooks),
+        let group = match run_cached(&conn, "BEGIN IMMEDIATE") {
+            Ok(()) => run_group(&conn, &mut jobs),
             Err(e) => Err(backend(e)),
         };
-        if let Err(e) = &commit {
+        if let Err(e) = &group {
             tracing::error!(error = %e, jobs = jobs.len(), "group commit failed");
         }
-        let position = match commit {
-            Ok(()) => last_position(&conn).ok(),
-            Err(_) => None,
-        };
-        // A committed group whose head can't be read leaves the hooks' view behind: their
-        // next `begin` catches up from the database.
-        hooks.end(position);
+        let position = group.as_ref().ok().copied();
+        let commit = group.map(|_| ());
         if let Err(mpsc::SendError((jobs, _, _))) = done.send((jobs, commit, position)) {
             // The syncer is gone (it panicked): durability can't be confirmed, so say so.
             for job in jobs {
@@ -360,22 +346,6 @@ fn run(
     }
     drop(done);
     let _ = syncer.join();
-    // Closing: an empty group that lets the hooks write what they keep in memory; not after
-    // a failed fsync, when what they refer to may not be on disk.
-    let last = if poisoned.load(Ordering::SeqCst) {
-        Err(backend("an earlier fsync failed"))
-    } else {
-        run_cached(&conn, "BEGIN IMMEDIATE")
-            .map_err(backend)
-            .and_then(|()| run_group(&conn, &mut [], &*hooks))
-    };
-    match last {
-        Ok(()) => hooks.end(last_position(&conn).ok()),
-        Err(e) => {
-            hooks.end(None);
-            tracing::warn!(error = %e, "final write failed; the next open catches up instead");
-        }
-    }
     // Closing: fold the WAL into the database so the next open starts from a short log.
     if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
         tracing::warn!(error = %e, "final checkpoint failed; the WAL is replayed on next open");

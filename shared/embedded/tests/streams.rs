@@ -2,7 +2,7 @@
 //! heads rebuilt after they were lost, a second store on the same directory, and a data
 //! directory from before the stream tables.
 
-use chronicle_embedded::{EmbeddedStore, DB_FILE};
+use chronicle_embedded::{EmbeddedStore, DB_FILE, LOCK_FILE};
 use chronicle_kernel::{AppendError, EventEnvelope, EventStore, ReadRange, StreamId};
 use chronicle_testkit as kit;
 use r2d2_sqlite::rusqlite::Connection;
@@ -161,11 +161,80 @@ async fn long_streams_read_by_any_range_before_and_after_a_restart() {
     store.close();
 }
 
+/// What a refused open must leave as it was: the directory's entries and the lock file's
+/// content (the holder's pid). The database files themselves move under the running writer.
+fn dir_snapshot(dir: &std::path::Path) -> (Vec<String>, Vec<u8>) {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("listing the directory")
+        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    (names, std::fs::read(dir.join(LOCK_FILE)).expect("the lock file"))
+}
+
+/// Opens a second writing store on `dir` behind the lock's back, as a network filesystem
+/// that ignores locks would let it: the lock file deleted, so the second open makes a new one.
+fn open_bypassing_the_lock(dir: &std::path::Path) -> Arc<EmbeddedStore> {
+    std::fs::remove_file(dir.join(LOCK_FILE)).expect("deleting the lock file");
+    EmbeddedStore::open(dir).expect("a second store once the lock file is gone")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_writer_on_the_same_directory_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = EmbeddedStore::open(dir.path()).expect("open a");
+    let stream = kit::new_stream();
+    a.append(&kit::request(&stream, 0, kit::events(&stream, 0, 2)))
+        .await
+        .expect("a appends");
+    let before = dir_snapshot(dir.path());
+    let err = EmbeddedStore::open(dir.path())
+        .map(|_| ())
+        .expect_err("a second writer must be refused");
+    let message = err.to_string();
+    assert!(
+        message.contains(&dir.path().display().to_string())
+            && message.contains(&format!("pid {}", std::process::id())),
+        "the refusal names the directory and the holder: {message}"
+    );
+    assert_eq!(dir_snapshot(dir.path()), before, "the refused open wrote nothing");
+
+    // Readers are welcome beside the writer, and see its commits.
+    let reader = EmbeddedStore::open_read_only(dir.path()).expect("a reader beside the writer");
+    assert_eq!(reader.stream_version(&stream).await.unwrap(), 2);
+    a.append(&kit::request(&stream, 2, kit::events(&stream, 2, 1)))
+        .await
+        .expect("a appends again");
+    assert_eq!(reader.stream_version(&stream).await.unwrap(), 3);
+    let refused = reader
+        .append(&kit::request(&stream, 3, kit::events(&stream, 3, 1)))
+        .await
+        .expect_err("a read-only store refuses writes");
+    assert!(refused.to_string().contains("read-only"), "{refused}");
+
+    // Closing the writer frees the directory for the next one.
+    a.close();
+    let b = EmbeddedStore::open(dir.path()).expect("the next writer after close");
+    assert_eq!(b.stream_version(&stream).await.unwrap(), 3);
+    b.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_open_of_a_missing_store_creates_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("nothing-here");
+    let err = EmbeddedStore::open_read_only(&missing)
+        .map(|_| ())
+        .expect_err("no store to read");
+    assert!(err.to_string().contains("no Chronicle store"), "{err}");
+    assert!(!missing.exists(), "a reader must not create the directory");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_store_on_the_same_directory_sees_and_respects_the_first() {
     let dir = tempfile::tempdir().expect("temp dir");
     let a = EmbeddedStore::open(dir.path()).expect("open a");
-    let b = EmbeddedStore::open(dir.path()).expect("open b");
+    let b = open_bypassing_the_lock(dir.path());
     let stream = kit::new_stream();
     let first = kit::events(&stream, 0, 3);
     a.append(&kit::request(&stream, 0, first.clone()))
@@ -263,5 +332,105 @@ async fn many_streams_list_in_order_after_a_restart() {
         }
     }
     assert_eq!(got, want);
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_racing_on_one_stream_never_store_a_version_twice() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = EmbeddedStore::open(dir.path()).expect("open a");
+    let b = open_bypassing_the_lock(dir.path());
+    let stream = kit::new_stream();
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let (stream, acknowledged, conflicts) =
+            (stream.clone(), acknowledged.clone(), conflicts.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                loop {
+                    let v = store.stream_version(&stream).await.expect("version");
+                    match store
+                        .append(&kit::request(&stream, v, kit::events(&stream, v, 1)))
+                        .await
+                    {
+                        Ok(()) => {
+                            acknowledged.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        Err(AppendError::Conflict { .. }) => {
+                            conflicts.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("append failed: {e}"),
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a writer task");
+    }
+    let acked = acknowledged.load(Ordering::SeqCst);
+    assert_eq!(acked, 320);
+    eprintln!(
+        "{acked} appends acknowledged, {} conflicts between the two stores",
+        conflicts.load(Ordering::SeqCst)
+    );
+    for (name, store) in [("a", &a), ("b", &b)] {
+        assert_eq!(store.stream_version(&stream).await.unwrap(), acked, "{name}");
+        let read = store.read_stream(&stream, ReadRange::all()).await.unwrap();
+        assert_eq!(versions(&read), (1..=acked).collect::<Vec<_>>(), "{name}");
+    }
+    a.close();
+    b.close();
+    let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+    let (rows, distinct): (i64, i64) = conn
+        .query_row(
+            "SELECT COUNT(*), COUNT(DISTINCT version) FROM events WHERE aggregate_id = ?1",
+            [&stream.aggregate_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("counts");
+    assert_eq!(
+        (rows as u64, distinct as u64),
+        (acked, acked),
+        "every acknowledged append stored once"
+    );
+}
+
+/// The stream triggers are SQLite's own check: a row that repeats or skips a version is
+/// refused whoever inserts it, the store's code bypassed entirely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_refuses_a_row_that_does_not_continue_its_stream() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let stream = kit::new_stream();
+    grow(&store, &stream, 3, 1).await;
+    store.close();
+    drop(store);
+    let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
+    let insert = |version: i64| {
+        conn.execute(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, data, metadata, recorded_at, hash) VALUES \
+             ('01a218b7-0000-7000-8000-000000000001', ?1, ?2, ?3, 'Deposited', 1, '{}', '{}', \
+              '2026-11-26T00:00:00.000000Z', '')",
+            r2d2_sqlite::rusqlite::params![stream.aggregate_type, stream.aggregate_id, version],
+        )
+    };
+    for version in [1, 3, 5] {
+        let err = insert(version).expect_err("a repeated or skipped version");
+        assert!(err.to_string().contains("stream version conflict"), "v{version}: {err}");
+    }
+    insert(4).expect("the next version is accepted");
+    drop(conn);
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(
+        versions(&store.read_stream(&stream, ReadRange::all()).await.unwrap()),
+        vec![1, 2, 3, 4]
+    );
     store.close();
 }
