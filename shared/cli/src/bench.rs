@@ -38,6 +38,10 @@ pub(crate) struct BenchArgs {
     /// earlier `bench --data-dir` with the same workload flags).
     #[arg(long, requires = "data_dir")]
     replay_only: bool,
+    /// Stop after the append phase (for runs over millions of streams): its figures, and
+    /// every account's version checked, without the replay, verify and archive phases.
+    #[arg(long, conflicts_with = "replay_only")]
+    append_only: bool,
 }
 
 /// Streams verified at once: enough to keep both cores and the reader pool busy.
@@ -121,6 +125,47 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         append(&args, &store_args, &dir).await?
     };
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let append_report = json!({
+        "accounts": args.accounts,
+        "events_per_account": args.events_per_account,
+        "writers": args.writers,
+        "events": total_events,
+        "append_seconds": append_secs,
+        "append_events_per_sec": total_events as f64 / append_secs,
+        "append_p50_ms": ms(hist.value_at_quantile(0.50)),
+        "append_p90_ms": ms(hist.value_at_quantile(0.90)),
+        "append_p99_ms": ms(hist.value_at_quantile(0.99)),
+        "append_p999_ms": ms(hist.value_at_quantile(0.999)),
+        "append_max_ms": ms(hist.max()),
+        "append_peak_rss_bytes": append_peak,
+        "append_cpu_us_per_event": append_cpu,
+    });
+    let append_line = || {
+        println!(
+            "append  {total_events} events in {append_secs:.2} s = {:.0} events/s durable \
+             (p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms), peak RSS {:.0} MiB, \
+             {append_cpu:.1} µs CPU per event",
+            total_events as f64 / append_secs,
+            ms(hist.value_at_quantile(0.50)),
+            ms(hist.value_at_quantile(0.90)),
+            ms(hist.value_at_quantile(0.99)),
+            ms(hist.value_at_quantile(0.999)),
+            ms(hist.max()),
+            mb(append_peak)
+        );
+    };
+    if args.append_only {
+        check_versions(&args, &store_args).await?;
+        if args.json {
+            println!("{append_report}");
+        } else {
+            append_line();
+            println!("checked every account's version");
+        }
+        return Ok(());
+    }
 
     // Replay: a fresh process view of the store, every account folded from every event.
     let (store, chronicle) = crate::open(&store_args, crate::Access::Write)?;
@@ -228,21 +273,8 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .map(|s| s.index.frames.iter().map(|f| f.len).sum::<u64>())
         .sum();
 
-    let ms = |us: u64| us as f64 / 1000.0;
-    let report = json!({
-        "accounts": args.accounts,
-        "events_per_account": args.events_per_account,
-        "writers": args.writers,
-        "events": total_events,
-        "append_seconds": append_secs,
-        "append_events_per_sec": total_events as f64 / append_secs,
-        "append_p50_ms": ms(hist.value_at_quantile(0.50)),
-        "append_p90_ms": ms(hist.value_at_quantile(0.90)),
-        "append_p99_ms": ms(hist.value_at_quantile(0.99)),
-        "append_p999_ms": ms(hist.value_at_quantile(0.999)),
-        "append_max_ms": ms(hist.max()),
-        "append_peak_rss_bytes": append_peak,
-        "append_cpu_us_per_event": append_cpu,
+    let mut report = append_report;
+    let more = json!({
         "replay_seconds": replay_secs,
         "replay_events_per_sec": read as f64 / replay_secs,
         "replay_peak_rss_bytes": replay_peak,
@@ -260,8 +292,10 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "replay_archive_base_rss_bytes": replay_archive_base,
         "verify_archive_seconds": verify_archive_secs,
     });
+    if let (Some(all), Some(more)) = (report.as_object_mut(), more.as_object()) {
+        all.extend(more.clone());
+    }
     let archive_lines = || {
-        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
         if archived.is_some() {
             println!(
                 "archive {} events into {} segments ({:.0} MiB) in {archive_secs:.2} s",
@@ -287,7 +321,6 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{report}");
     } else if args.replay_only {
-        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
         println!(
             "replay  {read} events, {} accounts in {replay_secs:.3} s = {:.0} events/s, peak RSS {:.0} MiB",
             states.len(),
@@ -302,19 +335,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         archive_lines();
     } else {
-        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
-        println!(
-            "append  {total_events} events in {append_secs:.2} s = {:.0} events/s durable \
-             (p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms), peak RSS {:.0} MiB, \
-             {append_cpu:.1} µs CPU per event",
-            total_events as f64 / append_secs,
-            ms(hist.value_at_quantile(0.50)),
-            ms(hist.value_at_quantile(0.90)),
-            ms(hist.value_at_quantile(0.99)),
-            ms(hist.value_at_quantile(0.999)),
-            ms(hist.max()),
-            mb(append_peak)
-        );
+        append_line();
         println!(
             "replay  {read} events, {} accounts in {replay_secs:.3} s = {:.0} events/s, peak RSS {:.0} MiB",
             states.len(),
@@ -329,6 +350,36 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
         archive_lines();
         println!("checked every account's balance ({want}) and version, and every chain");
+    }
+    Ok(())
+}
+
+/// After `--append-only`: every account at its final version, read from the store (the
+/// stream heads), in pages of the stream listing.
+async fn check_versions(args: &BenchArgs, store_args: &crate::StoreArgs) -> anyhow::Result<()> {
+    use chronicle_kernel::{EventStore, StreamId};
+    let (store, _) = crate::open(store_args, crate::Access::Read)?;
+    let want = args.events_per_account as u64;
+    let mut seen = 0usize;
+    let mut cursor = None;
+    loop {
+        let page = store.list_streams(cursor.take(), 10_000).await?;
+        for s in &page.streams {
+            let v = store
+                .stream_version(&StreamId::new(&s.aggregate_type, &s.aggregate_id))
+                .await?;
+            if s.aggregate_type != Account::TYPE || v != want {
+                bail!("{s}: version {v}; expected {want}");
+            }
+        }
+        seen += page.streams.len();
+        match page.next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    if seen != args.accounts {
+        bail!("{seen} streams stored; expected {}", args.accounts);
     }
     Ok(())
 }

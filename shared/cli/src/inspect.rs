@@ -267,6 +267,10 @@ pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Resul
     if args.backend == crate::Backend::Aws {
         return rebuild_by_streams(projection).await;
     }
+    // One writer per data directory: beside a running server the rebuild runs in it.
+    if let Some(url) = chronicle_embedded::locked_by(&args.data_dir).and_then(|h| h.url) {
+        return rebuild_through(&url, projection).await;
+    }
     let (store, chronicle) = crate::open(args, crate::Access::Write)?;
     let runner = chronicle.runner(projection).ok_or_else(|| {
         anyhow!(
@@ -309,6 +313,94 @@ pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Resul
     );
     store.close();
     Ok(())
+}
+
+/// Asks the server holding the data directory to rebuild (`POST
+/// /admin/projections/{name}/rebuild`) and follows its progress on `GET /admin/projections`
+/// until that rebuild is done or failed.
+async fn rebuild_through(url: &str, projection: &str) -> anyhow::Result<()> {
+    use serde_json::Value;
+    let client = reqwest::Client::new();
+    let status_of = |all: &Value| {
+        all["projections"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == projection))
+            .cloned()
+    };
+    let get_status = || async {
+        let r = client
+            .get(format!("{url}/admin/projections"))
+            .send()
+            .await
+            .with_context(|| format!("asking the server at {url} for the projections"))?;
+        anyhow::Ok(r.json::<Value>().await?)
+    };
+    let started = std::time::Instant::now();
+    // What the status showed before: the rebuild to wait for is a newer record than this
+    // (a new generation, or the same one resumed and updated since).
+    let before = get_status()
+        .await
+        .map(|all| status_of(&all).map(|p| p["rebuild"].clone()).unwrap_or(Value::Null))?;
+    let r = client
+        .post(format!("{url}/admin/projections/{projection}/rebuild"))
+        .send()
+        .await
+        .with_context(|| format!("asking the server at {url}, which holds the data directory, to rebuild"))?;
+    if !r.status().is_success() {
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        return Err(anyhow!(
+            "the server at {url} refused the rebuild: {}",
+            body["error"]["message"].as_str().unwrap_or("no reason given")
+        ));
+    }
+    eprintln!("the data directory is in use by the server at {url}: rebuilding there");
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+        )
+        .context("progress bar template")?
+        .progress_chars("=> "),
+    );
+    bar.set_message(format!("rebuilding {projection}"));
+    let is_ours = |r: &Value| {
+        let (gen, before_gen) = (r["generation"].as_u64(), before["generation"].as_u64());
+        gen > before_gen
+            || (gen == before_gen
+                && before["state"] != "done"
+                && r["updated_at"] != before["updated_at"])
+    };
+    loop {
+        let status = status_of(&get_status().await?)
+            .ok_or_else(|| anyhow!("the server no longer lists {projection}"))?;
+        let rebuild = &status["rebuild"];
+        if !is_ours(rebuild) {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+        let this = rebuild["generation"].as_u64();
+        bar.set_length(rebuild["total"].as_u64().unwrap_or(0));
+        bar.set_position(rebuild["processed"].as_u64().unwrap_or(0));
+        match rebuild["state"].as_str() {
+            Some("done") => {
+                bar.finish_and_clear();
+                println!(
+                    "rebuilt {projection} as generation {} in the server at {url} in {:.2?}; reads now use it",
+                    this.unwrap_or(0),
+                    started.elapsed()
+                );
+                return Ok(());
+            }
+            Some("failed") => {
+                bar.finish_and_clear();
+                return Err(anyhow!(
+                    "the rebuild of {projection} failed in the server at {url}: {}",
+                    rebuild["failure"]
+                ));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// On AWS there is no ordered feed: the rebuild folds every stream whole (a Scan for the

@@ -29,8 +29,13 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    // `chronicle rebuild` finds the server here while it holds the directory.
+    if let Err(e) = store.advertise(&format!("http://{local}")) {
+        tracing::warn!(error = %e, "could not record the address in the lock file");
+    }
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %local,
         data_dir = %args.data_dir.display(),
         "chronicle is serving"
     );

@@ -23,33 +23,6 @@ use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
 /// A mark every this many versions bounds a read's walk to the range asked plus this.
 pub(crate) const MARK_EVERY: u64 = 64;
 
-/// The message `events_stream_check` aborts with; appends check the head first, so it only
-/// reaches a caller through a writer that did not (see `append_encoded`).
-pub(crate) const CONFLICT_MESSAGE: &str = "stream version conflict";
-
-/// The triggers that keep the stream tables (created with the schema, `IF NOT EXISTS`).
-pub(crate) fn triggers() -> String {
-    format!(
-        "CREATE TRIGGER IF NOT EXISTS events_stream_check BEFORE INSERT ON events
-         WHEN NEW.version != 1 + COALESCE((SELECT version FROM stream_heads
-             WHERE aggregate_type = NEW.aggregate_type AND aggregate_id = NEW.aggregate_id), 0)
-         BEGIN SELECT RAISE(ABORT, '{CONFLICT_MESSAGE}'); END;
-         CREATE TRIGGER IF NOT EXISTS events_stream_append AFTER INSERT ON events
-         BEGIN
-             INSERT INTO stream_links (position, prev) VALUES (NEW.position,
-                 COALESCE((SELECT position FROM stream_heads WHERE aggregate_type =
-                     NEW.aggregate_type AND aggregate_id = NEW.aggregate_id), 0));
-             INSERT INTO stream_marks (aggregate_type, aggregate_id, version, position)
-                 SELECT NEW.aggregate_type, NEW.aggregate_id, NEW.version, NEW.position
-                 WHERE NEW.version % {MARK_EVERY} = 0;
-             INSERT INTO stream_heads (aggregate_type, aggregate_id, version, position)
-                 VALUES (NEW.aggregate_type, NEW.aggregate_id, NEW.version, NEW.position)
-                 ON CONFLICT (aggregate_type, aggregate_id)
-                 DO UPDATE SET version = excluded.version, position = excluded.position;
-         END;"
-    )
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Head {
     pub version: u64,
@@ -71,6 +44,53 @@ pub(crate) fn head(conn: &Connection, stream: &StreamId) -> Result<Option<Head>,
         .optional()
     })
     .map_err(backend)
+}
+
+/// Moves a stream's head from `expected` to `to`, or fails without writing if the stored head
+/// is not at `expected`: the version check as SQLite enforces it, in the write transaction.
+pub(crate) fn advance(
+    conn: &Connection,
+    stream: &StreamId,
+    expected: u64,
+    to: Head,
+) -> Result<(), StoreError> {
+    let changed = if expected == 0 {
+        // The primary key refuses a second version 1 of a stream.
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO stream_heads (aggregate_type, aggregate_id, version, position) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                stream.aggregate_type,
+                stream.aggregate_id,
+                to.version as i64,
+                to.position as i64
+            ])
+        })
+    } else {
+        conn.prepare_cached(
+            "UPDATE stream_heads SET version = ?3, position = ?4 \
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version = ?5",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                stream.aggregate_type,
+                stream.aggregate_id,
+                to.version as i64,
+                to.position as i64,
+                expected as i64
+            ])
+        })
+    }
+    .map_err(backend)?;
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Backend(format!(
+            "{stream} is no longer at version {expected}"
+        )))
+    }
 }
 
 /// Up to `limit` streams after `after` (all types), in (type, id) order.

@@ -12,7 +12,7 @@ mod publisher;
 mod writer;
 
 pub use archive::DirArchive;
-pub use lock::LOCK_FILE;
+pub use lock::{locked_by, Holder, LOCK_FILE};
 use lock::DirLock;
 pub use publisher::JsonlPublisher;
 
@@ -263,12 +263,18 @@ fn reader_pool(
     });
     r2d2::Pool::builder()
         .max_size(8)
+        // Not a `SELECT 1` per checkout (r2d2_sqlite's check): a parse, a read transaction
+        // and its file locks each time, for a local file that does not go away.
+        .test_on_check_out(false)
         .build(manager)
         .map_err(backend)
 }
 
 fn init_connection(c: &mut Connection) -> rusqlite::Result<()> {
     c.busy_timeout(Duration::from_secs(10))?;
+    // Room for every statement the store prepares (rusqlite keeps 16 by default, fewer than
+    // the readers use, so some were parsed again and again).
+    c.set_prepared_statement_cache_capacity(64);
     // Readers keep a small page cache: every commit by the writer invalidates it anyway.
     c.execute_batch(
         "PRAGMA synchronous = FULL; PRAGMA cache_size = -8192; PRAGMA temp_store = MEMORY;",
@@ -315,7 +321,6 @@ impl EmbeddedStore {
         let before_streams = table_exists(&conn, "events").map_err(backend)?
             && !table_exists(&conn, "stream_links").map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
-        conn.execute_batch(&heads::triggers()).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
         if before_streams {
             backfill_streams(&conn).map_err(backend)?;
@@ -389,6 +394,17 @@ impl EmbeddedStore {
         &self.dir
     }
 
+    /// Records in the directory's lock file that this process serves HTTP at `url`, for
+    /// commands that find the directory in use (`locked_by`).
+    pub fn advertise(&self, url: &str) -> Result<(), StoreError> {
+        match self.lock.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(lock) => lock
+                .advertise(url)
+                .map_err(|e| backend(format!("writing {}: {e}", self.dir.join(LOCK_FILE).display()))),
+            None => Err(backend("the store holds no lock (read-only or closed)")),
+        }
+    }
+
     /// How many stream reads found the stream's chain broken (rows removed or changed behind
     /// the store's back) and scanned the table instead. Zero on an intact store.
     pub fn chain_scans(&self) -> u64 {
@@ -404,6 +420,21 @@ impl EmbeddedStore {
             c.close();
         }
         self.lock.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Runs a read of a few indexed rows on the calling thread, when a pooled connection is
+    /// free (else like `read`). Handing each such read to the blocking pool and back cost more
+    /// than the read: two thread wake-ups, with futexes, per read (perf, at 200,000 streams,
+    /// where every command's load reads the store).
+    async fn read_short<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        match self.readers.try_get() {
+            Some(conn) => f(&conn),
+            None => self.read(f).await,
+        }
     }
 
     /// Runs a read on a pooled connection off the async threads.
@@ -559,6 +590,9 @@ fn read_raw_range(
     Ok(())
 }
 
+/// A stream read of at most this many events runs on the calling thread (`read_stream`).
+const INLINE_EVENTS: u64 = 256;
+
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -647,9 +681,14 @@ fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
     })
 }
 
-/// Inserts one event; the stream triggers (heads.rs) link it to its predecessor, mark it and
-/// move the head, or refuse it if it does not continue the head. Returns its position.
-fn insert_event(conn: &Connection, stream: &StreamId, row: &EventRow) -> Result<u64, StoreError> {
+/// Inserts one event after `prev` (its predecessor's position, 0 for version 1) with its link
+/// and, every `MARK_EVERY` versions, a mark; returns its position.
+fn insert_event(
+    conn: &Connection,
+    stream: &StreamId,
+    row: &EventRow,
+    prev: u64,
+) -> Result<u64, StoreError> {
     // OR FAIL (here and below): a one-row insert fails before changing anything, so SQLite
     // can skip the statement journal it would keep for OR ABORT.
     conn.prepare_cached(&format!(
@@ -671,7 +710,26 @@ fn insert_event(conn: &Connection, stream: &StreamId, row: &EventRow) -> Result<
         ])
     })
     .map_err(backend)?;
-    Ok(conn.last_insert_rowid() as u64)
+    let position = conn.last_insert_rowid();
+    conn.prepare_cached("INSERT OR FAIL INTO stream_links (position, prev) VALUES (?1, ?2)")
+        .and_then(|mut s| s.execute(params![position, to_i64(prev)]))
+        .map_err(backend)?;
+    if (row.version as u64).is_multiple_of(MARK_EVERY) {
+        conn.prepare_cached(
+            "INSERT OR FAIL INTO stream_marks (aggregate_type, aggregate_id, version, position) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                stream.aggregate_type,
+                stream.aggregate_id,
+                row.version,
+                position
+            ])
+        })
+        .map_err(backend)?;
+    }
+    Ok(position as u64)
 }
 
 /// Appends the events (and the idempotency record). Every check comes before the first
@@ -688,7 +746,8 @@ fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
             return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
         }
     }
-    let actual = heads::head(conn, &enc.stream)?.map_or(0, |h| h.version);
+    let head = heads::head(conn, &enc.stream)?;
+    let actual = head.map_or(0, |h| h.version);
     if actual != enc.expected_version {
         return Err(AppendError::Conflict {
             stream: enc.stream.to_string(),
@@ -696,9 +755,19 @@ fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
             actual,
         });
     }
+    let mut prev = head.map_or(0, |h| h.position);
     for row in &enc.rows {
-        insert_event(conn, &enc.stream, row)?;
+        prev = insert_event(conn, &enc.stream, row, prev)?;
     }
+    heads::advance(
+        conn,
+        &enc.stream,
+        enc.expected_version,
+        Head {
+            version: enc.expected_version + enc.rows.len() as u64,
+            position: prev,
+        },
+    )?;
     if let Some(idem) = &enc.idempotency {
         conn.prepare_cached(
             "INSERT INTO idempotency (key, fingerprint, aggregate_type, aggregate_id, response, recorded_at) \
@@ -734,6 +803,10 @@ fn chain_positions(
     if from > to {
         return Ok(Some(Vec::new()));
     }
+    if to == head.version {
+        // A walk from the head: no mark to look for (the usual read, up to the head).
+        return walk_back(conn, head.version, head.position, from, to);
+    }
     let mark: Option<(i64, i64)> = conn
         .prepare_cached(
             "SELECT version, position FROM stream_marks \
@@ -748,10 +821,22 @@ fn chain_positions(
             .optional()
         })
         .map_err(backend)?;
-    let (mut version, mut position) = match mark {
+    let (version, position) = match mark {
         Some((v, p)) if (v as u64) < head.version => (v as u64, p as u64),
         _ => (head.version, head.position),
     };
+    walk_back(conn, version, position, from, to)
+}
+
+/// The positions of versions `from..=to` of a chain, walked back from `version` at `position`
+/// (at or after `to`); `None` if the chain breaks first.
+fn walk_back(
+    conn: &Connection,
+    mut version: u64,
+    mut position: u64,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<u64>>, StoreError> {
     let mut link = conn
         .prepare_cached("SELECT prev FROM stream_links WHERE position = ?1")
         .map_err(backend)?;
@@ -885,16 +970,14 @@ impl EventStore for EmbeddedStore {
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         let stream = stream.clone();
         let scans = self.scans.clone();
-        self.read(move |conn| {
-            let Some(head) = heads::head(conn, &stream)? else {
+        let key = stream.clone();
+        let read = move |conn: &Connection, head: Option<Head>| {
+            let Some(head) = head else {
                 return Ok(Vec::new());
             };
-            let from = range.from_version.max(1);
-            let mut to = range.to_version.unwrap_or(u64::MAX).min(head.version);
-            match range.limit {
-                Some(0) => return Ok(Vec::new()),
-                Some(l) => to = to.min(from.saturating_add(l as u64 - 1)),
-                None => {}
+            let (from, to) = range.versions(head.version);
+            if from > to {
+                return Ok(Vec::new());
             }
             let mut out = Vec::new();
             let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE position = ?1");
@@ -905,13 +988,28 @@ impl EventStore for EmbeddedStore {
                 return Ok(out);
             }
             read_stream_by_scan(conn, &stream, &range)
+        };
+        // What a command's load reads (the events after a snapshot) is short: read it here.
+        if let Some(conn) = self.readers.try_get() {
+            let head = heads::head(&conn, &key)?;
+            let short = head.is_none_or(|h| {
+                let (from, to) = range.versions(h.version);
+                to.saturating_sub(from) < INLINE_EVENTS
+            });
+            if short {
+                return read(&conn, head);
+            }
+        }
+        self.read(move |conn| {
+            let head = heads::head(conn, &key)?;
+            read(conn, head)
         })
         .await
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
         let stream = stream.clone();
-        self.read(move |conn| Ok(heads::head(conn, &stream)?.map_or(0, |h| h.version)))
+        self.read_short(move |conn| Ok(heads::head(conn, &stream)?.map_or(0, |h| h.version)))
         .await
     }
 
@@ -1368,7 +1466,7 @@ impl EmbeddedStore {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = key.to_owned();
-        self.read(move |conn| {
+        self.read_short(move |conn| {
             let row = conn
                 .prepare_cached(
                     "SELECT fingerprint, aggregate_type, aggregate_id, response, recorded_at \
@@ -1519,7 +1617,7 @@ impl SnapshotStore for EmbeddedStore {
         max_version: Option<u64>,
     ) -> Result<Option<Snapshot>, StoreError> {
         let stream = stream.clone();
-        self.read(move |conn| {
+        self.read_short(move |conn| {
             let row = conn
                 .prepare_cached(
                     "SELECT version, state_version, state, taken_at, chain_head FROM snapshots \

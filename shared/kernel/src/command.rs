@@ -1,6 +1,7 @@
 //! Command handling: load (snapshot + later events), decide, append with the expected version.
 
 use crate::aggregate::{Aggregate, DomainError, DomainEvent, Refusal};
+use crate::cache::Generations;
 use crate::chain;
 use crate::envelope::{self, EventEnvelope, Metadata, StreamId};
 use crate::error::Error;
@@ -11,7 +12,6 @@ use crate::ports::{
 use crate::schema::EventSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use uuid::Uuid;
@@ -72,7 +72,7 @@ pub struct CommandHandler<A: Aggregate, E, S> {
     snapshots: Arc<S>,
     schema: Arc<EventSchema>,
     config: HandlerConfig,
-    cache: Mutex<HashMap<String, Loaded<A>>>,
+    cache: Mutex<Generations<Loaded<A>>>,
     /// Commands for one aggregate in this process take turns instead of conflicting;
     /// striped so memory stays bounded. Other processes are still handled by the version check.
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -105,8 +105,8 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
             events,
             snapshots,
             schema: Arc::new(A::schema()),
+            cache: Mutex::new(Generations::new(config.cache_capacity)),
             config,
-            cache: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
@@ -227,32 +227,32 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         if self.config.cache_capacity == 0 {
             return None;
         }
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.get(id).cloned()
+        let (hit, retired) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id);
+        drop(retired); // freed outside the lock
+        hit
     }
 
     fn cache_put(&self, id: &str, loaded: Loaded<A>) {
         if self.config.cache_capacity == 0 {
             return;
         }
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        // The usual case, a known aggregate moving on: no new key, no clone.
-        if let Some(slot) = cache.get_mut(id) {
-            *slot = loaded;
-            return;
-        }
-        if cache.len() >= self.config.cache_capacity {
-            // Bounded memory matters more than which entry goes: evict an arbitrary one.
-            if let Some(k) = cache.keys().next().cloned() {
-                cache.remove(&k);
-            }
-        }
-        cache.insert(id.to_owned(), loaded);
+        let retired = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(id, loaded);
+        drop(retired); // freed outside the lock
     }
 
     fn cache_forget(&self, id: &str) {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.remove(id);
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// Identifies a command for idempotency: same aggregate and same body.

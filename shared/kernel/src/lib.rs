@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod aggregate;
+mod cache;
 pub mod archive;
 pub mod archived;
 pub mod audit;

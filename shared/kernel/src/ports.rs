@@ -87,6 +87,18 @@ impl ReadRange {
         self.limit = Some(limit);
         self
     }
+
+    /// The versions this range asks of a stream whose head is at `head`, both ends included
+    /// (`from > to` when none).
+    pub fn versions(&self, head: u64) -> (u64, u64) {
+        let from = self.from_version.max(1);
+        let to = self.to_version.unwrap_or(u64::MAX).min(head);
+        match self.limit {
+            Some(0) => (from, 0),
+            Some(l) => (from, to.min(from.saturating_add(l as u64 - 1))),
+            None => (from, to),
+        }
+    }
 }
 
 #[async_trait]
