@@ -400,37 +400,3 @@ async fn two_stores_racing_on_one_stream_never_store_a_version_twice() {
         "every acknowledged append stored once"
     );
 }
-
-/// The stream triggers are SQLite's own check: a row that repeats or skips a version is
-/// refused whoever inserts it, the store's code bypassed entirely.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_refuses_a_row_that_does_not_continue_its_stream() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path()).expect("open");
-    let stream = kit::new_stream();
-    grow(&store, &stream, 3, 1).await;
-    store.close();
-    drop(store);
-    let conn = Connection::open(dir.path().join(DB_FILE)).expect("open");
-    let insert = |version: i64| {
-        conn.execute(
-            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, data, metadata, recorded_at, hash) VALUES \
-             ('01a218b7-0000-7000-8000-000000000001', ?1, ?2, ?3, 'Deposited', 1, '{}', '{}', \
-              '2026-11-26T00:00:00.000000Z', '')",
-            r2d2_sqlite::rusqlite::params![stream.aggregate_type, stream.aggregate_id, version],
-        )
-    };
-    for version in [1, 3, 5] {
-        let err = insert(version).expect_err("a repeated or skipped version");
-        assert!(err.to_string().contains("stream version conflict"), "v{version}: {err}");
-    }
-    insert(4).expect("the next version is accepted");
-    drop(conn);
-    let store = EmbeddedStore::open(dir.path()).expect("reopen");
-    assert_eq!(
-        versions(&store.read_stream(&stream, ReadRange::all()).await.unwrap()),
-        vec![1, 2, 3, 4]
-    );
-    store.close();
-}
