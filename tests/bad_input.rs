@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{versions, Server};
+use common::{complete, parse_reply, post_request, versions, RawReply, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -861,27 +861,6 @@ fn padded(content: &str, len: usize) -> Vec<u8> {
     body
 }
 
-/// A reply read off a raw socket.
-struct RawReply {
-    status: u16,
-    body: Value,
-}
-
-/// Whether `response` holds a whole reply: the head and `Content-Length` bytes of body.
-fn complete(response: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(response);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let length = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    length.is_some_and(|n| body.len() >= n)
-}
-
 /// POSTs `body` on a fresh connection, framed by Content-Length or chunked, writing and
 /// reading at once: a server that answers 413 before reading the body still gets heard.
 /// (reqwest stops at the failed write and reports no reply at all.) The request asks for
@@ -894,37 +873,23 @@ async fn raw_post(
     keep_alive: bool,
 ) -> RawReply {
     use std::io::{Read, Write};
-    let framing = if chunked {
-        "Transfer-Encoding: chunked".to_owned()
-    } else {
-        format!("Content-Length: {}", body.len())
-    };
     let connection = if keep_alive { "keep-alive" } else { "close" };
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         {framing}\r\nConnection: {connection}\r\n\r\n"
-    )
-    .into_bytes();
-    if chunked {
-        for chunk in body.chunks(64 * 1024) {
-            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-            request.extend_from_slice(chunk);
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"0\r\n\r\n");
-    } else {
-        request.extend_from_slice(body);
-    }
-    let addr = server.base.trim_start_matches("http://").to_owned();
+    let request = post_request(
+        path,
+        body,
+        chunked,
+        &[
+            ("Content-Type", "application/json"),
+            ("Connection", connection),
+        ],
+    );
+    let api = server.api.clone();
     let mut last = String::new();
     // Only a connection that yielded no whole reply is tried again.
     for _ in 0..3 {
-        let (addr, request) = (addr.clone(), request.clone());
+        let (api, request) = (api.clone(), request.clone());
         let response = tokio::task::spawn_blocking(move || {
-            let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
-            stream
-                .set_read_timeout(Some(std::time::Duration::from_secs(120)))
-                .expect("a read timeout");
+            let mut stream = common::connect(&api);
             let mut wr = stream.try_clone().expect("a second handle");
             let writer = std::thread::spawn(move || {
                 let _ = wr.write_all(&request);
@@ -946,21 +911,10 @@ async fn raw_post(
         })
         .await
         .expect("the raw HTTP exchange");
-        if !complete(&response) {
-            last = String::from_utf8_lossy(&response).into_owned();
-            continue;
+        match parse_reply(&response) {
+            Some(reply) => return reply,
+            None => last = String::from_utf8_lossy(&response).into_owned(),
         }
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").expect("a complete reply");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status line in {head:?}"));
-        return RawReply {
-            status,
-            body: serde_json::from_str(body).unwrap_or(Value::Null),
-        };
     }
     panic!("POST {path}: no whole reply in three attempts; last read {last:?}");
 }
