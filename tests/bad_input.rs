@@ -1076,3 +1076,228 @@ async fn an_early_413_announces_the_closed_connection() {
         "the connection died after a 413 that did not say so:\n{head}\nthen: {second:?}"
     );
 }
+
+/// Oversized bodies a client sends whole before reading: just over the limit, 1 MiB, 5 MiB.
+const OVERSIZED: [usize; 3] = [LIMIT + 1, 1024 * 1024, 5 * 1024 * 1024];
+
+/// Sends `request` on a fresh connection the way urllib and requests do (all of it, then
+/// read); the connection is handed back for more.
+async fn send_whole_first(
+    server: &Server,
+    request: Vec<u8>,
+) -> (Result<RawReply, String>, std::net::TcpStream) {
+    let api = server.api.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = common::connect(&api);
+        (common::write_then_read(&mut stream, &request), stream)
+    })
+    .await
+    .expect("the raw HTTP exchange")
+}
+
+/// A client that writes its whole body before it reads the answer (urllib, requests, many
+/// Java clients) hears the 413: a server that answered early and closed with the body unread
+/// would reset the connection under its writes. Nothing is stored.
+#[tokio::test]
+async fn a_client_that_sends_the_whole_body_first_hears_the_413() {
+    let mut server = setup().await;
+    let deposit = json!({"type": "Deposit", "amount": 5}).to_string();
+    let open = json!({"type": "Open", "owner": GHOST_OWNER}).to_string();
+    let mut failures = Vec::new();
+    for chunked in [false, true] {
+        for size in OVERSIZED {
+            for (id, command) in [(ACCT, &deposit), (GHOSTS[0], &open)] {
+                let name = format!("{size} bytes to {id} (chunked: {chunked})");
+                let before = observe(&server).await;
+                let request = post_request(
+                    &format!("/accounts/{id}/commands"),
+                    &padded(command, size),
+                    chunked,
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Connection", "close"),
+                    ],
+                );
+                match send_whole_first(&server, request).await.0 {
+                    Err(e) => failures.push(format!("{name}: {e}")),
+                    Ok(r) if !r.is_too_large() => failures.push(format!("{name}: {r}")),
+                    Ok(_) => {}
+                }
+                let after = observe(&server).await;
+                if after != before {
+                    failures.push(format!("{name} stored: {}", changes(&before, &after)));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "oversized bodies sent whole first:\n{}",
+        failures.join("\n")
+    );
+    still_serves(&mut server).await;
+}
+
+/// A 413 after the whole body was read leaves the connection usable: on one keep-alive
+/// connection, two oversized bodies (Content-Length, then chunked) each get their 413 without
+/// `Connection: close`, and the next request is answered.
+#[tokio::test]
+async fn a_drained_413_keeps_the_connection() {
+    let server = setup().await;
+    let api = server.api.clone();
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut stream = common::connect(&api);
+        let mut replies = Vec::new();
+        for (size, chunked) in [(1024 * 1024, false), (5 * 1024 * 1024, true)] {
+            let request = post_request("/accounts/acct/commands", &vec![b'x'; size], chunked, &[]);
+            replies.push(common::write_then_read(&mut stream, &request));
+        }
+        replies.push(common::write_then_read(
+            &mut stream,
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ));
+        replies
+    })
+    .await
+    .expect("the raw HTTP exchange");
+    for (i, r) in replies.iter().enumerate() {
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("request {} of 3: {e}", i + 1));
+        if i < 2 {
+            r.expect_too_large();
+            assert!(!r.says_close(), "the body was read, yet:\n{r}");
+        } else {
+            assert_eq!(r.status, 200, "{r}");
+            assert_eq!(r.body["status"], "ok");
+        }
+    }
+}
+
+/// A client that sent `Expect: 100-continue` waits for the go-ahead before sending its body:
+/// an oversized one is refused at once (no `100 Continue`), and the connection closed.
+#[tokio::test]
+async fn an_oversized_body_behind_expect_100_continue_is_never_asked_for() {
+    let mut server = setup().await;
+    let before = observe(&server).await;
+    let request = format!(
+        "POST /accounts/acct/commands HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        1024 * 1024
+    );
+    let (reply, mut stream) = send_whole_first(&server, request.into_bytes()).await;
+    let reply = reply.expect("a reply to the head alone");
+    reply.expect_too_large();
+    assert!(reply.says_close(), "{reply}");
+    let closed = tokio::task::spawn_blocking(move || common::closed_by_server(&mut stream))
+        .await
+        .expect("a read");
+    assert!(closed, "the server kept the connection open");
+    assert_eq!(observe(&server).await, before);
+    still_serves(&mut server).await;
+}
+
+/// A body past the drain bound is not read to its end: a declared 10 GB is refused at once
+/// and the connection closed; a chunked body over the bound gets its 413, saying it closes.
+#[tokio::test]
+async fn bodies_past_the_drain_bound_are_refused_and_closed() {
+    let mut server = setup().await;
+    let before = observe(&server).await;
+    let mut request = b"POST /accounts/acct/commands HTTP/1.1\r\nHost: localhost\r\n\
+        Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n"
+        .to_vec();
+    request.extend_from_slice(&[b'x'; 16 * 1024]);
+    let (reply, mut stream) = send_whole_first(&server, request).await;
+    let reply = reply.expect("a reply while the body is still coming");
+    reply.expect_too_large();
+    assert!(reply.says_close(), "{reply}");
+    let closed = tokio::task::spawn_blocking(move || common::closed_by_server(&mut stream))
+        .await
+        .expect("a read");
+    assert!(closed, "the server kept the connection open");
+
+    let over = usize::try_from(chronicle_http::DRAIN_BYTES).expect("a size") + 1;
+    let r = raw_post(
+        &server,
+        "/accounts/acct/commands",
+        &vec![b'x'; over],
+        true,
+        true,
+    )
+    .await;
+    r.expect_too_large();
+    assert!(
+        r.says_close(),
+        "a body past the drain bound stays unread:\n{r}"
+    );
+    assert_eq!(observe(&server).await, before);
+    still_serves(&mut server).await;
+}
+
+/// A client that stops sending in the middle of an oversized body can't hold the server:
+/// once the drain's time is up, the 413 comes, saying the connection closes.
+#[tokio::test]
+async fn a_stalled_oversized_body_is_refused_after_the_drain_time() {
+    let server = setup().await;
+    let mut request = format!(
+        "POST /accounts/acct/commands HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        1024 * 1024
+    )
+    .into_bytes();
+    // Over the limit, short of the declared length; then nothing more.
+    request.extend(std::iter::repeat_n(b'x', LIMIT + 1));
+    let reply = send_whole_first(&server, request)
+        .await
+        .0
+        .expect("a reply to a stalled body");
+    reply.expect_too_large();
+    assert!(reply.says_close(), "{reply}");
+}
+
+/// Python's urllib, which sends the whole body before reading: it hears the 413 (it raises
+/// `HTTPError` for it) rather than a broken pipe or a reset. Skipped without `python3`.
+#[tokio::test]
+async fn python_urllib_hears_the_413() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let server = setup().await;
+    let script = r#"
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], data=b"x" * int(sys.argv[2]),
+                             headers={"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req, timeout=120)
+    print("no error")
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"#;
+    for size in [1024 * 1024, 5 * 1024 * 1024] {
+        let url = server.url("/accounts/acct/commands");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .args(["-c", script, &url, &size.to_string()])
+                .output()
+                .expect("running python3")
+        })
+        .await
+        .expect("python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let reply = stdout
+            .trim()
+            .strip_prefix("413 ")
+            .map(serde_json::from_str::<Value>);
+        assert!(
+            matches!(&reply, Some(Ok(v)) if v["error"]["code"] == "payload_too_large"),
+            "{size} bytes: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(versions(&server.history(ACCT).await), vec![1, 2]);
+}
