@@ -1138,6 +1138,56 @@ async fn a_client_that_sends_the_whole_body_first_hears_the_413() {
     still_serves(&mut server).await;
 }
 
+/// Refusals that come before the body is read (a bad header, an unknown aggregate type or
+/// route, a wrong method) reach a client that sends its whole body first too.
+#[tokio::test]
+async fn refusals_before_the_body_reach_a_client_that_sends_it_whole_first() {
+    let mut server = setup().await;
+    let deposit = padded(
+        &json!({"type": "Deposit", "amount": 5}).to_string(),
+        5 * 1024 * 1024,
+    );
+    let cases = [
+        (
+            "/accounts/acct/commands",
+            Some(("If-Match", "three")),
+            400,
+            "invalid_header",
+        ),
+        (
+            "/planets/acct/commands",
+            None,
+            404,
+            "unknown_aggregate_type",
+        ),
+        ("/accounts/acct/commands/more", None, 404, "route_not_found"),
+        ("/accounts/acct", None, 405, "method_not_allowed"),
+    ];
+    let mut failures = Vec::new();
+    for chunked in [false, true] {
+        for (path, header, status, code) in cases {
+            let before = observe(&server).await;
+            let mut headers = vec![("Content-Type", "application/json")];
+            headers.extend(header);
+            let request = post_request(path, &deposit, chunked, &headers);
+            let name = format!("{path} {header:?} (chunked: {chunked})");
+            match send_whole_first(&server, request).await.0 {
+                Err(e) => failures.push(format!("{name}: {e}")),
+                Ok(r) if (r.status, r.body["error"]["code"].as_str()) != (status, Some(code)) => {
+                    failures.push(format!("{name}: expected {status} {code}, got {r}"))
+                }
+                Ok(_) => {}
+            }
+            let after = observe(&server).await;
+            if after != before {
+                failures.push(format!("{name} stored: {}", changes(&before, &after)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    still_serves(&mut server).await;
+}
+
 /// A 413 after the whole body was read leaves the connection usable: on one keep-alive
 /// connection, two oversized bodies (Content-Length, then chunked) each get their 413 without
 /// `Connection: close`, and the next request is answered.

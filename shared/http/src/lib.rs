@@ -205,16 +205,20 @@ async fn admin_rebuild(
     }
 }
 
-async fn route_not_found() -> ApiError {
+async fn route_not_found(headers: HeaderMap, body: Body) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+        .after_discarding(&headers, body)
+        .await
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(headers: HeaderMap, body: Body) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not take that method",
     )
+    .after_discarding(&headers, body)
+    .await
 }
 
 /// Path segments, or a JSON 400 (e.g. a percent-escape that is not UTF-8).
@@ -582,7 +586,7 @@ async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Bytes, ApiErro
     Ok(bytes.into())
 }
 
-/// Reads and drops a body before an answer that doesn't use it: closing with it unread
+/// Reads and drops a body before an answer that doesn't need it: closing with it unread
 /// resets the connection, and a client that sends its whole body before reading the answer
 /// (urllib, requests, many Java clients) would see that reset, never the answer. Whether the
 /// body reached its end (then the connection stays usable).
@@ -599,7 +603,8 @@ async fn discard(headers: &HeaderMap, body: &mut Body) -> bool {
     drain(body, 0).await
 }
 
-/// Most of an oversized body read and discarded before the 413, all of it counted.
+/// Most of a body read and discarded before an answer that doesn't use it (a 413, or a
+/// refusal before the body was read), all of it counted.
 pub const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
 /// How long discarding may take, so a slow or stalled client can't hold the task.
 pub const DRAIN_TIME: Duration = Duration::from_secs(10);
@@ -644,9 +649,14 @@ async fn command(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let (svc, id) = aggregate_route(&chronicle, path)?;
-    query_params(raw, &[])?;
-    let opts = command_options(&headers)?;
+    let checked = aggregate_route(&chronicle, path).and_then(|(svc, id)| {
+        query_params(raw, &[])?;
+        Ok((svc, id, command_options(&headers)?))
+    });
+    let (svc, id, opts) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return Err(e.after_discarding(&headers, body).await),
+    };
     let bytes = read_body(&headers, body).await?;
     let outcome = svc.execute(&id, &bytes, opts).await?;
     let mut resp = Json(&outcome.result).into_response();
