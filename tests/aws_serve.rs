@@ -70,6 +70,31 @@ async fn aws_setup_then_serve_backend_aws_end_to_end() {
         )
         .await
         .expect_error(409, "version_conflict");
+    // A client that sends its whole body before reading (urllib, requests) hears the 413;
+    // the history below shows nothing was stored.
+    let api = server.api.clone();
+    let path = format!("/accounts/{id}/commands");
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut body = json!({"type": "Deposit", "amount": 5})
+            .to_string()
+            .into_bytes();
+        body.resize(5 * 1024 * 1024, b' ');
+        let request = common::post_request(
+            &path,
+            &body,
+            false,
+            &[
+                ("Content-Type", "application/json"),
+                ("Connection", "close"),
+            ],
+        );
+        common::write_then_read(&mut common::connect(&api), &request)
+    })
+    .await
+    .expect("the raw HTTP exchange");
+    reply
+        .unwrap_or_else(|e| panic!("5 MiB sent whole first: {e}"))
+        .expect_too_large();
 
     let history = server.history(id).await;
     assert_eq!(versions(&history), vec![1, 2, 3]);

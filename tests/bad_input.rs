@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{versions, Server};
+use common::{complete, parse_reply, post_request, versions, RawReply, Server};
 use reqwest::Method;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -861,27 +861,6 @@ fn padded(content: &str, len: usize) -> Vec<u8> {
     body
 }
 
-/// A reply read off a raw socket.
-struct RawReply {
-    status: u16,
-    body: Value,
-}
-
-/// Whether `response` holds a whole reply: the head and `Content-Length` bytes of body.
-fn complete(response: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(response);
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let length = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse::<usize>().ok())?
-    });
-    length.is_some_and(|n| body.len() >= n)
-}
-
 /// POSTs `body` on a fresh connection, framed by Content-Length or chunked, writing and
 /// reading at once: a server that answers 413 before reading the body still gets heard.
 /// (reqwest stops at the failed write and reports no reply at all.) The request asks for
@@ -894,37 +873,23 @@ async fn raw_post(
     keep_alive: bool,
 ) -> RawReply {
     use std::io::{Read, Write};
-    let framing = if chunked {
-        "Transfer-Encoding: chunked".to_owned()
-    } else {
-        format!("Content-Length: {}", body.len())
-    };
     let connection = if keep_alive { "keep-alive" } else { "close" };
-    let mut request = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
-         {framing}\r\nConnection: {connection}\r\n\r\n"
-    )
-    .into_bytes();
-    if chunked {
-        for chunk in body.chunks(64 * 1024) {
-            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
-            request.extend_from_slice(chunk);
-            request.extend_from_slice(b"\r\n");
-        }
-        request.extend_from_slice(b"0\r\n\r\n");
-    } else {
-        request.extend_from_slice(body);
-    }
-    let addr = server.base.trim_start_matches("http://").to_owned();
+    let request = post_request(
+        path,
+        body,
+        chunked,
+        &[
+            ("Content-Type", "application/json"),
+            ("Connection", connection),
+        ],
+    );
+    let api = server.api.clone();
     let mut last = String::new();
     // Only a connection that yielded no whole reply is tried again.
     for _ in 0..3 {
-        let (addr, request) = (addr.clone(), request.clone());
+        let (api, request) = (api.clone(), request.clone());
         let response = tokio::task::spawn_blocking(move || {
-            let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
-            stream
-                .set_read_timeout(Some(std::time::Duration::from_secs(120)))
-                .expect("a read timeout");
+            let mut stream = common::connect(&api);
             let mut wr = stream.try_clone().expect("a second handle");
             let writer = std::thread::spawn(move || {
                 let _ = wr.write_all(&request);
@@ -946,21 +911,10 @@ async fn raw_post(
         })
         .await
         .expect("the raw HTTP exchange");
-        if !complete(&response) {
-            last = String::from_utf8_lossy(&response).into_owned();
-            continue;
+        match parse_reply(&response) {
+            Some(reply) => return reply,
+            None => last = String::from_utf8_lossy(&response).into_owned(),
         }
-        let text = String::from_utf8_lossy(&response).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").expect("a complete reply");
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status line in {head:?}"));
-        return RawReply {
-            status,
-            body: serde_json::from_str(body).unwrap_or(Value::Null),
-        };
     }
     panic!("POST {path}: no whole reply in three attempts; last read {last:?}");
 }
@@ -1121,4 +1075,279 @@ async fn an_early_413_announces_the_closed_connection() {
         says_close || still_usable,
         "the connection died after a 413 that did not say so:\n{head}\nthen: {second:?}"
     );
+}
+
+/// Oversized bodies a client sends whole before reading: just over the limit, 1 MiB, 5 MiB.
+const OVERSIZED: [usize; 3] = [LIMIT + 1, 1024 * 1024, 5 * 1024 * 1024];
+
+/// Sends `request` on a fresh connection the way urllib and requests do (all of it, then
+/// read); the connection is handed back for more.
+async fn send_whole_first(
+    server: &Server,
+    request: Vec<u8>,
+) -> (Result<RawReply, String>, std::net::TcpStream) {
+    let api = server.api.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut stream = common::connect(&api);
+        (common::write_then_read(&mut stream, &request), stream)
+    })
+    .await
+    .expect("the raw HTTP exchange")
+}
+
+/// A client that writes its whole body before it reads the answer (urllib, requests, many
+/// Java clients) hears the 413: a server that answered early and closed with the body unread
+/// would reset the connection under its writes. Nothing is stored.
+#[tokio::test]
+async fn a_client_that_sends_the_whole_body_first_hears_the_413() {
+    let mut server = setup().await;
+    let deposit = json!({"type": "Deposit", "amount": 5}).to_string();
+    let open = json!({"type": "Open", "owner": GHOST_OWNER}).to_string();
+    let mut failures = Vec::new();
+    for chunked in [false, true] {
+        for size in OVERSIZED {
+            for (id, command) in [(ACCT, &deposit), (GHOSTS[0], &open)] {
+                let name = format!("{size} bytes to {id} (chunked: {chunked})");
+                let before = observe(&server).await;
+                let request = post_request(
+                    &format!("/accounts/{id}/commands"),
+                    &padded(command, size),
+                    chunked,
+                    &[
+                        ("Content-Type", "application/json"),
+                        ("Connection", "close"),
+                    ],
+                );
+                match send_whole_first(&server, request).await.0 {
+                    Err(e) => failures.push(format!("{name}: {e}")),
+                    Ok(r) if !r.is_too_large() => failures.push(format!("{name}: {r}")),
+                    Ok(_) => {}
+                }
+                let after = observe(&server).await;
+                if after != before {
+                    failures.push(format!("{name} stored: {}", changes(&before, &after)));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "oversized bodies sent whole first:\n{}",
+        failures.join("\n")
+    );
+    still_serves(&mut server).await;
+}
+
+/// Refusals that come before the body is read (a bad header, an unknown aggregate type or
+/// route, a wrong method) reach a client that sends its whole body first too.
+#[tokio::test]
+async fn refusals_before_the_body_reach_a_client_that_sends_it_whole_first() {
+    let mut server = setup().await;
+    let deposit = padded(
+        &json!({"type": "Deposit", "amount": 5}).to_string(),
+        5 * 1024 * 1024,
+    );
+    let cases = [
+        (
+            "/accounts/acct/commands",
+            Some(("If-Match", "three")),
+            400,
+            "invalid_header",
+        ),
+        (
+            "/planets/acct/commands",
+            None,
+            404,
+            "unknown_aggregate_type",
+        ),
+        ("/accounts/acct/commands/more", None, 404, "route_not_found"),
+        ("/accounts/acct", None, 405, "method_not_allowed"),
+    ];
+    let mut failures = Vec::new();
+    for chunked in [false, true] {
+        for (path, header, status, code) in cases {
+            let before = observe(&server).await;
+            let mut headers = vec![("Content-Type", "application/json")];
+            headers.extend(header);
+            let request = post_request(path, &deposit, chunked, &headers);
+            let name = format!("{path} {header:?} (chunked: {chunked})");
+            match send_whole_first(&server, request).await.0 {
+                Err(e) => failures.push(format!("{name}: {e}")),
+                Ok(r) if (r.status, r.body["error"]["code"].as_str()) != (status, Some(code)) => {
+                    failures.push(format!("{name}: expected {status} {code}, got {r}"))
+                }
+                Ok(_) => {}
+            }
+            let after = observe(&server).await;
+            if after != before {
+                failures.push(format!("{name} stored: {}", changes(&before, &after)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    still_serves(&mut server).await;
+}
+
+/// A 413 after the whole body was read leaves the connection usable: on one keep-alive
+/// connection, two oversized bodies (Content-Length, then chunked) each get their 413 without
+/// `Connection: close`, and the next request is answered.
+#[tokio::test]
+async fn a_drained_413_keeps_the_connection() {
+    let server = setup().await;
+    let api = server.api.clone();
+    let replies = tokio::task::spawn_blocking(move || {
+        let mut stream = common::connect(&api);
+        let mut replies = Vec::new();
+        for (size, chunked) in [(1024 * 1024, false), (5 * 1024 * 1024, true)] {
+            let request = post_request("/accounts/acct/commands", &vec![b'x'; size], chunked, &[]);
+            replies.push(common::write_then_read(&mut stream, &request));
+        }
+        replies.push(common::write_then_read(
+            &mut stream,
+            b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        ));
+        replies
+    })
+    .await
+    .expect("the raw HTTP exchange");
+    for (i, r) in replies.iter().enumerate() {
+        let r = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("request {} of 3: {e}", i + 1));
+        if i < 2 {
+            r.expect_too_large();
+            assert!(!r.says_close(), "the body was read, yet:\n{r}");
+        } else {
+            assert_eq!(r.status, 200, "{r}");
+            assert_eq!(r.body["status"], "ok");
+        }
+    }
+}
+
+/// A client that sent `Expect: 100-continue` waits for the go-ahead before sending its body:
+/// an oversized one is refused at once (no `100 Continue`), and the connection closed.
+#[tokio::test]
+async fn an_oversized_body_behind_expect_100_continue_is_never_asked_for() {
+    let mut server = setup().await;
+    let before = observe(&server).await;
+    let request = format!(
+        "POST /accounts/acct/commands HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        1024 * 1024
+    );
+    let (reply, mut stream) = send_whole_first(&server, request.into_bytes()).await;
+    let reply = reply.expect("a reply to the head alone");
+    reply.expect_too_large();
+    assert!(reply.says_close(), "{reply}");
+    let closed = tokio::task::spawn_blocking(move || common::closed_by_server(&mut stream))
+        .await
+        .expect("a read");
+    assert!(closed, "the server kept the connection open");
+    assert_eq!(observe(&server).await, before);
+    still_serves(&mut server).await;
+}
+
+/// A body past the drain bound is not read to its end: a declared 10 GB is refused at once
+/// and the connection closed; a chunked body over the bound gets its 413, saying it closes.
+#[tokio::test]
+async fn bodies_past_the_drain_bound_are_refused_and_closed() {
+    let mut server = setup().await;
+    let before = observe(&server).await;
+    let mut request = b"POST /accounts/acct/commands HTTP/1.1\r\nHost: localhost\r\n\
+        Content-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n"
+        .to_vec();
+    request.extend_from_slice(&[b'x'; 16 * 1024]);
+    let (reply, mut stream) = send_whole_first(&server, request).await;
+    let reply = reply.expect("a reply while the body is still coming");
+    reply.expect_too_large();
+    assert!(reply.says_close(), "{reply}");
+    let closed = tokio::task::spawn_blocking(move || common::closed_by_server(&mut stream))
+        .await
+        .expect("a read");
+    assert!(closed, "the server kept the connection open");
+
+    let over = usize::try_from(chronicle_http::DRAIN_BYTES).expect("a size") + 1;
+    let r = raw_post(
+        &server,
+        "/accounts/acct/commands",
+        &vec![b'x'; over],
+        true,
+        true,
+    )
+    .await;
+    r.expect_too_large();
+    assert!(
+        r.says_close(),
+        "a body past the drain bound stays unread:\n{r}"
+    );
+    assert_eq!(observe(&server).await, before);
+    still_serves(&mut server).await;
+}
+
+/// A client that stops sending in the middle of an oversized body can't hold the server:
+/// once the drain's time is up, the 413 comes, saying the connection closes.
+#[tokio::test]
+async fn a_stalled_oversized_body_is_refused_after_the_drain_time() {
+    let server = setup().await;
+    let mut request = format!(
+        "POST /accounts/acct/commands HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        1024 * 1024
+    )
+    .into_bytes();
+    // Over the limit, short of the declared length; then nothing more.
+    request.extend(std::iter::repeat_n(b'x', LIMIT + 1));
+    let reply = send_whole_first(&server, request)
+        .await
+        .0
+        .expect("a reply to a stalled body");
+    reply.expect_too_large();
+    assert!(reply.says_close(), "{reply}");
+}
+
+/// Python's urllib, which sends the whole body before reading: it hears the 413 (it raises
+/// `HTTPError` for it) rather than a broken pipe or a reset. Skipped without `python3`.
+#[tokio::test]
+async fn python_urllib_hears_the_413() {
+    if std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let server = setup().await;
+    let script = r#"
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], data=b"x" * int(sys.argv[2]),
+                             headers={"Content-Type": "application/json"})
+try:
+    urllib.request.urlopen(req, timeout=120)
+    print("no error")
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"#;
+    for size in [1024 * 1024, 5 * 1024 * 1024] {
+        let url = server.url("/accounts/acct/commands");
+        let out = tokio::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .args(["-c", script, &url, &size.to_string()])
+                .output()
+                .expect("running python3")
+        })
+        .await
+        .expect("python3");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let reply = stdout
+            .trim()
+            .strip_prefix("413 ")
+            .map(serde_json::from_str::<Value>);
+        assert!(
+            matches!(&reply, Some(Ok(v)) if v["error"]["code"] == "payload_too_large"),
+            "{size} bytes: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(versions(&server.history(ACCT).await), vec![1, 2]);
 }

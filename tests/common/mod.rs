@@ -376,3 +376,168 @@ pub async fn store_v1_fixture(dir: &std::path::Path) -> Vec<Value> {
     store.close();
     serde_json::from_str(&text).expect("fixture JSON")
 }
+
+/// A reply read off a raw socket.
+#[derive(Debug)]
+pub struct RawReply {
+    pub status: u16,
+    /// The status line and headers.
+    pub head: String,
+    pub body: Value,
+}
+
+impl RawReply {
+    /// Whether the reply says `Connection: close`.
+    pub fn says_close(&self) -> bool {
+        self.head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().replace(' ', "") == "connection:close")
+    }
+
+    /// Whether this is a JSON 413 `payload_too_large` with a message.
+    pub fn is_too_large(&self) -> bool {
+        let json = self.head.lines().any(|l| {
+            let l = l.to_ascii_lowercase();
+            l.starts_with("content-type:") && l.contains("application/json")
+        });
+        self.status == 413
+            && self.body["error"]["code"] == "payload_too_large"
+            && self.body["error"]["message"].is_string()
+            && json
+    }
+
+    /// Panics unless [`RawReply::is_too_large`].
+    #[track_caller]
+    pub fn expect_too_large(&self) -> &Self {
+        assert!(self.is_too_large(), "not a JSON 413:\n{self}");
+        self
+    }
+}
+
+impl std::fmt::Display for RawReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}\n\n{}", self.head, self.body)
+    }
+}
+
+/// Whether `response` holds a whole reply: the head and `Content-Length` bytes of body.
+pub fn complete(response: &[u8]) -> bool {
+    parse_reply(response).is_some()
+}
+
+/// The first whole reply in `response`, if it holds one.
+pub fn parse_reply(response: &[u8]) -> Option<RawReply> {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    let body = &response[end + 4..];
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    // A 1xx (`100 Continue`) is a whole reply without a body.
+    let length = if status < 200 {
+        0
+    } else {
+        head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse::<usize>().ok())?
+        })?
+    };
+    if body.len() < length {
+        return None;
+    }
+    Some(RawReply {
+        status,
+        body: serde_json::from_slice(&body[..length]).unwrap_or(Value::Null),
+        head,
+    })
+}
+
+/// A `POST` of `body` framed by Content-Length or chunked (64 KiB chunks), with `headers`.
+pub fn post_request(path: &str, body: &[u8], chunked: bool, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut request = format!("POST {path} HTTP/1.1\r\nHost: localhost\r\n").into_bytes();
+    if chunked {
+        request.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    } else {
+        request.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+    }
+    for (k, v) in headers {
+        request.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    if chunked {
+        for chunk in body.chunks(64 * 1024) {
+            request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            request.extend_from_slice(chunk);
+            request.extend_from_slice(b"\r\n");
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        request.extend_from_slice(body);
+    }
+    request
+}
+
+/// A blocking connection to the server, with generous timeouts that only guard against a hung
+/// test.
+pub fn connect(api: &Api) -> std::net::TcpStream {
+    let addr = api.base.trim_start_matches("http://");
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    let timeout = Some(Duration::from_secs(120));
+    stream.set_read_timeout(timeout).expect("a read timeout");
+    stream.set_write_timeout(timeout).expect("a write timeout");
+    stream
+}
+
+/// Sends `request` the way urllib, requests and many Java clients do: all of it with blocking
+/// writes, and only then reads the reply. `Err` says what broke, and what was read.
+pub fn write_then_read(
+    stream: &mut std::net::TcpStream,
+    request: &[u8],
+) -> Result<RawReply, String> {
+    use std::io::Write;
+    stream
+        .write_all(request)
+        .map_err(|e| format!("writing the request: {e}"))?;
+    read_reply(stream)
+}
+
+/// Reads one reply; a reset or an end after a whole reply is no error.
+pub fn read_reply(stream: &mut std::net::TcpStream) -> Result<RawReply, String> {
+    use std::io::Read;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(reply) = parse_reply(&response) {
+            return Ok(reply);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return Err(format!(
+                    "the connection ended; read {:?}",
+                    String::from_utf8_lossy(&response)
+                ))
+            }
+            Ok(n) => response.extend_from_slice(&buf[..n]),
+            Err(e) => {
+                return Err(format!(
+                    "reading the reply: {e}; read {:?}",
+                    String::from_utf8_lossy(&response)
+                ))
+            }
+        }
+    }
+}
+
+/// Whether the server closed the connection: the next read ends (or is reset) with no data.
+pub fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 1];
+    match stream.read(&mut buf) {
+        Ok(n) => n == 0,
+        // The read timeout is no close.
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}

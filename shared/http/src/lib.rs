@@ -6,7 +6,7 @@
 //! global audit feed across them (a static route: it wins over `/{type}/{id}`, and the kernel
 //! refuses to register an aggregate type named `audit`).
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -20,7 +20,9 @@ use chronicle_kernel::{validate_id, AggregateService, Chronicle, CommandOptions,
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Largest accepted request body: a command and its events must fit a DynamoDB item (400 KB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -203,16 +205,20 @@ async fn admin_rebuild(
     }
 }
 
-async fn route_not_found() -> ApiError {
+async fn route_not_found(headers: HeaderMap, body: Body) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+        .after_discarding(&headers, body)
+        .await
 }
 
-async fn method_not_allowed() -> ApiError {
+async fn method_not_allowed(headers: HeaderMap, body: Body) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
         "this route does not take that method",
     )
+    .after_discarding(&headers, body)
+    .await
 }
 
 /// Path segments, or a JSON 400 (e.g. a percent-escape that is not UTF-8).
@@ -529,24 +535,111 @@ fn command_options(headers: &HeaderMap) -> Result<CommandOptions, ApiError> {
     })
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        let mut e = ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body is over {MAX_BODY_BYTES} bytes"),
-        );
-        // The rest of the body is not read, so the connection can't be reused: say so.
-        e.close = true;
-        e
-    };
+/// A 413 for a body over [`MAX_BODY_BYTES`].
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the body is over {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+impl ApiError {
+    /// This answer to a request whose body is left unread: the body is read and dropped first
+    /// (see [`discard`]); when it can't be, the answer says the connection closes.
+    async fn after_discarding(mut self, headers: &HeaderMap, mut body: Body) -> Self {
+        self.close = !discard(headers, &mut body).await;
+        self
+    }
+
+    /// This answer after reading `read` bytes of `body`: the rest is dropped as in
+    /// [`ApiError::after_discarding`].
+    async fn after_draining(mut self, mut body: Body, read: u64) -> Self {
+        self.close = !drain(&mut body, read).await;
+        self
+    }
+}
+
+/// Reads a command body of at most [`MAX_BODY_BYTES`]; over that, a 413 (after discarding
+/// the rest, see [`discard`]).
+async fn read_body(headers: &HeaderMap, mut body: Body) -> Result<Bytes, ApiError> {
     let declared = header_str(headers, "content-length")?.and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_large());
+        return Err(too_large().after_discarding(headers, body).await);
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(frame) = next_data(&mut body).await {
+        let Ok(data) = frame else {
+            // The client went away or broke the framing: nobody reads the answer, so close.
+            let mut e = too_large();
+            e.close = true;
+            return Err(e);
+        };
+        if let Some(data) = data {
+            if bytes.len() + data.len() > MAX_BODY_BYTES {
+                let read = (bytes.len() + data.len()) as u64;
+                return Err(too_large().after_draining(body, read).await);
+            }
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(bytes.into())
+}
+
+/// Reads and drops a body before an answer that doesn't need it: closing with it unread
+/// resets the connection, and a client that sends its whole body before reading the answer
+/// (urllib, requests, many Java clients) would see that reset, never the answer. Whether the
+/// body reached its end (then the connection stays usable).
+///
+/// Not when the client waits for `100 Continue` (it sends nothing until told to, so the answer
+/// goes at once) nor for a declared length past [`DRAIN_BYTES`] (not worth reading).
+async fn discard(headers: &HeaderMap, body: &mut Body) -> bool {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if expects_continue(headers) || declared.is_some_and(|n| n > DRAIN_BYTES) {
+        return false;
+    }
+    drain(body, 0).await
+}
+
+/// Most of a body read and discarded before an answer that doesn't use it (a 413, or a
+/// refusal before the body was read), all of it counted.
+pub const DRAIN_BYTES: u64 = 8 * 1024 * 1024;
+/// How long discarding may take, so a slow or stalled client can't hold the task.
+pub const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Reads and drops the rest of `body`, of which `read` bytes are already read: whether it
+/// reached the end within [`DRAIN_BYTES`] and [`DRAIN_TIME`].
+async fn drain(body: &mut Body, mut read: u64) -> bool {
+    let to_end = async {
+        while let Some(frame) = next_data(body).await {
+            let Ok(frame) = frame else { return false };
+            if let Some(data) = frame {
+                read += data.len() as u64;
+                if read > DRAIN_BYTES {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(DRAIN_TIME, to_end)
         .await
-        .map_err(|_| too_large())
+        .unwrap_or(false)
+}
+
+/// The body's next frame: its data, `None` for trailers; `None` at the end.
+async fn next_data(body: &mut Body) -> Option<Result<Option<Bytes>, axum::Error>> {
+    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx))
+        .await
+        .map(|frame| frame.map(|f| f.into_data().ok()))
+}
+
+fn expects_continue(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 async fn command(
@@ -556,9 +649,14 @@ async fn command(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let (svc, id) = aggregate_route(&chronicle, path)?;
-    query_params(raw, &[])?;
-    let opts = command_options(&headers)?;
+    let checked = aggregate_route(&chronicle, path).and_then(|(svc, id)| {
+        query_params(raw, &[])?;
+        Ok((svc, id, command_options(&headers)?))
+    });
+    let (svc, id, opts) = match checked {
+        Ok(checked) => checked,
+        Err(e) => return Err(e.after_discarding(&headers, body).await),
+    };
     let bytes = read_body(&headers, body).await?;
     let outcome = svc.execute(&id, &bytes, opts).await?;
     let mut resp = Json(&outcome.result).into_response();
