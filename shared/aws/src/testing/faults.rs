@@ -35,11 +35,11 @@ pub enum Matcher {
     },
     /// Kinesis operations (`PutRecords`, ...).
     Kinesis { ops: Vec<&'static str> },
-    /// S3 requests with this method whose URL contains `url_contains` (path-style:
-    /// `/{bucket}/{key}`).
+    /// S3 requests with this method whose URL contains each of `url_contains` (path-style:
+    /// `/{bucket}/{key}`, `/{bucket}/?list-type=2&prefix=...`).
     S3 {
         method: &'static str,
-        url_contains: String,
+        url_contains: Vec<String>,
     },
 }
 
@@ -62,10 +62,10 @@ impl Matcher {
         Self::Kinesis { ops: ops.to_vec() }
     }
 
-    pub fn s3(method: &'static str, url_contains: &str) -> Self {
+    pub fn s3(method: &'static str, url_contains: &[&str]) -> Self {
         Self::S3 {
             method,
-            url_contains: url_contains.to_owned(),
+            url_contains: url_contains.iter().map(|p| (*p).to_owned()).collect(),
         }
     }
 
@@ -93,7 +93,11 @@ impl Matcher {
             Self::S3 {
                 method,
                 url_contains,
-            } => target.is_none() && r.method() == *method && r.uri().contains(url_contains),
+            } => {
+                target.is_none()
+                    && r.method() == *method
+                    && url_contains.iter().all(|p| r.uri().contains(p.as_str()))
+            }
         }
     }
 }
@@ -223,13 +227,12 @@ impl Faults {
         self.rules.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The fault for this request, if a rule fires on it. Every matching rule counts the
-    /// request; the first of them whose schedule fires injects.
+    /// The fault for this request, if a rule fires on it. Rules are asked in order; each sees
+    /// (and counts) only the requests the rules before it let through.
     fn decide(&self, request: &HttpRequest) -> Option<Fault> {
         if !self.armed.load(Ordering::SeqCst) {
             return None;
         }
-        let mut chosen = None;
         for state in self
             .lock()
             .iter_mut()
@@ -242,12 +245,12 @@ impl Faults {
                     k > 0 && state.matched.is_multiple_of(k) && state.injected < times
                 }
             };
-            if fire && chosen.is_none() {
+            if fire {
                 state.injected += 1;
-                chosen = Some(state.rule.fault);
+                return Some(state.rule.fault);
             }
         }
-        chosen
+        None
     }
 
     /// How many faults the rule labelled `label` injected.
