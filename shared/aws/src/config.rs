@@ -1,7 +1,15 @@
 //! Configuration shared by every function and the CLI: resource names from `CHRONICLE_*`
 //! environment variables, AWS settings from the standard `AWS_*` ones.
 
+use aws_config::timeout::TimeoutConfig;
 use aws_config::BehaviorVersion;
+use std::time::Duration;
+
+/// A DynamoDB call not answered in this long is taken as lost and retried (the SDK's standard
+/// retry: 3 attempts). Without it a hung connection holds a command until the Lambda times
+/// out, or for ever on the local server; three attempts and their backoff stay well inside
+/// API Gateway's 29 s. Only where none is configured already.
+pub const DYNAMODB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Names of the AWS resources Chronicle uses. Every field has an environment variable; the
 /// defaults are the names `chronicle aws-setup` creates for local development.
@@ -110,13 +118,31 @@ impl Clients {
         let s3 = aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(custom_endpoint)
             .build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .timeout_config(with_attempt_timeout(&sdk, DYNAMODB_ATTEMPT_TIMEOUT))
+            .build();
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
             s3: aws_sdk_s3::Client::from_conf(s3),
             kinesis: aws_sdk_kinesis::Client::new(&sdk),
             sdk,
         }
     }
+}
+
+/// The SDK config's timeouts, with `attempt` as the attempt timeout unless one is set.
+fn with_attempt_timeout(sdk: &aws_config::SdkConfig, attempt: Duration) -> TimeoutConfig {
+    let current = sdk
+        .timeout_config()
+        .cloned()
+        .unwrap_or_else(|| TimeoutConfig::builder().build());
+    if current.operation_attempt_timeout().is_some() {
+        return current;
+    }
+    current
+        .to_builder()
+        .operation_attempt_timeout(attempt)
+        .build()
 }
 
 #[cfg(test)]
@@ -142,6 +168,36 @@ mod tests {
         .unwrap();
         assert_eq!(s.events_table, "ev");
         assert_eq!(s.snapshot_every, 25);
+    }
+
+    #[test]
+    fn dynamodb_calls_time_out_unless_configured_otherwise() {
+        let sdk = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(2))
+                    .build(),
+            )
+            .build();
+        let c = Clients::new(sdk.clone());
+        let t = c.dynamodb.config().timeout_config().expect("timeouts");
+        assert_eq!(
+            t.operation_attempt_timeout(),
+            Some(DYNAMODB_ATTEMPT_TIMEOUT)
+        );
+        assert_eq!(t.connect_timeout(), Some(Duration::from_secs(2)), "kept");
+        let own = sdk
+            .to_builder()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(1))
+                    .build(),
+            )
+            .build();
+        let c = Clients::new(own);
+        let t = c.dynamodb.config().timeout_config().expect("timeouts");
+        assert_eq!(t.operation_attempt_timeout(), Some(Duration::from_secs(1)));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::backend;
 use crate::item::{self, EventItem, IdempotencyItem, PK, SK};
+use crate::outcome;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
@@ -319,6 +320,14 @@ impl EventStore for DynamoEventStore {
                     .map(|r| r.code().unwrap_or("None"))
                     .collect();
                 let failed = |i: usize| codes.get(i) == Some(&"ConditionalCheckFailed");
+                // Our own first event (or key) already there: an earlier attempt whose answer
+                // was lost may have stored it (see `outcome`).
+                let ours =
+                    failed(usize::from(checks_expected)) || idempotency_at.is_some_and(failed);
+                if ours && outcome::committed(&self.client, &self.table, &request.events[0]).await?
+                {
+                    return Ok(());
+                }
                 if let (Some(i), Some(r)) = (idempotency_at, &request.idempotency) {
                     if failed(i) {
                         return Err(AppendError::DuplicateIdempotencyKey(r.key.clone()));
@@ -337,13 +346,24 @@ impl EventStore for DynamoEventStore {
                         actual,
                     });
                 }
-                Err(StoreError::Backend(format!(
+                let why = format!(
                     "transaction cancelled on {}: reasons {codes:?}",
                     request.stream
-                ))
-                .into())
+                );
+                if codes.iter().any(|c| crate::THROTTLING_CODES.contains(c)) {
+                    return Err(StoreError::Unavailable(why).into());
+                }
+                Err(StoreError::Backend(why).into())
             }
-            _ => Err(backend("TransactWriteItems", err).into()),
+            // The answer may be lost, not the transaction: look before failing.
+            _ => outcome::unless_committed(
+                &self.client,
+                &self.table,
+                &request.events[0],
+                backend("TransactWriteItems", err),
+            )
+            .await
+            .map_err(AppendError::from),
         }
     }
 

@@ -10,6 +10,7 @@ mod archive;
 mod config;
 mod events;
 pub mod item;
+mod outcome;
 mod publisher;
 mod read_models;
 pub mod setup;
@@ -23,11 +24,61 @@ pub use publisher::KinesisPublisher;
 pub use read_models::DynamoReadModelStore;
 pub use snapshots::S3SnapshotStore;
 
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::error::display::DisplayErrorContext;
 use chronicle_kernel::StoreError;
 
-/// An SDK error as a backend failure, with its whole cause chain (the SDK's `Display` alone
-/// says only "service error").
-pub(crate) fn backend<E: std::error::Error>(what: &str, e: E) -> StoreError {
-    StoreError::Backend(format!("{what}: {}", DisplayErrorContext(e)))
+/// An SDK error as a store error, with its whole cause chain (the SDK's `Display` alone says
+/// only "service error"): [`StoreError::Unavailable`] when it is transient (throttled, timed
+/// out, a 5xx), so callers answer 503 with `Retry-After`; else [`StoreError::Backend`].
+pub(crate) fn backend<E: Failure>(what: &str, e: E) -> StoreError {
+    let text = format!("{what}: {}", DisplayErrorContext(&e));
+    if e.transient() {
+        StoreError::Unavailable(text)
+    } else {
+        StoreError::Backend(text)
+    }
+}
+
+/// Error codes AWS services throttle with (the SDK's standard retry treats them so too).
+pub(crate) const THROTTLING_CODES: [&str; 9] = [
+    "ThrottlingException",
+    "Throttling",
+    "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded",
+    "TransactionInProgressException",
+    "SlowDown",
+    "LimitExceededException",
+    "ThrottlingError",
+    "ProvisionedThroughputExceeded",
+];
+
+/// Errors [`backend`] takes: whether one is worth retrying later.
+pub(crate) trait Failure: std::error::Error {
+    fn transient(&self) -> bool {
+        false
+    }
+}
+
+impl Failure for serde_json::Error {}
+
+impl<E: ProvideErrorMetadata + std::error::Error + 'static> Failure for SdkError<E, HttpResponse> {
+    fn transient(&self) -> bool {
+        match self {
+            // No answer (a timeout, a dropped connection) or a cut-off one: after the SDK's
+            // own retries, still nothing that says the request is wrong.
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(ctx) => {
+                matches!(ctx.raw().status().as_u16(), 500 | 502 | 503 | 504)
+                    || ctx
+                        .err()
+                        .code()
+                        .is_some_and(|c| THROTTLING_CODES.contains(&c))
+            }
+            _ => false,
+        }
+    }
 }

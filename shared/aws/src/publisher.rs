@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, PutRecordsResultEntry};
 use aws_sdk_kinesis::Client;
 use chronicle_kernel::{EventEnvelope, PublishError, Publisher};
 use std::collections::HashSet;
@@ -98,10 +98,11 @@ impl KinesisPublisher {
                             r.error_message().unwrap_or("")
                         );
                     }
-                    // A response shorter than the request leaves the rest failed.
-                    let failed: Vec<bool> = (0..idx.len())
-                        .map(|k| results.get(k).is_none_or(|r| r.error_code().is_some()))
-                        .collect();
+                    let failed = failed_entries(results, idx.len());
+                    let count = failed.iter().filter(|f| **f).count();
+                    if out.failed_record_count().is_some_and(|n| n > 0) && count == 0 {
+                        reason = "FailedRecordCount > 0 but no record says which".into();
+                    }
                     settle(events, &idx, &failed, &mut blocked, &mut left);
                 }
             }
@@ -109,6 +110,19 @@ impl KinesisPublisher {
         left.sort_unstable();
         (left, reason)
     }
+}
+
+/// Which of a `PutRecords` call's `n` records did not land: those with an error code, those
+/// without a sequence number (Kinesis gives one to every stored record), and those past the
+/// end of a short answer. A record counts as delivered only on Kinesis's word.
+fn failed_entries(results: &[PutRecordsResultEntry], n: usize) -> Vec<bool> {
+    (0..n)
+        .map(|k| {
+            results
+                .get(k)
+                .is_none_or(|r| r.error_code().is_some() || r.sequence_number().is_none())
+        })
+        .collect()
 }
 
 /// After one `PutRecords` of `sent` (indexes into `events`, in order): adds to `left` every
@@ -190,6 +204,23 @@ mod tests {
         left.iter()
             .map(|&i| (events[i].aggregate_id.clone(), events[i].version))
             .collect()
+    }
+
+    #[test]
+    fn only_records_kinesis_numbered_count_as_delivered() {
+        let ok = PutRecordsResultEntry::builder()
+            .sequence_number("1")
+            .shard_id("s")
+            .build();
+        let throttled = PutRecordsResultEntry::builder()
+            .error_code("ProvisionedThroughputExceededException")
+            .error_message("Rate exceeded")
+            .build();
+        let blank = PutRecordsResultEntry::builder().build();
+        assert_eq!(
+            failed_entries(&[ok.clone(), throttled, blank, ok], 5),
+            vec![false, true, true, false, true]
+        );
     }
 
     #[test]

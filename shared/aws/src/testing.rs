@@ -6,6 +6,8 @@
 
 use crate::{setup, Clients, Settings};
 
+pub mod faults;
+
 pub const ENABLE_VAR: &str = "CHRONICLE_AWS_TESTS";
 
 /// Resources created for one test, removed by [`AwsTestEnv::remove`].

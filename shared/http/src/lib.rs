@@ -31,6 +31,9 @@ pub const DEFAULT_PAGE: usize = 100;
 pub const MAX_PAGE: usize = 1000;
 /// Largest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
+/// `Retry-After` (seconds) on every 503: the SDK has already retried with backoff by then, so
+/// a throttled or failed store is worth one more try from the client a moment later.
+pub const RETRY_AFTER_SECS: u64 = 1;
 
 /// Which routes a router serves: the local server serves all; on AWS the command function
 /// serves the commands and the read-only query function the reads.
@@ -83,6 +86,8 @@ pub struct ApiError {
     pub extra: Vec<(&'static str, Value)>,
     /// Ask the client to close the connection (the request body was left unread).
     pub close: bool,
+    /// `Retry-After` in seconds (set on 503s).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -93,6 +98,7 @@ impl ApiError {
             message: message.into(),
             extra: Vec::new(),
             close: false,
+            retry_after: None,
         }
     }
     fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -115,10 +121,19 @@ impl From<Error> for ApiError {
             ) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
-        if status.is_server_error() {
+        if matches!(
+            e,
+            Error::Store(chronicle_kernel::StoreError::Unavailable(_))
+        ) {
+            // Throttling is load, not a fault: the client is told when to come back.
+            tracing::warn!(error = %e, code = e.code(), "request refused: the store is busy");
+        } else if status.is_server_error() {
             tracing::error!(error = %e, code = e.code(), "request failed");
         }
         let mut api = ApiError::new(status, e.code(), e.to_string());
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            api.retry_after = Some(RETRY_AFTER_SECS);
+        }
         if let Error::Conflict {
             expected, actual, ..
         } = e
@@ -144,6 +159,10 @@ impl IntoResponse for ApiError {
         if self.close {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -667,4 +686,43 @@ async fn command(
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronicle_kernel::StoreError;
+
+    async fn answer(e: Error) -> (StatusCode, HeaderMap, Value) {
+        let resp = ApiError::from(e).into_response();
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 16).await.expect("a body");
+        (
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).expect("JSON"),
+        )
+    }
+
+    #[tokio::test]
+    async fn store_failures_are_503_with_retry_after_and_a_json_error() {
+        for (e, code) in [
+            (StoreError::Unavailable("throttled".into()), "store_busy"),
+            (StoreError::Backend("gone".into()), "store_unavailable"),
+        ] {
+            let (status, headers, body) = answer(Error::Store(e)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                headers
+                    .get(header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok()),
+                Some(RETRY_AFTER_SECS.to_string().as_str())
+            );
+            assert_eq!(body["error"]["code"], code, "{body}");
+        }
+        // Other errors don't ask for a retry.
+        let (status, headers, _) = answer(Error::Store(StoreError::Corrupt("x".into()))).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(headers.get(header::RETRY_AFTER).is_none());
+    }
 }

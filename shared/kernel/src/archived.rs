@@ -612,10 +612,18 @@ impl<E: EventStore + ?Sized> SegmentWriter<'_, E> {
         );
         let (bytes, index) = builder.finish(crate::envelope::now());
         let size = bytes.len() as u64;
-        if !archive.put_segment(&name, bytes).await? {
-            return Err(StoreError::Invalid(format!(
-                "archive segment {name} already exists; it was left as it was"
-            )));
+        // Kept for the rare check below: a copy costs far less than the PUT itself.
+        if !archive.put_segment(&name, bytes.clone()).await? {
+            // The name is this run's own, so the writer there is most likely this run: a PUT
+            // that stored but lost its answer, which the client's retry then found taken. The
+            // same bytes there: ours, go on; anything else is left alone.
+            let there = archive.read_segment(&name, ByteRange::All).await?;
+            if there != bytes {
+                return Err(StoreError::Invalid(format!(
+                    "archive segment {name} already exists; it was left as it was"
+                )));
+            }
+            tracing::info!(segment = %name, "segment already stored by a lost attempt of this run");
         }
         report.segments.push(name);
         report.bytes += size;

@@ -30,7 +30,7 @@ pub enum Error {
     /// A stored event or state does not decode into the domain's types (HTTP 500).
     #[error("stored data does not decode: {0}")]
     Decode(String),
-    /// The storage backend failed (HTTP 503).
+    /// The storage backend failed or is busy (HTTP 503 with `Retry-After`).
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -61,6 +61,7 @@ impl Error {
             Error::Decode(_) => "decode_error",
             Error::Store(StoreError::Invalid(_)) => "store_refused",
             Error::Store(StoreError::Corrupt(_)) => "store_corrupt",
+            Error::Store(StoreError::Unavailable(_)) => "store_busy",
             Error::Store(_) => "store_unavailable",
         }
     }

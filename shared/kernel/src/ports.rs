@@ -13,6 +13,10 @@ use std::sync::Arc;
 pub enum StoreError {
     #[error("storage backend failed: {0}")]
     Backend(String),
+    /// The backend is throttling or did not answer in time: transient, worth retrying after
+    /// a pause (HTTP 503 with `Retry-After`).
+    #[error("storage backend is busy or did not answer in time; retry shortly: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("request refused by the store: {0}")]

@@ -108,20 +108,30 @@ async fn an_idempotent_retry_after_a_timeout_appends_nothing() {
         3
     );
 
-    // The same transaction sent again at the store level: refused as a duplicate, nothing added.
+    // The same transaction sent again at the store level (an SDK retry after a lost answer):
+    // its own events are there already, so it is the success it was, and adds nothing.
     let record = other
         .events
         .idempotency_record("withdraw-7")
         .await
         .expect("read")
         .expect("the record");
-    let again = chronicle_kernel::AppendRequest {
+    let mut again = chronicle_kernel::AppendRequest {
         stream: stream.clone(),
         expected_version: 2,
         events: original.result.events.clone(),
         idempotency: Some(record),
         stored: Vec::new(),
     };
+    assert_eq!(other.events.append(&again).await, Ok(()));
+    assert_eq!(
+        other.events.stream_version(&stream).await.expect("version"),
+        3
+    );
+    // Another transaction under the same key: refused as a duplicate, nothing added.
+    for e in &mut again.events {
+        e.event_id = uuid::Uuid::now_v7();
+    }
     match other.events.append(&again).await {
         Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, "withdraw-7"),
         r => panic!("expected DuplicateIdempotencyKey, got {r:?}"),
