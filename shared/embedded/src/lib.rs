@@ -7,6 +7,7 @@
 
 mod archive;
 mod heads;
+mod idempotency;
 mod publisher;
 mod writer;
 
@@ -90,7 +91,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     aggregate_type TEXT NOT NULL,
     aggregate_id   TEXT NOT NULL,
     response       TEXT NOT NULL,
-    recorded_at    TEXT NOT NULL
+    recorded_at    TEXT NOT NULL,
+    -- Epoch seconds the record counts until (idempotency.rs); 0 on rows from before it,
+    -- which opening fills in.
+    expires_at     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
     aggregate_type TEXT    NOT NULL,
@@ -141,6 +145,7 @@ const EVENT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, v
 const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("events", "hash", "TEXT NOT NULL DEFAULT ''"),
     ("snapshots", "chain_head", "TEXT"),
+    ("idempotency", "expires_at", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Fills the stream tables for a data directory written before them, from its (type, id,
@@ -289,6 +294,7 @@ impl EmbeddedStore {
             && !table_exists(&conn, "stream_links").map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
+        idempotency::migrate(&conn)?;
         if before_streams {
             backfill_streams(&conn).map_err(backend)?;
         }
@@ -299,7 +305,7 @@ impl EmbeddedStore {
             .max_size(8)
             .build(manager)
             .map_err(backend)?;
-        Ok(Arc::new(Self {
+        let store = Arc::new(Self {
             dir,
             writer: Writer::spawn(conn, wal_path(&path), head.clone(), heads.clone()),
             heads,
@@ -307,7 +313,8 @@ impl EmbeddedStore {
             checkpointer: Checkpointer::spawn(&path)?,
             readers,
             head,
-        }))
+        });
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -489,7 +496,7 @@ struct Encoded {
     stream: StreamId,
     expected_version: u64,
     rows: Vec<EventRow>,
-    idempotency: Option<IdempotencyRow>,
+    idempotency: Option<idempotency::IdempotencyRow>,
 }
 
 /// An event's columns (its stream's are in `Encoded`).
@@ -502,14 +509,6 @@ struct EventRow {
     metadata: String,
     recorded_at: String,
     hash: String,
-}
-
-struct IdempotencyRow {
-    key: String,
-    stream: StreamId,
-    fingerprint: String,
-    response: String,
-    recorded_at: String,
 }
 
 fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
@@ -552,13 +551,10 @@ fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let idempotency = req.idempotency.as_ref().map(|i| IdempotencyRow {
-        key: i.key.clone(),
-        stream: i.stream.clone(),
-        fingerprint: i.fingerprint.clone(),
-        response: i.response.to_string(),
-        recorded_at: format_timestamp(&i.recorded_at),
-    });
+    let idempotency = req
+        .idempotency
+        .as_ref()
+        .map(idempotency::IdempotencyRow::of);
     Ok(Encoded {
         stream: stream.clone(),
         expected_version: req.expected_version,
@@ -624,13 +620,7 @@ fn insert_event(
 /// stream between the check against its head and the inserts.
 fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(), AppendError> {
     if let Some(idem) = &enc.idempotency {
-        let taken = conn
-            .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
-            .and_then(|mut s| s.exists([&idem.key]))
-            .map_err(backend)?;
-        if taken {
-            return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
-        }
+        idempotency::check_free(conn, idem)?;
     }
     let head = heads.current(&enc.stream);
     let actual = head.map_or(0, |h| h.version);
@@ -646,21 +636,7 @@ fn append_encoded(conn: &Connection, enc: &Encoded, heads: &Heads) -> Result<(),
         prev = insert_event(conn, &enc.stream, row, prev)?;
     }
     if let Some(idem) = &enc.idempotency {
-        conn.prepare_cached(
-            "INSERT INTO idempotency (key, fingerprint, aggregate_type, aggregate_id, response, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                idem.key,
-                idem.fingerprint,
-                idem.stream.aggregate_type,
-                idem.stream.aggregate_id,
-                idem.response,
-                idem.recorded_at,
-            ])
-        })
-        .map_err(backend)?;
+        idempotency::insert(conn, idem)?;
     }
     heads.stage(
         enc.stream.clone(),
@@ -1329,37 +1305,8 @@ impl EmbeddedStore {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = key.to_owned();
-        self.read(move |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT fingerprint, aggregate_type, aggregate_id, response, recorded_at \
-                     FROM idempotency WHERE key = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row([&key], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                        ))
-                    })
-                    .optional()
-                })
-                .map_err(backend)?;
-            let Some((fingerprint, t, id, response, at)) = row else {
-                return Ok(None);
-            };
-            Ok(Some(IdempotencyRecord {
-                key,
-                fingerprint,
-                stream: StreamId::new(t, id),
-                response: serde_json::from_str(&response).map_err(|e| corrupt("response", e))?,
-                recorded_at: parse_timestamp(&at).map_err(|e| corrupt("recorded_at", e))?,
-            }))
-        })
-        .await
+        self.read(move |conn| idempotency::read(conn, &key, Utc::now()))
+            .await
     }
 }
 
