@@ -1,12 +1,23 @@
 //! Idempotency records in the `idempotency` table, and their expiry. A record counts until its
 //! `expires_at` (epoch seconds, set by the kernel): reads skip expired rows and an append may
-//! replace one, so the boundary is exact whether or not the row is gone yet.
+//! replace one, so the boundary is exact whether or not the row is gone yet. A pruner thread
+//! deletes expired rows in small batches through the writer, so the table stays bounded.
 
 use crate::writer::backend;
+use crate::EmbeddedStore;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{AppendError, IdempotencyRecord, StoreError, StreamId};
 use chrono::{DateTime, Utc};
 use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::Duration;
+
+/// Rows one prune job deletes at most: each job is one short turn of the writer, so appends
+/// queued meanwhile wait for a few milliseconds at most.
+pub const PRUNE_BATCH: usize = 500;
+
+/// How often the pruner looks for expired rows unless told otherwise.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// Run on every open, after the column migrations: the expiry index, and an expiry for rows
 /// written before records expired (0): the default retention after they were recorded,
@@ -159,4 +170,159 @@ pub(crate) fn read(
         expires_at: DateTime::from_timestamp(expires, 0)
             .ok_or_else(|| corrupt("expires_at", expires))?,
     }))
+}
+
+/// Deletes up to `limit` rows expired at `now` (epoch seconds); how many it deleted.
+fn delete_expired(conn: &Connection, now: i64, limit: usize) -> Result<usize, StoreError> {
+    conn.prepare_cached(
+        "DELETE FROM idempotency WHERE key IN \
+         (SELECT key FROM idempotency WHERE expires_at <= ?1 LIMIT ?2)",
+    )
+    .and_then(|mut s| s.execute(params![now, i64::try_from(limit).unwrap_or(i64::MAX)]))
+    .map_err(backend)
+}
+
+impl EmbeddedStore {
+    /// Deletes the idempotency records expired by now, `batch` rows per writer job so appends
+    /// are not held up behind one long delete; returns how many went. The pruner thread calls
+    /// it every [`PRUNE_EVERY`]; expired rows count as absent either way.
+    pub async fn prune_idempotency(&self, batch: usize) -> Result<u64, StoreError> {
+        let now = Utc::now().timestamp();
+        let batch = batch.max(1);
+        // Looked for on a reader first: no writer turn at all while nothing has expired.
+        let any = self
+            .read(move |conn| {
+                conn.prepare_cached("SELECT 1 FROM idempotency WHERE expires_at <= ?1 LIMIT 1")
+                    .and_then(|mut s| s.exists([now]))
+                    .map_err(backend)
+            })
+            .await?;
+        if !any {
+            return Ok(0);
+        }
+        let mut total = 0u64;
+        loop {
+            let n = self
+                .writer
+                .write(move |conn| delete_expired(conn, now, batch))
+                .await?;
+            total += n as u64;
+            if n < batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// How often the pruner runs from now on (tests make it quick).
+    pub fn set_prune_interval(&self, every: Duration) {
+        self.pruner.set_interval(every);
+    }
+}
+
+/// The thread that prunes expired idempotency records now and then. It holds the store weakly:
+/// a dropped store ends it.
+#[derive(Default)]
+pub(crate) struct Pruner {
+    state: Arc<PrunerState>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct PrunerState {
+    control: Mutex<Control>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Control {
+    stopped: bool,
+    /// Between runs; `None`: [`PRUNE_EVERY`].
+    every: Option<Duration>,
+    /// Bumped by every change of `every`, so a wait under the old interval starts over.
+    changes: u64,
+}
+
+impl PrunerState {
+    /// Sleeps one interval; false once stopped.
+    fn wait(&self) -> bool {
+        let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if control.stopped {
+                return false;
+            }
+            let (seen, every) = (control.changes, control.every.unwrap_or(PRUNE_EVERY));
+            let (next, timeout) = self
+                .wake
+                .wait_timeout_while(control, every, |c| !c.stopped && c.changes == seen)
+                .unwrap_or_else(|p| p.into_inner());
+            control = next;
+            if timeout.timed_out() {
+                return true;
+            }
+        }
+    }
+}
+
+impl Pruner {
+    pub(crate) fn start(store: &Arc<EmbeddedStore>) -> Result<(), StoreError> {
+        let weak: Weak<EmbeddedStore> = Arc::downgrade(store);
+        let state = store.pruner.state.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .map_err(backend)?;
+        let thread = std::thread::Builder::new()
+            .name("chronicle-prune".into())
+            .spawn(move || {
+                while state.wait() {
+                    let Some(store) = weak.upgrade() else { break };
+                    match rt.block_on(store.prune_idempotency(PRUNE_BATCH)) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(rows = n, "pruned expired idempotency records"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "pruning idempotency records failed; retrying later")
+                        }
+                    }
+                    // Outside the runtime: if this was the last handle, the store closes here.
+                    drop(store);
+                }
+            })
+            .map_err(backend)?;
+        *store
+            .pruner
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        Ok(())
+    }
+
+    fn set_interval(&self, every: Duration) {
+        let mut control = self.state.control.lock().unwrap_or_else(|p| p.into_inner());
+        control.every = Some(every.max(Duration::from_millis(1)));
+        control.changes += 1;
+        self.state.wake.notify_all();
+    }
+
+    /// Stops the thread and waits for its current run.
+    pub(crate) fn close(&self) {
+        self.state
+            .control
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stopped = true;
+        self.state.wake.notify_all();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            // The store may be dropped on the pruner's own thread; it can't wait for itself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+impl Drop for Pruner {
+    fn drop(&mut self) {
+        self.close();
+    }
 }

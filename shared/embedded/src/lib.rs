@@ -12,6 +12,7 @@ mod publisher;
 mod writer;
 
 pub use archive::DirArchive;
+pub use idempotency::{PRUNE_BATCH, PRUNE_EVERY};
 pub use publisher::JsonlPublisher;
 
 use async_trait::async_trait;
@@ -201,6 +202,7 @@ pub struct EmbeddedStore {
     heads: Arc<Heads>,
     /// Reads that found a stream's chain broken and scanned instead (`scanned`).
     scans: Arc<std::sync::atomic::AtomicU64>,
+    pruner: idempotency::Pruner,
 }
 
 /// Copies committed WAL frames into the database file from a thread of its own, with
@@ -313,7 +315,9 @@ impl EmbeddedStore {
             checkpointer: Checkpointer::spawn(&path)?,
             readers,
             head,
+            pruner: Default::default(),
         });
+        idempotency::Pruner::start(&store)?;
         Ok(store)
     }
 
@@ -329,6 +333,7 @@ impl EmbeddedStore {
 
     /// Finishes queued writes and stops the writer; later writes fail.
     pub fn close(&self) {
+        self.pruner.close();
         self.writer.close();
         self.checkpointer.close();
     }

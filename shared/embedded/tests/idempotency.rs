@@ -1,5 +1,6 @@
-//! Idempotency records in the embedded store: data directories from before records expired
-//! keep working.
+//! Idempotency records in the embedded store: expired rows are pruned (on demand and by the
+//! store's own pruner thread), only expired ones, and data directories from before records
+//! expired keep working.
 
 use chronicle_embedded::{EmbeddedStore, DB_FILE};
 use chronicle_kernel::{EventStore, IdempotencyRecord, StreamId};
@@ -7,7 +8,7 @@ use chronicle_testkit as kit;
 use r2d2_sqlite::rusqlite::Connection;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The keys in the idempotency table, expired or not.
 fn stored_keys(dir: &Path) -> BTreeSet<String> {
@@ -37,6 +38,68 @@ async fn append_with(
     req.idempotency = Some(record.clone());
     store.append(&req).await.expect("append");
     record
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_deletes_expired_rows_in_batches_and_only_those() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    for i in 0..5 {
+        append_with(&store, kit::expired_idempotency_record, &format!("old-{i}")).await;
+    }
+    let live = append_with(&store, kit::idempotency_record, "live").await;
+    assert_eq!(
+        stored_keys(dir.path()).len(),
+        6,
+        "expired rows stay until pruned"
+    );
+
+    // Batches of 2: three writer jobs (2 + 2 + 1), every expired row gone, the live one kept.
+    assert_eq!(store.prune_idempotency(2).await.expect("prune"), 5);
+    assert_eq!(
+        stored_keys(dir.path()),
+        BTreeSet::from(["live".to_string()])
+    );
+    assert_eq!(store.idempotency_record("live").await.unwrap(), Some(live));
+    assert_eq!(store.prune_idempotency(2).await.expect("prune again"), 0);
+    // A pruned key is free (it was already: expired rows don't count).
+    let again = append_with(&store, kit::idempotency_record, "old-0").await;
+    assert_eq!(
+        store.idempotency_record("old-0").await.unwrap(),
+        Some(again)
+    );
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_prunes_expired_rows_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    for i in 0..3 {
+        append_with(&store, kit::expired_idempotency_record, &format!("old-{i}")).await;
+    }
+    append_with(&store, kit::idempotency_record, "live").await;
+    store.set_prune_interval(Duration::from_millis(20));
+    // Waits for the pruner thread (it runs every 20 ms now); the deadline only bounds a hang.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_keys(dir.path()).len() > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the pruner left {:?}",
+            stored_keys(dir.path())
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stored_keys(dir.path()),
+        BTreeSet::from(["live".to_string()])
+    );
+    // Closing stops the pruner; the store closes cleanly with it, and the live record stays.
+    store.close();
+    drop(store);
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert!(store.idempotency_record("live").await.unwrap().is_some());
+    store.close();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,7 +160,12 @@ async fn a_data_directory_from_before_expiry_keeps_its_records_for_the_default_r
     assert_eq!(
         stored_keys(dir.path()),
         BTreeSet::from(["ancient".to_string(), "recent".to_string()]),
-        "expired rows stay, counting as absent"
+        "expired rows stay until pruned, counting as absent"
+    );
+    assert_eq!(store.prune_idempotency(100).await.unwrap(), 1);
+    assert_eq!(
+        stored_keys(dir.path()),
+        BTreeSet::from(["recent".to_string()])
     );
     store.close();
 }
