@@ -58,6 +58,11 @@ enum Command {
         /// stand-in for the Kinesis stream (`tail -f` it).
         #[arg(long, env = "CHRONICLE_PUBLISH_LOG")]
         publish_log: Option<PathBuf>,
+        /// How long a command's Idempotency-Key record answers its retries (e.g. 7d, 12h,
+        /// 90s); after it the key is free and a retry runs as a new command.
+        #[arg(long, env = "CHRONICLE_IDEMPOTENCY_RETENTION", default_value = "7d",
+              value_parser = chronicle_aws::parse_retention)]
+        idempotency_retention: std::time::Duration,
     },
     /// Create the DynamoDB tables (with streams), S3 buckets and Kinesis stream named by the
     /// CHRONICLE_* variables, if missing, on the configured endpoint (moto, LocalStack, AWS).
@@ -199,11 +204,19 @@ pub(crate) async fn open_any(
 
 /// Opens the embedded store and registers the sample domain on it.
 pub(crate) fn open(args: &StoreArgs) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
+    open_with(args, HandlerConfig::default())
+}
+
+/// [`open`] with command settings beyond the store's (`snapshot_every` comes from `args`).
+pub(crate) fn open_with(
+    args: &StoreArgs,
+    config: HandlerConfig,
+) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
     let store = EmbeddedStore::open(&args.data_dir)
         .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let config = HandlerConfig {
         snapshot_every: args.snapshot_every,
-        ..HandlerConfig::default()
+        ..config
     };
     let archive = chronicle_embedded::DirArchive::open(archive_dir(args))
         .context("opening the archive directory")?;
@@ -262,12 +275,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store,
                 addr,
                 publish_log,
+                idempotency_retention,
             } => match store.backend {
-                Backend::Embedded => serve::serve(&store, &addr, publish_log.as_deref()).await,
+                Backend::Embedded => {
+                    let config = HandlerConfig {
+                        idempotency_retention,
+                        ..HandlerConfig::default()
+                    };
+                    serve::serve(&store, config, &addr, publish_log.as_deref()).await
+                }
                 Backend::Aws if publish_log.is_some() => Err(anyhow::anyhow!(
                     "--publish-log is for the embedded backend; on AWS events go to Kinesis"
                 )),
-                Backend::Aws => serve::serve_aws(&addr).await,
+                Backend::Aws => serve::serve_aws(&addr, idempotency_retention).await,
             },
             Command::AwsSetup => serve::aws_setup().await,
             Command::History {
