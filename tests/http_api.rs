@@ -359,6 +359,77 @@ async fn idempotent_repeats_store_nothing_new() {
     assert_eq!(server.consistent(id).await.body["balance"], 80);
 }
 
+/// `--idempotency-retention 2s`: a repeat inside the window is answered from the record, one
+/// after it runs again (a second deposit) and is recorded anew.
+#[tokio::test]
+async fn a_repeat_after_the_idempotency_retention_runs_again() {
+    let server = Server::start_with(&["--idempotency-retention", "2s"]).await;
+    let id = "idem-retention";
+    ok(&server, id, json!({"type": "Open", "owner": "rita"})).await;
+    let key = [("Idempotency-Key", "deposit-once")];
+    let deposit = json!({"type": "Deposit", "amount": 40});
+    let sent = std::time::Instant::now();
+    let first = server.command(id, deposit.clone(), &key).await;
+    let replied = std::time::Instant::now();
+    first.expect_status(200);
+    assert_eq!(first.body["version"], 2);
+    let again = server.command(id, deposit.clone(), &key).await;
+    again.expect_status(200);
+    // Recorded after `sent`: under 2 s since then, the record is surely live.
+    if sent.elapsed() < std::time::Duration::from_secs(2) {
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        assert_eq!(again.body, first.body);
+        server
+            .command(id, json!({"type": "Deposit", "amount": 41}), &key)
+            .await
+            .expect_error(422, "idempotency_key_reused");
+    }
+
+    // The record expires 2 s after it was recorded (before the first reply), rounded up to
+    // the second: past 3 s after the reply it has expired whatever the rounding.
+    let wait = std::time::Duration::from_millis(3200).saturating_sub(replied.elapsed());
+    tokio::time::sleep(wait).await;
+    let late = server.command(id, deposit.clone(), &key).await;
+    late.expect_status(200);
+    assert_eq!(late.header("idempotent-replayed"), None, "{}", late.body);
+    assert_eq!(late.body["version"], 3, "the deposit ran a second time");
+    assert_eq!(server.consistent(id).await.body["balance"], 80);
+    assert_eq!(versions(&server.history(id).await), vec![1, 2, 3]);
+    // Its new record answers the next repeat (if that comes inside its window).
+    let replay = server.command(id, deposit, &key).await;
+    replay.expect_status(200);
+    if replay.header("idempotent-replayed") == Some("true") {
+        assert_eq!(replay.body, late.body);
+    }
+}
+
+#[tokio::test]
+async fn a_zero_or_malformed_idempotency_retention_is_refused_at_startup() {
+    for (args, env) in [
+        (vec!["--idempotency-retention", "0s"], None),
+        (vec!["--idempotency-retention", "a week"], None),
+        (vec![], Some("0d")),
+    ] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_chronicle"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(&args)
+            .args(["--addr", "127.0.0.1:0"]);
+        if let Some(v) = env {
+            cmd.env("CHRONICLE_IDEMPOTENCY_RETENTION", v);
+        }
+        let out = cmd.output().expect("running chronicle serve");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} was accepted");
+        assert!(
+            err.contains("idempotency-retention"),
+            "{args:?} {env:?}: {err}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn if_match_guards_against_stale_writes() {
     let server = Server::start().await;

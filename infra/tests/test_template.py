@@ -217,6 +217,7 @@ def test_environment_values_point_at_the_right_resources():
         assert ref(env.get(var)) == resource, f"{var} = {env.get(var)}, not Ref {resource}"
         assert RESOURCES[resource]["Type"] == type_name
     assert ref(env.get("CHRONICLE_SNAPSHOT_EVERY")) == "SnapshotEvery"
+    assert ref(env.get("CHRONICLE_IDEMPOTENCY_RETENTION")) == "IdempotencyRetention"
     assert ref(env.get(LOG_LEVEL_VAR)) == "LogLevel"
 
 
@@ -708,7 +709,7 @@ def test_parameters():
     params = TEMPLATE["Parameters"]
     for p in ("Stage", "SnapshotEvery", "ArchiveHorizonDays", "LogLevel", "AuthMode", "JwtIssuer",
               "JwtAudience", "KinesisRetentionHours", "ArchiveObjectLockDays", "ArchiveObjectLockMode",
-              "ArchiveAfter", "ArchiveBelowSnapshot", "ExpireAfter"):
+              "ArchiveAfter", "ArchiveBelowSnapshot", "ExpireAfter", "IdempotencyRetention"):
         assert p in params, f"parameter {p} missing"
     assert params["SnapshotEvery"]["Default"] == 100
     assert set(params["AuthMode"]["AllowedValues"]) == {"jwt", "iam"}
@@ -724,6 +725,16 @@ def test_parameters():
         assert not re.fullmatch(after, bad) and not re.fullmatch(expire, bad), bad
     assert re.fullmatch(after, str(params["ArchiveAfter"]["Default"]))
     assert re.fullmatch(expire, str(params["ExpireAfter"]["Default"]))
+    # The idempotency retention: what config.rs's parse_retention takes, above zero.
+    retention = params["IdempotencyRetention"]["AllowedPattern"]
+    for ok in ("7d", "12h", "1s", "10s", "1w", "7d 12h", "0s 5m", "100d"):
+        assert re.fullmatch(retention, ok), ok
+    for bad in ("", "0s", "0d 0h", "00m", "30", "off", "-1d", "7 days"):
+        assert not re.fullmatch(retention, bad), bad
+    assert params["IdempotencyRetention"]["Default"] == "7d"
+    # The default matches the kernel's (seconds).
+    command = rust_source("shared/kernel/src/command.rs")
+    assert "DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600)" in command
 
 
 def test_nothing_account_specific():

@@ -27,6 +27,9 @@ pub struct Settings {
     pub event_stream: String,
     /// `CHRONICLE_SNAPSHOT_EVERY`: events between snapshots (0: never).
     pub snapshot_every: u64,
+    /// `CHRONICLE_IDEMPOTENCY_RETENTION` (humantime, default `7d`): how long a command's
+    /// idempotency record answers its repeats.
+    pub idempotency_retention: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,19 +48,37 @@ impl Default for Settings {
             archive_bucket: "chronicle-archive".into(),
             event_stream: "chronicle-events".into(),
             snapshot_every: 100,
+            idempotency_retention: chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
 
+/// Parses an idempotency retention: a humantime duration (`7d`, `12h`, `90s`) above zero. A
+/// zero retention would answer no retry from its record, which is never what a client wants.
+pub fn parse_retention(value: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(value.trim())
+        .map_err(|e| format!("`{value}` is not a duration like `7d` or `12h`: {e}"))?;
+    if d.is_zero() {
+        return Err(format!(
+            "`{value}`: the retention must be above zero (a zero retention answers no retry)"
+        ));
+    }
+    if chrono::Duration::from_std(d).is_err() {
+        return Err(format!("`{value}` is too long"));
+    }
+    Ok(d)
+}
+
 impl Settings {
     /// Every environment variable the functions and the CLI read, for docs and the template check.
-    pub const ENV_VARS: [&'static str; 6] = [
+    pub const ENV_VARS: [&'static str; 7] = [
         "CHRONICLE_EVENTS_TABLE",
         "CHRONICLE_READ_TABLE",
         "CHRONICLE_SNAPSHOT_BUCKET",
         "CHRONICLE_ARCHIVE_BUCKET",
         "CHRONICLE_EVENT_STREAM",
         "CHRONICLE_SNAPSHOT_EVERY",
+        "CHRONICLE_IDEMPOTENCY_RETENTION",
     ];
 
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -84,6 +105,13 @@ impl Settings {
                 problem: format!("`{v}` is not a whole number of events"),
             })?,
         };
+        let idempotency_retention = match get("CHRONICLE_IDEMPOTENCY_RETENTION") {
+            None => d.idempotency_retention,
+            Some(v) => parse_retention(&v).map_err(|problem| ConfigError {
+                name: "CHRONICLE_IDEMPOTENCY_RETENTION",
+                problem,
+            })?,
+        };
         Ok(Self {
             events_table: name("CHRONICLE_EVENTS_TABLE", d.events_table)?,
             read_table: name("CHRONICLE_READ_TABLE", d.read_table)?,
@@ -91,6 +119,7 @@ impl Settings {
             archive_bucket: name("CHRONICLE_ARCHIVE_BUCKET", d.archive_bucket)?,
             event_stream: name("CHRONICLE_EVENT_STREAM", d.event_stream)?,
             snapshot_every,
+            idempotency_retention,
         })
     }
 }
@@ -168,6 +197,9 @@ mod tests {
         .unwrap();
         assert_eq!(s.events_table, "ev");
         assert_eq!(s.snapshot_every, 25);
+        assert_eq!(s.idempotency_retention, Duration::from_secs(7 * 86_400));
+        let s = from(&[("CHRONICLE_IDEMPOTENCY_RETENTION", "12h 30m")]).unwrap();
+        assert_eq!(s.idempotency_retention, Duration::from_secs(45_000));
     }
 
     #[test]
@@ -206,5 +238,9 @@ mod tests {
         assert_eq!(e.name, "CHRONICLE_SNAPSHOT_EVERY");
         let e = from(&[("CHRONICLE_READ_TABLE", " ")]).unwrap_err();
         assert_eq!(e.name, "CHRONICLE_READ_TABLE");
+        for bad in ["0s", "0d 0h", "", "7x", "-1d", "forever"] {
+            let e = from(&[("CHRONICLE_IDEMPOTENCY_RETENTION", bad)]).unwrap_err();
+            assert_eq!(e.name, "CHRONICLE_IDEMPOTENCY_RETENTION", "{bad}");
+        }
     }
 }

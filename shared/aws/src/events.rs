@@ -1,6 +1,7 @@
 //! The event store on DynamoDB: one item per event keyed by (stream, version); a command's
 //! events and its idempotency record go in one `TransactWriteItems`, each guarded by
-//! `attribute_not_exists`, so a command is stored whole or not at all.
+//! `attribute_not_exists` (an idempotency record may also replace an expired one), so a
+//! command is stored whole or not at all.
 
 use crate::backend;
 use crate::item::{self, EventItem, IdempotencyItem, PK, SK};
@@ -96,6 +97,40 @@ impl DynamoEventStore {
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
+            .build()
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    /// The put of an idempotency record: onto a free key, or over a record that has expired by
+    /// the new one's recorded time (TTL deletes lazily, up to days later), by its expiry or,
+    /// stored before records expired, by the default retention after its recorded time.
+    fn put_idempotency(&self, r: &IdempotencyRecord) -> Result<TransactWriteItem, StoreError> {
+        // Whole seconds: an expiry E has passed at time t iff E <= floor(t).
+        let now = r.recorded_at.timestamp();
+        let legacy_cutoff = DateTime::from_timestamp(
+            now.saturating_sub(
+                i64::try_from(chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION.as_secs())
+                    .unwrap_or(i64::MAX),
+            ),
+            0,
+        )
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(Self::to_item(&IdempotencyItem::from_record(r))?))
+            .condition_expression(
+                "attribute_not_exists(#pk) OR #exp <= :now \
+                 OR (attribute_not_exists(#exp) AND #rec <= :legacy)",
+            )
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#exp", item::EXPIRES_AT)
+            .expression_attribute_names("#rec", item::RECORDED_AT)
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(
+                ":legacy",
+                AttributeValue::S(format_timestamp(&legacy_cutoff)),
+            )
             .build()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
@@ -295,7 +330,7 @@ impl EventStore for DynamoEventStore {
         }
         let idempotency_at = request.idempotency.as_ref().map(|_| actions.len());
         if let Some(r) = &request.idempotency {
-            actions.push(self.put(Self::to_item(&IdempotencyItem::from_record(r))?)?);
+            actions.push(self.put_idempotency(r)?);
         }
         // The first event id names this attempt: an SDK retry of a transaction that did
         // commit (a timeout) is then answered as a success instead of a conflict.
@@ -459,7 +494,9 @@ impl EventStore for DynamoEventStore {
         let Some(it) = got.item else { return Ok(None) };
         let rec: IdempotencyItem = serde_dynamo::from_item(it)
             .map_err(|e| StoreError::Corrupt(format!("idempotency record {key}: {e}")))?;
-        rec.into_record().map(Some)
+        // TTL deletes some time after the expiry: until then the item is there but counts not.
+        let rec = rec.into_record()?;
+        Ok(rec.is_live(Utc::now()).then_some(rec))
     }
 
     async fn list_streams(

@@ -13,9 +13,12 @@ pub const SK: &str = "version";
 pub const IDEMPOTENCY_PREFIX: &str = "idempotency#";
 /// The event's chain hash attribute.
 pub const HASH: &str = "hash";
-/// The table's TTL attribute (epoch seconds): set only on event items already archived, by
-/// `EventStore::expire`; DynamoDB deletes the item some time after it passes.
+/// The table's TTL attribute (epoch seconds; DynamoDB allows one per table): set on event items
+/// already archived, by `EventStore::expire`, and on every idempotency record, from its
+/// expiry. DynamoDB deletes the item some time (up to days) after it passes.
 pub const EXPIRES_AT: &str = "expires_at";
+/// An idempotency item's recorded time (RFC 3339, fixed width: compared as text).
+pub const RECORDED_AT: &str = "recorded_at";
 
 /// The global secondary index of event items by recorded time: the audit feed. Sparse:
 /// idempotency records have neither of its keys, so they are not in it.
@@ -153,6 +156,16 @@ pub struct IdempotencyItem {
     /// The command's response as JSON text.
     pub response: String,
     pub recorded_at: String,
+    /// [`EXPIRES_AT`]: epoch seconds. Absent on records stored before records expired, which
+    /// count until the default retention after `recorded_at` ([`legacy_expiry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
+}
+
+/// The expiry of a record stored without one: the kernel's default retention after it was
+/// recorded, as the embedded store fills in for its old rows.
+pub fn legacy_expiry(recorded_at: DateTime<Utc>) -> DateTime<Utc> {
+    IdempotencyRecord::expiry(recorded_at, chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION)
 }
 
 impl IdempotencyItem {
@@ -166,6 +179,7 @@ impl IdempotencyItem {
             aggregate_id: r.stream.aggregate_id.clone(),
             response: r.response.to_string(),
             recorded_at: format_timestamp(&r.recorded_at),
+            expires_at: Some(r.expires_at_secs()),
         }
     }
 
@@ -173,10 +187,17 @@ impl IdempotencyItem {
         let corrupt = |what: &str, e: &dyn std::fmt::Display| {
             StoreError::Corrupt(format!("idempotency record {}: {what}: {e}", self.key))
         };
+        let recorded_at =
+            parse_timestamp(&self.recorded_at).map_err(|e| corrupt("recorded_at", &e))?;
+        let expires_at = match self.expires_at {
+            Some(s) => DateTime::from_timestamp(s, 0)
+                .ok_or_else(|| corrupt("expires_at", &format!("{s} is out of range")))?,
+            None => legacy_expiry(recorded_at),
+        };
         Ok(IdempotencyRecord {
             response: serde_json::from_str(&self.response).map_err(|e| corrupt("response", &e))?,
-            recorded_at: parse_timestamp(&self.recorded_at)
-                .map_err(|e| corrupt("recorded_at", &e))?,
+            recorded_at,
+            expires_at,
             stream: StreamId::new(self.aggregate_type, self.aggregate_id),
             key: self.key,
             fingerprint: self.fingerprint,

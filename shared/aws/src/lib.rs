@@ -18,7 +18,7 @@ mod snapshots;
 pub mod testing;
 
 pub use archive::S3Archive;
-pub use config::{Clients, ConfigError, Settings};
+pub use config::{parse_retention, Clients, ConfigError, Settings};
 pub use events::{DynamoEventStore, MAX_HOURS_PER_PAGE, MAX_TRANSACTION_ACTIONS};
 pub use publisher::KinesisPublisher;
 pub use read_models::DynamoReadModelStore;

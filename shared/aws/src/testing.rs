@@ -50,6 +50,7 @@ impl AwsTestEnv {
             archive_bucket: format!("{base}-archive"),
             event_stream: format!("{base}-stream"),
             snapshot_every: 100,
+            idempotency_retention: chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION,
         };
         Some(Self { clients, settings })
     }
@@ -64,6 +65,10 @@ impl AwsTestEnv {
             ("CHRONICLE_ARCHIVE_BUCKET", s.archive_bucket.clone()),
             ("CHRONICLE_EVENT_STREAM", s.event_stream.clone()),
             ("CHRONICLE_SNAPSHOT_EVERY", s.snapshot_every.to_string()),
+            (
+                "CHRONICLE_IDEMPOTENCY_RETENTION",
+                humantime::format_duration(s.idempotency_retention).to_string(),
+            ),
         ]
     }
 

@@ -17,6 +17,19 @@ async fn dynamodb_event_store_passes_the_event_store_contract() {
     env.remove().await;
 }
 
+/// The kernel's handler on DynamoDB (and S3 snapshots): repeats inside the retention, a free
+/// key after it, with TTL not having deleted anything yet (moto never runs it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_with_idempotency_keys_on_dynamodb_pass_the_retention_contract() {
+    let Some(env) = AwsTestEnv::create("command idempotency contract").await else {
+        return;
+    };
+    let store = DynamoEventStore::new(env.clients.dynamodb.clone(), &env.settings.events_table);
+    let snapshots = S3SnapshotStore::new(env.clients.s3.clone(), &env.settings.snapshot_bucket);
+    chronicle_testkit::command_idempotency_contract(Arc::new(store), Arc::new(snapshots)).await;
+    env.remove().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_snapshot_store_passes_the_snapshot_store_contract() {
     let Some(env) = AwsTestEnv::create("snapshot store contract").await else {

@@ -523,3 +523,105 @@ async fn archiver_marks_what_an_interrupted_run_left() {
         .expect("archiver");
     assert_eq!((third.events_archived, third.events_expiring), (0, 0));
 }
+
+/// The idempotency item carries the table's TTL attribute (its expiry in epoch seconds); items
+/// stored before records expired (no `expires_at`) count for the default retention after their
+/// recorded time: a recent one takes its key, an older one reads as absent and is overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_items_expire_through_the_ttl_attribute() {
+    let Some(env) = AwsTestEnv::create("idempotency ttl").await else {
+        return;
+    };
+    let (ddb, table) = (&env.clients.dynamodb, env.settings.events_table.as_str());
+    let store = DynamoEventStore::new(ddb.clone(), table);
+    let get = |key: String| async move {
+        ddb.get_item()
+            .table_name(table)
+            .key(item::PK, AttributeValue::S(item::idempotency_key(&key)))
+            .key(item::SK, AttributeValue::N("0".into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .expect("GetItem")
+            .item
+    };
+
+    let stream = kit::new_stream();
+    let key = kit::unique("key");
+    let record = kit::idempotency_record(&key, &stream);
+    let mut req = kit::request(&stream, 0, kit::events(&stream, 0, 1));
+    req.idempotency = Some(record.clone());
+    store.append(&req).await.expect("append");
+    let it = get(key.clone()).await.expect("the idempotency item");
+    assert_eq!(
+        it.get(item::EXPIRES_AT),
+        Some(&AttributeValue::N(
+            record.expires_at.timestamp().to_string()
+        )),
+        "the TTL attribute holds the record's expiry"
+    );
+    assert!(
+        stored(ddb, table, &stream)
+            .await
+            .iter()
+            .all(|(_, _, e)| e.is_none()),
+        "events get no expiry from their command's record"
+    );
+
+    // Items from before expiry: `expires_at` removed, recorded a minute and eight days ago.
+    let legacy = |age: TimeDelta| {
+        let key = kit::unique("legacy");
+        let mut it: std::collections::HashMap<String, AttributeValue> = serde_dynamo::to_item(
+            item::IdempotencyItem::from_record(&kit::idempotency_record(&key, &stream)),
+        )
+        .expect("an item");
+        let recorded = chronicle_kernel::envelope::now() - age;
+        it.remove(item::EXPIRES_AT);
+        it.insert(
+            item::RECORDED_AT.into(),
+            AttributeValue::S(chronicle_kernel::envelope::format_timestamp(&recorded)),
+        );
+        (key, recorded, it)
+    };
+    let (recent, recent_at, recent_item) = legacy(TimeDelta::minutes(1));
+    let (old, _, old_item) = legacy(TimeDelta::days(8));
+    for it in [recent_item, old_item] {
+        ddb.put_item()
+            .table_name(table)
+            .set_item(Some(it))
+            .send()
+            .await
+            .expect("PutItem");
+    }
+    let got = store.idempotency_record(&recent).await.expect("read");
+    assert_eq!(
+        got.map(|r| r.expires_at),
+        Some(item::legacy_expiry(recent_at)),
+        "a recent record without an expiry lives for the default retention"
+    );
+    assert_eq!(store.idempotency_record(&old).await.expect("read"), None);
+    let append_with = |key: &str, expected: u64| {
+        let mut req = kit::request(&stream, expected, kit::events(&stream, expected, 1));
+        req.idempotency = Some(kit::idempotency_record(key, &stream));
+        req
+    };
+    match store.append(&append_with(&recent, 1)).await {
+        Err(chronicle_kernel::AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, recent),
+        other => panic!("a recent record without an expiry takes its key, got {other:?}"),
+    }
+    let renewed = append_with(&old, 1);
+    store
+        .append(&renewed)
+        .await
+        .expect("an old record's key is free");
+    assert_eq!(
+        store.idempotency_record(&old).await.expect("read"),
+        renewed.idempotency.clone()
+    );
+    let it = get(old).await.expect("the renewed item");
+    assert!(
+        matches!(it.get(item::EXPIRES_AT), Some(AttributeValue::N(_))),
+        "{it:?}"
+    );
+    env.remove().await;
+}

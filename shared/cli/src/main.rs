@@ -58,6 +58,11 @@ enum Command {
         /// stand-in for the Kinesis stream (`tail -f` it).
         #[arg(long, env = "CHRONICLE_PUBLISH_LOG")]
         publish_log: Option<PathBuf>,
+        /// How long a command's Idempotency-Key record answers its retries (e.g. 7d, 12h,
+        /// 90s); after it the key is free and a retry runs as a new command.
+        #[arg(long, env = "CHRONICLE_IDEMPOTENCY_RETENTION", default_value = "7d",
+              value_parser = chronicle_aws::parse_retention)]
+        idempotency_retention: std::time::Duration,
     },
     /// Create the DynamoDB tables (with streams), S3 buckets and Kinesis stream named by the
     /// CHRONICLE_* variables, if missing, on the configured endpoint (moto, LocalStack, AWS).
@@ -210,6 +215,15 @@ pub(crate) fn open(
     args: &StoreArgs,
     access: Access,
 ) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
+    open_with(args, access, HandlerConfig::default())
+}
+
+/// [`open`] with command settings beyond the store's (`snapshot_every` comes from `args`).
+pub(crate) fn open_with(
+    args: &StoreArgs,
+    access: Access,
+    config: HandlerConfig,
+) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
     let store = match access {
         Access::Write => EmbeddedStore::open(&args.data_dir),
         Access::Read => EmbeddedStore::open_read_only(&args.data_dir),
@@ -217,7 +231,7 @@ pub(crate) fn open(
     .with_context(|| format!("opening the store in {}", args.data_dir.display()))?;
     let config = HandlerConfig {
         snapshot_every: args.snapshot_every,
-        ..HandlerConfig::default()
+        ..config
     };
     let archive = match access {
         Access::Write => chronicle_embedded::DirArchive::open(archive_dir(args))
@@ -279,12 +293,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store,
                 addr,
                 publish_log,
+                idempotency_retention,
             } => match store.backend {
-                Backend::Embedded => serve::serve(&store, &addr, publish_log.as_deref()).await,
+                Backend::Embedded => {
+                    let config = HandlerConfig {
+                        idempotency_retention,
+                        ..HandlerConfig::default()
+                    };
+                    serve::serve(&store, config, &addr, publish_log.as_deref()).await
+                }
                 Backend::Aws if publish_log.is_some() => Err(anyhow::anyhow!(
                     "--publish-log is for the embedded backend; on AWS events go to Kinesis"
                 )),
-                Backend::Aws => serve::serve_aws(&addr).await,
+                Backend::Aws => serve::serve_aws(&addr, idempotency_retention).await,
             },
             Command::AwsSetup => serve::aws_setup().await,
             Command::History {

@@ -7,6 +7,7 @@
 
 mod archive;
 mod heads;
+mod idempotency;
 mod lock;
 mod publisher;
 mod writer;
@@ -14,6 +15,7 @@ mod writer;
 pub use archive::DirArchive;
 pub use lock::{locked_by, Holder, LOCK_FILE};
 use lock::DirLock;
+pub use idempotency::{PRUNE_BATCH, PRUNE_EVERY};
 pub use publisher::JsonlPublisher;
 
 use async_trait::async_trait;
@@ -94,7 +96,10 @@ CREATE TABLE IF NOT EXISTS idempotency (
     aggregate_type TEXT NOT NULL,
     aggregate_id   TEXT NOT NULL,
     response       TEXT NOT NULL,
-    recorded_at    TEXT NOT NULL
+    recorded_at    TEXT NOT NULL,
+    -- Epoch seconds the record counts until (idempotency.rs); 0 on rows from before it,
+    -- which opening fills in.
+    expires_at     INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots (
     aggregate_type TEXT    NOT NULL,
@@ -145,6 +150,7 @@ const EVENT_COLUMNS: &str = "position, event_id, aggregate_type, aggregate_id, v
 const MIGRATIONS: &[(&str, &str, &str)] = &[
     ("events", "hash", "TEXT NOT NULL DEFAULT ''"),
     ("snapshots", "chain_head", "TEXT"),
+    ("idempotency", "expires_at", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Fills the stream tables for a data directory written before them, from its (type, id,
@@ -201,6 +207,7 @@ pub struct EmbeddedStore {
     lock: std::sync::Mutex<Option<DirLock>>,
     /// Reads that found a stream's chain broken and scanned instead (`scanned`).
     scans: Arc<std::sync::atomic::AtomicU64>,
+    pruner: idempotency::Pruner,
 }
 
 /// Copies committed WAL frames into the database file from a thread of its own, with
@@ -322,6 +329,7 @@ impl EmbeddedStore {
             && !table_exists(&conn, "stream_links").map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         migrate(&conn).map_err(backend)?;
+        idempotency::migrate(&conn)?;
         if before_streams {
             backfill_streams(&conn).map_err(backend)?;
         }
@@ -334,7 +342,7 @@ impl EmbeddedStore {
         caught_up?;
         let (head, _) = watch::channel(last_position(&conn)?);
         let readers = reader_pool(&path, false)?;
-        Ok(Arc::new(Self {
+        let store = Arc::new(Self {
             dir,
             writer: Writer::spawn(conn, wal_path(&path), head.clone()),
             scans: Arc::default(),
@@ -342,7 +350,10 @@ impl EmbeddedStore {
             readers,
             head,
             lock: std::sync::Mutex::new(Some(lock)),
-        }))
+            pruner: Default::default(),
+        });
+        idempotency::Pruner::start(&store)?;
+        Ok(store)
     }
 
     /// Opens an existing store for reading only, beside a process that writes to it (or
@@ -387,6 +398,7 @@ impl EmbeddedStore {
             readers,
             head,
             lock: std::sync::Mutex::new(None),
+            pruner: Default::default(),
         }))
     }
 
@@ -415,6 +427,7 @@ impl EmbeddedStore {
     /// Releases the directory's lock once the writer has stopped: another process may then
     /// open the directory for writing.
     pub fn close(&self) {
+        self.pruner.close();
         self.writer.close();
         if let Some(c) = &self.checkpointer {
             c.close();
@@ -603,7 +616,7 @@ struct Encoded {
     stream: StreamId,
     expected_version: u64,
     rows: Vec<EventRow>,
-    idempotency: Option<IdempotencyRow>,
+    idempotency: Option<idempotency::IdempotencyRow>,
 }
 
 /// An event's columns (its stream's are in `Encoded`).
@@ -616,14 +629,6 @@ struct EventRow {
     metadata: String,
     recorded_at: String,
     hash: String,
-}
-
-struct IdempotencyRow {
-    key: String,
-    stream: StreamId,
-    fingerprint: String,
-    response: String,
-    recorded_at: String,
 }
 
 fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
@@ -666,13 +671,10 @@ fn encode(req: &AppendRequest) -> Result<Encoded, AppendError> {
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
-    let idempotency = req.idempotency.as_ref().map(|i| IdempotencyRow {
-        key: i.key.clone(),
-        stream: i.stream.clone(),
-        fingerprint: i.fingerprint.clone(),
-        response: i.response.to_string(),
-        recorded_at: format_timestamp(&i.recorded_at),
-    });
+    let idempotency = req
+        .idempotency
+        .as_ref()
+        .map(idempotency::IdempotencyRow::of);
     Ok(Encoded {
         stream: stream.clone(),
         expected_version: req.expected_version,
@@ -738,13 +740,7 @@ fn insert_event(
 /// lock, so it is exact whatever other processes did; the triggers check it again per event.
 fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
     if let Some(idem) = &enc.idempotency {
-        let taken = conn
-            .prepare_cached("SELECT 1 FROM idempotency WHERE key = ?1")
-            .and_then(|mut s| s.exists([&idem.key]))
-            .map_err(backend)?;
-        if taken {
-            return Err(AppendError::DuplicateIdempotencyKey(idem.key.clone()));
-        }
+        idempotency::check_free(conn, idem)?;
     }
     let head = heads::head(conn, &enc.stream)?;
     let actual = head.map_or(0, |h| h.version);
@@ -769,21 +765,7 @@ fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
         },
     )?;
     if let Some(idem) = &enc.idempotency {
-        conn.prepare_cached(
-            "INSERT INTO idempotency (key, fingerprint, aggregate_type, aggregate_id, response, recorded_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                idem.key,
-                idem.fingerprint,
-                idem.stream.aggregate_type,
-                idem.stream.aggregate_id,
-                idem.response,
-                idem.recorded_at,
-            ])
-        })
-        .map_err(backend)?;
+        idempotency::insert(conn, idem)?;
     }
     Ok(())
 }
@@ -1466,37 +1448,8 @@ impl EmbeddedStore {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         let key = key.to_owned();
-        self.read_short(move |conn| {
-            let row = conn
-                .prepare_cached(
-                    "SELECT fingerprint, aggregate_type, aggregate_id, response, recorded_at \
-                     FROM idempotency WHERE key = ?1",
-                )
-                .and_then(|mut s| {
-                    s.query_row([&key], |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, String>(4)?,
-                        ))
-                    })
-                    .optional()
-                })
-                .map_err(backend)?;
-            let Some((fingerprint, t, id, response, at)) = row else {
-                return Ok(None);
-            };
-            Ok(Some(IdempotencyRecord {
-                key,
-                fingerprint,
-                stream: StreamId::new(t, id),
-                response: serde_json::from_str(&response).map_err(|e| corrupt("response", e))?,
-                recorded_at: parse_timestamp(&at).map_err(|e| corrupt("recorded_at", e))?,
-            }))
-        })
-        .await
+        self.read_short(move |conn| idempotency::read(conn, &key, Utc::now()))
+            .await
     }
 }
 

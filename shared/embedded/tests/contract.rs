@@ -36,6 +36,13 @@ async fn snapshot_store_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_idempotency_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    kit::command_idempotency_contract(store.clone(), store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_model_store_contract() {
     let dir = tempfile::tempdir().unwrap();
     kit::read_model_store_contract(open(&dir)).await;
@@ -52,6 +59,7 @@ async fn all_suites_concurrently_on_one_shared_store() {
             kit::event_feed_contract(store.clone()),
             kit::snapshot_store_contract(store.clone()),
             kit::read_model_store_contract(store.clone()),
+            kit::command_idempotency_contract(store.clone(), store.clone()),
         );
     }
 }

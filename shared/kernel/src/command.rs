@@ -28,7 +28,13 @@ pub struct HandlerConfig {
     pub max_events_per_command: usize,
     /// Whether the handler writes snapshots itself (off when a separate snapshotter does).
     pub inline_snapshots: bool,
+    /// How long a command's idempotency record answers repeats of it; after that its key is
+    /// free and a repeat runs as a new command.
+    pub idempotency_retention: Duration,
 }
+
+/// [`HandlerConfig::idempotency_retention`] unless configured: 7 days.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 impl Default for HandlerConfig {
     fn default() -> Self {
@@ -38,6 +44,7 @@ impl Default for HandlerConfig {
             cache_capacity: 100_000,
             max_events_per_command: 99,
             inline_snapshots: true,
+            idempotency_retention: DEFAULT_IDEMPOTENCY_RETENTION,
         }
     }
 }
@@ -435,6 +442,10 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                     response: serde_json::to_value(&result)
                         .map_err(|e| Error::Decode(e.to_string()))?,
                     recorded_at,
+                    expires_at: IdempotencyRecord::expiry(
+                        recorded_at,
+                        self.config.idempotency_retention,
+                    ),
                 }),
                 _ => None,
             };
@@ -485,13 +496,18 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
                 Err(AppendError::DuplicateIdempotencyKey(key)) => {
                     // A concurrent twin committed first: answer as it did.
                     let fp = fingerprint.map(String::as_str).unwrap_or_default();
-                    return match self.replay_idempotent(&key, fp).await? {
-                        Some(done) => Ok(done),
-                        None => Err(StoreError::Corrupt(format!(
+                    if let Some(done) = self.replay_idempotent(&key, fp).await? {
+                        return Ok(done);
+                    }
+                    // The record expired between the append and this read: the key is free
+                    // now, so the command runs again (nothing was appended).
+                    if attempt >= self.config.max_retries {
+                        return Err(StoreError::Corrupt(format!(
                             "idempotency key `{key}` reported as taken but not found"
                         ))
-                        .into()),
-                    };
+                        .into());
+                    }
+                    attempt += 1;
                 }
                 Err(AppendError::Store(e)) => {
                     // The append may or may not have committed: the cache can't be trusted.

@@ -20,7 +20,10 @@ pub mod schema;
 pub mod service;
 
 pub use aggregate::{Aggregate, DomainError, DomainEvent, Refusal};
-pub use command::{CommandHandler, CommandOptions, CommandOutcome, CommandResult, HandlerConfig};
+pub use command::{
+    CommandHandler, CommandOptions, CommandOutcome, CommandResult, HandlerConfig,
+    DEFAULT_IDEMPOTENCY_RETENTION,
+};
 pub use envelope::{EventEnvelope, Metadata, StreamId};
 pub use error::Error;
 pub use ports::*;

@@ -39,7 +39,8 @@ pub enum AppendError {
     Store(#[from] StoreError),
 }
 
-/// The outcome of a command, kept under its idempotency key so a repeat returns it unchanged.
+/// The outcome of a command, kept under its idempotency key so a repeat returns it unchanged,
+/// until `expires_at`: from then on the key is free again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
     pub key: String,
@@ -49,6 +50,41 @@ pub struct IdempotencyRecord {
     pub response: Value,
     #[serde(with = "crate::envelope::rfc3339")]
     pub recorded_at: DateTime<Utc>,
+    /// When the record stops counting, a whole second ([`IdempotencyRecord::expiry`]): the
+    /// kernel sets it, so every store expires a record at the same moment.
+    #[serde(with = "crate::envelope::rfc3339")]
+    pub expires_at: DateTime<Utc>,
+}
+
+impl IdempotencyRecord {
+    /// `recorded_at + retention`, rounded up to a whole second: DynamoDB's TTL attribute holds
+    /// epoch seconds, and every store keeps the same value (a record lives at least `retention`).
+    pub fn expiry(recorded_at: DateTime<Utc>, retention: std::time::Duration) -> DateTime<Utc> {
+        let end = chrono::Duration::from_std(retention)
+            .ok()
+            .and_then(|r| recorded_at.checked_add_signed(r))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let secs = end
+            .timestamp()
+            .saturating_add(i64::from(end.timestamp_subsec_nanos() > 0));
+        // At the end of time the second can't be rounded up: rounded down instead.
+        DateTime::from_timestamp(secs, 0)
+            .or_else(|| DateTime::from_timestamp(end.timestamp(), 0))
+            .unwrap_or(end)
+    }
+
+    /// [`IdempotencyRecord::expires_at`] in epoch seconds, rounded up (the kernel's are whole
+    /// seconds already): what stores keep and compare.
+    pub fn expires_at_secs(&self) -> i64 {
+        let t = &self.expires_at;
+        t.timestamp()
+            .saturating_add(i64::from(t.timestamp_subsec_nanos() > 0))
+    }
+
+    /// Whether the record still answers for its key at `now`: until its expiry, exclusive.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        now < self.expires_at
+    }
 }
 
 /// All events of one command, appended atomically iff the stream is at `expected_version`.
@@ -58,6 +94,9 @@ pub struct AppendRequest {
     pub expected_version: u64,
     /// Versions `expected_version + 1 ..`, in order.
     pub events: Vec<EventEnvelope>,
+    /// Stored with the events. Its key is taken (the append fails with
+    /// [`AppendError::DuplicateIdempotencyKey`]) while a stored record under it is live at
+    /// this record's `recorded_at`; an expired one is replaced, deleted or not.
     pub idempotency: Option<IdempotencyRecord>,
     /// Each event's stored text as sealed ([`crate::chain::seal_stored`]), which a store may
     /// write instead of rendering the envelopes again; empty when the caller has none.
@@ -118,6 +157,9 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<EventEnvelope>, StoreError>;
     /// The stream's latest version, 0 if it has no events.
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
+    /// The live record under `key` ([`IdempotencyRecord::is_live`] now), `None` if there is
+    /// none. A store may keep expired records a while (DynamoDB's TTL deletes lazily) but
+    /// never returns one.
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError>;
     /// One page of the store's streams, in an order of the store's choosing; `cursor` is the
     /// previous page's `next`. For audits over the whole store (`verify --all`), not hot paths.

@@ -189,6 +189,8 @@ struct Inner {
     reads: Vec<(StreamId, ReadRange)>,
     /// Run one each by the next appends, before their checks: other writers, failures.
     hooks: VecDeque<Hook>,
+    /// The next read of this key finds its record expired (it expired just before the read).
+    expire_before_read: Option<String>,
 }
 
 impl Inner {
@@ -272,9 +274,10 @@ impl EventStore for MemEvents {
         if matches!(then, Then::Fail) {
             return Err(StoreError::Backend("injected failure".into()).into());
         }
-        // "The command's idempotency key is already recorded: nothing was appended."
+        // "taken while a stored record under it is live at this record's `recorded_at`"
         if let Some(record) = &request.idempotency {
-            if inner.idempotency.contains_key(&record.key) {
+            let taken = inner.idempotency.get(&record.key);
+            if taken.is_some_and(|t| t.is_live(record.recorded_at)) {
                 return Err(AppendError::DuplicateIdempotencyKey(record.key.clone()));
             }
         }
@@ -347,7 +350,20 @@ impl EventStore for MemEvents {
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        Ok(self.lock().idempotency.get(key).cloned())
+        // "never returns" an expired record.
+        let now = Utc::now();
+        let mut inner = self.lock();
+        if inner.expire_before_read.as_deref() == Some(key) {
+            inner.expire_before_read = None;
+            if let Some(r) = inner.idempotency.get_mut(key) {
+                r.expires_at = now - chrono::Duration::seconds(1);
+            }
+        }
+        Ok(inner
+            .idempotency
+            .get(key)
+            .filter(|r| r.is_live(now))
+            .cloned())
     }
 
     async fn list_streams(
@@ -849,6 +865,7 @@ async fn a_concurrent_twin_that_committed_first_is_answered_with_its_result() {
         stream: StreamId::new("counters", "c1"),
         response: serde_json::to_value(&twin).unwrap(),
         recorded_at: envelope::now(),
+        expires_at: envelope::now() + chrono::Duration::hours(1),
     };
     f.events.hook(move |inner| {
         inner
@@ -863,6 +880,139 @@ async fn a_concurrent_twin_that_committed_first_is_answered_with_its_result() {
     assert!(outcome.replayed);
     assert_eq!(outcome.result, twin);
     assert_eq!(f.events.versions("c1"), [1, 2], "the twin's event only");
+}
+
+/// Moves the stored record under `key` to have expired `ago` before now.
+fn expire(f: &Fixture, key: &str, ago: chrono::Duration) {
+    let mut inner = f.events.lock();
+    let r = inner.idempotency.get_mut(key).expect("a stored record");
+    r.expires_at = Utc::now() - ago;
+}
+
+#[tokio::test]
+async fn a_record_expires_after_the_configured_retention_in_whole_seconds() {
+    let retention = std::time::Duration::from_millis(90_500);
+    let f = Fixture::new(HandlerConfig {
+        idempotency_retention: retention,
+        ..config()
+    });
+    f.ok("c1", CounterCommand::Create).await;
+    f.run_with("c1", add(5), keyed("pay-1")).await.unwrap();
+    let record = f.events.lock().idempotency.get("pay-1").cloned().unwrap();
+    let exact = record.recorded_at + chrono::Duration::from_std(retention).unwrap();
+    assert_eq!(record.expires_at.timestamp_subsec_nanos(), 0, "{record:?}");
+    assert!(
+        record.expires_at >= exact && record.expires_at - exact < chrono::Duration::seconds(1),
+        "expires {} for recorded {} + {retention:?}",
+        record.expires_at,
+        record.recorded_at
+    );
+    assert_eq!(
+        record.expires_at,
+        IdempotencyRecord::expiry(record.recorded_at, retention)
+    );
+    // The default is a week.
+    assert_eq!(
+        HandlerConfig::default().idempotency_retention,
+        std::time::Duration::from_secs(7 * 86_400)
+    );
+}
+
+#[test]
+fn expiry_rounds_up_to_the_second_and_saturates() {
+    let at = |s: &str| envelope::parse_timestamp(s).unwrap();
+    let sec = std::time::Duration::from_secs(1);
+    assert_eq!(
+        IdempotencyRecord::expiry(at("2026-11-27T12:00:00Z"), sec),
+        at("2026-11-27T12:00:01Z")
+    );
+    assert_eq!(
+        IdempotencyRecord::expiry(at("2026-11-27T12:00:00.000001Z"), sec),
+        at("2026-11-27T12:00:02Z")
+    );
+    let far = IdempotencyRecord::expiry(at("2026-11-27T12:00:00Z"), std::time::Duration::MAX);
+    assert!(far > at("9999-12-31T23:59:59Z"));
+    assert_eq!(far.timestamp_subsec_nanos(), 0);
+    // Live strictly before the expiry.
+    let r = IdempotencyRecord {
+        key: "k".into(),
+        fingerprint: "f".into(),
+        stream: StreamId::new("counters", "c1"),
+        response: json!({}),
+        recorded_at: at("2026-11-27T12:00:00Z"),
+        expires_at: at("2026-11-27T12:00:01Z"),
+    };
+    assert!(r.is_live(at("2026-11-27T12:00:00.999999Z")));
+    assert!(!r.is_live(at("2026-11-27T12:00:01Z")));
+}
+
+#[tokio::test]
+async fn after_the_retention_a_repeat_runs_again_and_is_recorded_anew() {
+    let f = Fixture::new(config());
+    f.ok("c1", CounterCommand::Create).await;
+    let first = f.run_with("c1", add(5), keyed("pay-1")).await.unwrap();
+    assert_eq!(first.result.version, 2);
+    // Inside the window: answered from the record; another command under the key: refused.
+    assert!(
+        f.run_with("c1", add(5), keyed("pay-1"))
+            .await
+            .unwrap()
+            .replayed
+    );
+    assert!(matches!(
+        f.run_with("c1", add(6), keyed("pay-1")).await,
+        Err(Error::IdempotencyKeyReused { .. })
+    ));
+
+    expire(&f, "pay-1", chrono::Duration::seconds(1));
+    let second = f.run_with("c1", add(5), keyed("pay-1")).await.unwrap();
+    assert!(!second.replayed, "an expired record answers nothing");
+    assert_eq!(second.result.version, 3, "the command ran a second time");
+    assert_eq!(f.events.versions("c1"), [1, 2, 3]);
+    let record = f.events.lock().idempotency.get("pay-1").cloned().unwrap();
+    assert_eq!(
+        record.response,
+        serde_json::to_value(&second.result).unwrap()
+    );
+    assert!(
+        record.is_live(Utc::now()),
+        "recorded anew with a new expiry"
+    );
+    // Which is what a repeat gets now.
+    let again = f.run_with("c1", add(5), keyed("pay-1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.result, second.result);
+
+    // An expired key is free for another command too.
+    expire(&f, "pay-1", chrono::Duration::seconds(1));
+    let other = f.run_with("c1", add(7), keyed("pay-1")).await.unwrap();
+    assert!(!other.replayed);
+    assert_eq!(f.handler.load("c1", None).await.unwrap(), (counter(17), 4));
+}
+
+#[tokio::test]
+async fn a_twin_record_that_expires_before_it_is_read_lets_the_command_run() {
+    // The append is refused for a twin's live record, which has expired by the time the
+    // handler reads it: the key is free, so the command runs (not a "taken but not found").
+    let f = Fixture::new(config());
+    f.ok("c1", CounterCommand::Create).await;
+    let record = IdempotencyRecord {
+        key: "pay-1".into(),
+        fingerprint: Handler::fingerprint("c1", &add(5)).unwrap(),
+        stream: StreamId::new("counters", "c1"),
+        response: json!({}),
+        recorded_at: envelope::now(),
+        expires_at: envelope::now() + chrono::Duration::hours(1),
+    };
+    f.events.hook(move |inner| {
+        inner.idempotency.insert(record.key.clone(), record);
+        inner.expire_before_read = Some("pay-1".into());
+        Then::Proceed
+    });
+    let outcome = f.run_with("c1", add(5), keyed("pay-1")).await.unwrap();
+    assert!(!outcome.replayed);
+    assert_eq!(outcome.result.version, 2);
+    assert_eq!(f.events.versions("c1"), [1, 2]);
 }
 
 // =============================================================================================

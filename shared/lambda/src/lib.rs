@@ -64,6 +64,7 @@ impl App {
             // The snapshotter function takes snapshots off the command path.
             inline_snapshots: false,
             max_events_per_command: DynamoEventStore::MAX_EVENTS_PER_APPEND,
+            idempotency_retention: settings.idempotency_retention,
             ..HandlerConfig::default()
         };
         // Commands and reads see one history: events whose hot copies expired are read from

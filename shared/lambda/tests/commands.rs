@@ -187,3 +187,115 @@ async fn a_command_too_big_for_one_transaction_is_refused_whole() {
     assert_eq!(store.stream_version(&stream).await.expect("version"), 99);
     env.remove().await;
 }
+
+/// The functions take the retention from `CHRONICLE_IDEMPOTENCY_RETENTION` (here 1 s): a retry
+/// after it runs again, overwriting the expired record (a MODIFY on the table's stream); TTL's
+/// deletion of the record (a REMOVE) follows. The stream handlers skip both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_the_retention_runs_again_and_the_stream_handlers_skip_the_record() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use chronicle_aws::item;
+    use chronicle_kernel::ReadModelStore;
+    let Some(mut env) = chronicle_aws::testing::AwsTestEnv::create("idempotency retention").await
+    else {
+        return;
+    };
+    // As a function reads its environment.
+    let vars = env.env_vars();
+    env.settings = chronicle_aws::Settings::from_lookup(|k| match k {
+        "CHRONICLE_IDEMPOTENCY_RETENTION" => Some("1s".into()),
+        _ => vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()),
+    })
+    .expect("settings");
+    assert_eq!(
+        env.settings.idempotency_retention,
+        std::time::Duration::from_secs(1)
+    );
+    let app = App::new(env.clients.clone(), env.settings.clone());
+    open_with(&app, "late", "lou", &[]).await;
+    let opts = || CommandOptions {
+        idempotency_key: Some("deposit-late".into()),
+        ..Default::default()
+    };
+    let deposit = json!({"type": "Deposit", "amount": 10});
+    let first = run_with(&app, "late", deposit.clone(), opts())
+        .await
+        .expect("deposit");
+    assert_eq!(first.result.version, 2);
+    // Waits for the record to expire (1 s, rounded up to the second); the deadline only
+    // bounds a hang.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while app
+        .events
+        .idempotency_record("deposit-late")
+        .await
+        .expect("read")
+        .is_some()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the record never expired"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let second = run_with(&app, "late", deposit, opts())
+        .await
+        .expect("the retry");
+    assert!(!second.replayed, "after the retention the retry runs again");
+    assert_eq!(second.result.version, 3);
+    // What TTL does some time after the expiry.
+    app.clients
+        .dynamodb
+        .delete_item()
+        .table_name(&app.settings.events_table)
+        .key(
+            item::PK,
+            AttributeValue::S(item::idempotency_key("deposit-late")),
+        )
+        .key(item::SK, AttributeValue::N("0".into()))
+        .send()
+        .await
+        .expect("DeleteItem");
+
+    let all = stream_records(&app).await;
+    let record_changes: Vec<&str> = all
+        .iter()
+        .filter(|r| key_of(r).0 == item::idempotency_key("deposit-late"))
+        .map(|r| r.event_name.as_str())
+        .collect();
+    assert_eq!(record_changes, ["INSERT", "MODIFY", "REMOVE"]);
+    let mut batch = aws_lambda_events::dynamodb::Event::default();
+    batch.records = all;
+    for (name, r) in [
+        (
+            "project",
+            chronicle_lambda::streams::project(&app, &batch).await,
+        ),
+        (
+            "publish",
+            chronicle_lambda::streams::publish(&app, &batch).await,
+        ),
+        (
+            "snapshot",
+            chronicle_lambda::streams::snapshot(&app, &batch).await,
+        ),
+    ] {
+        assert!(failures(&r).is_empty(), "{name}: {r:?}");
+    }
+    let doc = app
+        .read_models
+        .get(
+            &chronicle_kernel::ModelRef::active("accounts_state"),
+            "late",
+        )
+        .await
+        .expect("read model")
+        .expect("projected");
+    assert_eq!((doc.version, doc.body["balance"].as_u64()), (3, Some(20)));
+    assert_eq!(
+        kinesis_records(&app).await.len(),
+        3,
+        "the three events only"
+    );
+    env.remove().await;
+}

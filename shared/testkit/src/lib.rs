@@ -10,9 +10,15 @@
 //! - [`event_store_contract`] checks [`EventStore`];
 //! - [`event_feed_contract`] checks [`EventFeed`] (appending through [`EventStore`]);
 //! - [`snapshot_store_contract`] checks [`SnapshotStore`];
-//! - [`read_model_store_contract`] checks [`ReadModelStore`].
+//! - [`read_model_store_contract`] checks [`ReadModelStore`];
+//! - [`command_idempotency_contract`] checks the kernel's command handler on an event store:
+//!   idempotent repeats inside the retention, a free key after it.
 //!
 //! The checks each suite runs are public too, so an adapter's tests can run one alone.
+
+mod commands;
+
+pub use commands::{command_idempotency_contract, Tally};
 
 use chronicle_kernel::chain;
 use chronicle_kernel::envelope::now;
@@ -138,14 +144,27 @@ pub fn request(
     }
 }
 
-/// An idempotency record for `stream` under `key`, stamped now.
+/// An idempotency record for `stream` under `key`, stamped now, live for an hour.
 pub fn idempotency_record(key: &str, stream: &StreamId) -> IdempotencyRecord {
+    let recorded_at = now();
     IdempotencyRecord {
         key: key.to_owned(),
         fingerprint: format!("sha256:{}", Uuid::new_v4().simple()),
         stream: stream.clone(),
         response: json!({ "status": "accepted", "version": 1, "body": { "ok": true, "n": [1, 2] } }),
-        recorded_at: now(),
+        recorded_at,
+        expires_at: IdempotencyRecord::expiry(recorded_at, Duration::from_secs(3600)),
+    }
+}
+
+/// An idempotency record for `stream` under `key` that expired an hour ago (recorded two
+/// hours ago with an hour's retention): what a store may still hold until it prunes it.
+pub fn expired_idempotency_record(key: &str, stream: &StreamId) -> IdempotencyRecord {
+    let recorded_at = now() - chrono::Duration::hours(2);
+    IdempotencyRecord {
+        recorded_at,
+        expires_at: IdempotencyRecord::expiry(recorded_at, Duration::from_secs(3600)),
+        ..idempotency_record(key, stream)
     }
 }
 
@@ -252,6 +271,7 @@ pub async fn event_store_contract<S: EventStore>(store: Arc<S>) {
     es_conflict_stores_nothing(&*store).await;
     es_malformed_append_stores_nothing(&*store).await;
     es_idempotency(&*store).await;
+    es_idempotency_expiry(&*store).await;
     es_concurrent_appends_same_stream(store.clone()).await;
     es_concurrent_appends_distinct_streams(store.clone()).await;
     es_large_append_is_atomic_and_gapless(&*store).await;
@@ -527,6 +547,104 @@ pub async fn es_idempotency<S: EventStore + ?Sized>(store: &S) {
     );
     let all: Vec<_> = first.iter().chain(&retry_events).cloned().collect();
     assert_events_eq(&read_all(store, &stream, CTX).await, &all, CTX);
+}
+
+/// An idempotency record counts until its `expires_at`: an expired one is absent to reads
+/// and does not take its key, deleted yet or not, and the boundary is exact (a record is live
+/// at an append recorded a microsecond before its expiry, expired at one recorded at it).
+pub async fn es_idempotency_expiry<S: EventStore + ?Sized>(store: &S) {
+    const CTX: &str = "EventStore idempotency expiry";
+    let stream = new_stream();
+    let key = unique("idem-expired");
+
+    let old = expired_idempotency_record(&key, &stream);
+    let mut req = request(&stream, 0, events(&stream, 0, 1));
+    req.idempotency = Some(old);
+    append_ok(store, req, CTX).await;
+    assert_eq!(
+        ok(store.idempotency_record(&key).await, CTX),
+        None,
+        "{CTX}: a record whose expires_at has passed must read as absent"
+    );
+
+    // The expired record does not take its key: a new append with it is stored, with its record.
+    let fresh = idempotency_record(&key, &stream);
+    let mut req = request(&stream, 1, events(&stream, 1, 1));
+    req.idempotency = Some(fresh.clone());
+    append_ok(store, req, &format!("{CTX}: reusing an expired key")).await;
+    assert_eq!(
+        ok(store.idempotency_record(&key).await, CTX),
+        Some(fresh.clone()),
+        "{CTX}: the new record must replace the expired one"
+    );
+    assert_eq!(version_of(store, &stream, CTX).await, 2);
+
+    // The live record takes the key again, for any stream.
+    let mut again = request(&stream, 2, events(&stream, 2, 1));
+    again.idempotency = Some(idempotency_record(&key, &stream));
+    match store.append(&again).await {
+        Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, key),
+        other => panic!(
+            "{CTX}: key {key} with a live record must give DuplicateIdempotencyKey, got {other:?}"
+        ),
+    }
+    assert_eq!(version_of(store, &stream, CTX).await, 2);
+
+    // The boundary, on the append's recorded time: a microsecond before the expiry the record
+    // is live, at the expiry it is not.
+    let just_before = IdempotencyRecord {
+        recorded_at: fresh.expires_at - chrono::Duration::microseconds(1),
+        expires_at: fresh.expires_at + chrono::Duration::hours(1),
+        ..idempotency_record(&key, &stream)
+    };
+    let mut req = request(&stream, 2, events(&stream, 2, 1));
+    req.idempotency = Some(just_before);
+    match store.append(&req).await {
+        Err(AppendError::DuplicateIdempotencyKey(k)) => assert_eq!(k, key),
+        other => panic!(
+            "{CTX}: an append recorded 1 µs before the stored record's expiry must give \
+             DuplicateIdempotencyKey, got {other:?}"
+        ),
+    }
+    let at_expiry = IdempotencyRecord {
+        recorded_at: fresh.expires_at,
+        expires_at: fresh.expires_at + chrono::Duration::hours(1),
+        ..idempotency_record(&key, &stream)
+    };
+    let mut req = request(&stream, 2, events(&stream, 2, 1));
+    req.idempotency = Some(at_expiry.clone());
+    append_ok(
+        store,
+        req,
+        &format!("{CTX}: an append recorded at the stored record's expiry"),
+    )
+    .await;
+    assert_eq!(
+        ok(store.idempotency_record(&key).await, CTX),
+        Some(at_expiry),
+        "{CTX}: the record appended at the old one's expiry must be the one stored"
+    );
+
+    // A conflicting append over an expired record stores nothing: the old record stays expired.
+    let key2 = unique("idem-expired");
+    let other = new_stream();
+    let mut req = request(&other, 0, events(&other, 0, 1));
+    req.idempotency = Some(expired_idempotency_record(&key2, &other));
+    append_ok(store, req, CTX).await;
+    let mut stale = request(&other, 0, events(&other, 0, 1));
+    stale.idempotency = Some(idempotency_record(&key2, &other));
+    assert_conflict(
+        store.append(&stale).await,
+        &other,
+        0,
+        1,
+        &format!("{CTX} (conflict over an expired key)"),
+    );
+    assert_eq!(
+        ok(store.idempotency_record(&key2).await, CTX),
+        None,
+        "{CTX}: a conflicting append must not store its record over an expired one"
+    );
 }
 
 /// 32 concurrent appends to one stream at the same expected version: exactly one succeeds, the
