@@ -32,7 +32,12 @@ fn chronicle(dir: &Path, args: &[&str]) -> (bool, String, String) {
 fn entries(dir: &Path) -> (Vec<String>, String) {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("listing the data directory")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     names.sort();
     let lock = std::fs::read_to_string(dir.join("chronicle.lock")).expect("the lock file");
@@ -59,7 +64,12 @@ async fn a_second_server_on_one_directory_refuses_to_start_and_readers_keep_work
         .expect("a free port")
         .port();
     let mut second = Command::new(env!("CARGO_BIN_EXE_chronicle"))
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -78,18 +88,19 @@ async fn a_second_server_on_one_directory_refuses_to_start_and_readers_keep_work
         std::thread::sleep(Duration::from_millis(20));
     };
     let mut stderr = String::new();
-    std::io::Read::read_to_string(
-        &mut second.stderr.take().expect("stderr"),
-        &mut stderr,
-    )
-    .expect("reading stderr");
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr)
+        .expect("reading stderr");
     assert!(!status.success(), "the second server must fail: {stderr}");
     assert!(
         stderr.contains(&dir.path().display().to_string())
             && stderr.contains(&format!("pid {}", server.child.id())),
         "the refusal names the directory and the holder's pid: {stderr}"
     );
-    assert_eq!(entries(dir.path()), before, "the refused server touched nothing");
+    assert_eq!(
+        entries(dir.path()),
+        before,
+        "the refused server touched nothing"
+    );
 
     // Readers beside the running server.
     let id = ["accounts", "w-1"];
@@ -99,7 +110,13 @@ async fn a_second_server_on_one_directory_refuses_to_start_and_readers_keep_work
     assert!(ok && out.contains("\"balance\": 40"), "state: {out}{err}");
     let (ok, out, err) = chronicle(
         dir.path(),
-        &["audit", "--from", "2000-01-01T00:00:00Z", "--to", "2999-01-01T00:00:00Z"],
+        &[
+            "audit",
+            "--from",
+            "2000-01-01T00:00:00Z",
+            "--to",
+            "2999-01-01T00:00:00Z",
+        ],
     );
     assert!(ok && out.contains("w-1"), "audit: {out}{err}");
     let (ok, out, err) = chronicle(dir.path(), &["verify", "--all"]);
@@ -118,7 +135,11 @@ async fn a_second_server_on_one_directory_refuses_to_start_and_readers_keep_work
     assert!(out.contains("generation 2"), "{out}");
     let r = server.get("/accounts?owner=wanda").await;
     assert_eq!(r.body["accounts"][0]["balance"], 40, "{}", r.body);
-    assert_eq!(entries(dir.path()).1, before.1, "the lock still names the server");
+    assert_eq!(
+        entries(dir.path()).1,
+        before.1,
+        "the lock still names the server"
+    );
 
     // The server still takes commands, and after it stops the directory is free.
     server
@@ -127,7 +148,10 @@ async fn a_second_server_on_one_directory_refuses_to_start_and_readers_keep_work
         .expect_status(200);
     drop(server);
     let (ok, _, err) = chronicle(dir.path(), &["archive", "--older-than", "0s"]);
-    assert!(ok, "archive once the server is gone (killed: its lock died with it): {err}");
+    assert!(
+        ok,
+        "archive once the server is gone (killed: its lock died with it): {err}"
+    );
 }
 
 /// The scenario: two servers on one directory (here only once the lock file is
@@ -147,7 +171,11 @@ async fn two_servers_behind_the_locks_back_store_every_acknowledged_deposit_once
     let refused = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for c in 0..8 {
-        let api = if c % 2 == 0 { a.api.clone() } else { b.api.clone() };
+        let api = if c % 2 == 0 {
+            a.api.clone()
+        } else {
+            b.api.clone()
+        };
         let (acknowledged, refused) = (acknowledged.clone(), refused.clone());
         clients.push(tokio::spawn(async move {
             for _ in 0..150 {

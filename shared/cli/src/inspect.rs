@@ -338,19 +338,25 @@ async fn rebuild_through(url: &str, projection: &str) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     // What the status showed before: the rebuild to wait for is a newer record than this
     // (a new generation, or the same one resumed and updated since).
-    let before = get_status()
-        .await
-        .map(|all| status_of(&all).map(|p| p["rebuild"].clone()).unwrap_or(Value::Null))?;
+    let before = get_status().await.map(|all| {
+        status_of(&all)
+            .map(|p| p["rebuild"].clone())
+            .unwrap_or(Value::Null)
+    })?;
     let r = client
         .post(format!("{url}/admin/projections/{projection}/rebuild"))
         .send()
         .await
-        .with_context(|| format!("asking the server at {url}, which holds the data directory, to rebuild"))?;
+        .with_context(|| {
+            format!("asking the server at {url}, which holds the data directory, to rebuild")
+        })?;
     if !r.status().is_success() {
         let body: Value = r.json().await.unwrap_or(Value::Null);
         return Err(anyhow!(
             "the server at {url} refused the rebuild: {}",
-            body["error"]["message"].as_str().unwrap_or("no reason given")
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("no reason given")
         ));
     }
     eprintln!("the data directory is in use by the server at {url}: rebuilding there");

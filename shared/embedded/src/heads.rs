@@ -113,7 +113,12 @@ pub(crate) fn streams_after(
                 after.aggregate_id,
                 i64::try_from(limit).unwrap_or(i64::MAX)
             ],
-            |r| Ok(StreamId::new(r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+            |r| {
+                Ok(StreamId::new(
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                ))
+            },
         )
         .map_err(backend)?;
     rows.map(|r| r.map_err(backend)).collect()

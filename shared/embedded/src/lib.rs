@@ -13,9 +13,9 @@ mod publisher;
 mod writer;
 
 pub use archive::DirArchive;
-pub use lock::{locked_by, Holder, LOCK_FILE};
-use lock::DirLock;
 pub use idempotency::{PRUNE_BATCH, PRUNE_EVERY};
+use lock::DirLock;
+pub use lock::{locked_by, Holder, LOCK_FILE};
 pub use publisher::JsonlPublisher;
 
 use async_trait::async_trait;
@@ -410,9 +410,12 @@ impl EmbeddedStore {
     /// commands that find the directory in use (`locked_by`).
     pub fn advertise(&self, url: &str) -> Result<(), StoreError> {
         match self.lock.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-            Some(lock) => lock
-                .advertise(url)
-                .map_err(|e| backend(format!("writing {}: {e}", self.dir.join(LOCK_FILE).display()))),
+            Some(lock) => lock.advertise(url).map_err(|e| {
+                backend(format!(
+                    "writing {}: {e}",
+                    self.dir.join(LOCK_FILE).display()
+                ))
+            }),
             None => Err(backend("the store holds no lock (read-only or closed)")),
         }
     }
@@ -992,7 +995,7 @@ impl EventStore for EmbeddedStore {
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
         let stream = stream.clone();
         self.read_short(move |conn| Ok(heads::head(conn, &stream)?.map_or(0, |h| h.version)))
-        .await
+            .await
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {

@@ -166,10 +166,18 @@ async fn long_streams_read_by_any_range_before_and_after_a_restart() {
 fn dir_snapshot(dir: &std::path::Path) -> (Vec<String>, Vec<u8>) {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("listing the directory")
-        .map(|e| e.expect("an entry").file_name().to_string_lossy().into_owned())
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     names.sort();
-    (names, std::fs::read(dir.join(LOCK_FILE)).expect("the lock file"))
+    (
+        names,
+        std::fs::read(dir.join(LOCK_FILE)).expect("the lock file"),
+    )
 }
 
 /// Opens a second writing store on `dir` behind the lock's back, as a network filesystem
@@ -197,7 +205,11 @@ async fn a_second_writer_on_the_same_directory_is_refused_and_changes_nothing() 
             && message.contains(&format!("pid {}", std::process::id())),
         "the refusal names the directory and the holder: {message}"
     );
-    assert_eq!(dir_snapshot(dir.path()), before, "the refused open wrote nothing");
+    assert_eq!(
+        dir_snapshot(dir.path()),
+        before,
+        "the refused open wrote nothing"
+    );
 
     // Readers are welcome beside the writer, and see its commits.
     let reader = EmbeddedStore::open_read_only(dir.path()).expect("a reader beside the writer");
@@ -380,7 +392,11 @@ async fn two_stores_racing_on_one_stream_never_store_a_version_twice() {
         conflicts.load(Ordering::SeqCst)
     );
     for (name, store) in [("a", &a), ("b", &b)] {
-        assert_eq!(store.stream_version(&stream).await.unwrap(), acked, "{name}");
+        assert_eq!(
+            store.stream_version(&stream).await.unwrap(),
+            acked,
+            "{name}"
+        );
         let read = store.read_stream(&stream, ReadRange::all()).await.unwrap();
         assert_eq!(versions(&read), (1..=acked).collect::<Vec<_>>(), "{name}");
     }

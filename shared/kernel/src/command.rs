@@ -234,11 +234,7 @@ impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
         if self.config.cache_capacity == 0 {
             return None;
         }
-        let (hit, retired) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id);
+        let (hit, retired) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(id);
         drop(retired); // freed outside the lock
         hit
     }

@@ -3,10 +3,10 @@
 
 pub mod admin;
 pub mod aggregate;
-mod cache;
 pub mod archive;
 pub mod archived;
 pub mod audit;
+mod cache;
 pub mod chain;
 pub mod command;
 pub mod envelope;
