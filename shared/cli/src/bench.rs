@@ -413,16 +413,19 @@ async fn append(
     let mut tasks = Vec::new();
     for w in 0..args.writers {
         let svc = svc.clone();
-        let ids: Vec<String> = (w..args.accounts)
-            .step_by(args.writers)
-            .map(|i| format!("acct-{i:06}"))
-            .collect();
+        // Ids made as they are used: a list of ten million of them would be most of the
+        // append phase's peak RSS, which measures the store.
+        let (accounts, writers) = (args.accounts, args.writers);
         let rounds = args.events_per_account;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            let mut id = String::new();
             for round in 0..rounds {
                 let command = command_for(round).to_string();
-                for id in &ids {
+                for i in (w..accounts).step_by(writers) {
+                    id.clear();
+                    std::fmt::Write::write_fmt(&mut id, format_args!("acct-{i:06}"))?;
+                    let id = id.as_str();
                     let t = Instant::now();
                     svc.execute(id, command.as_bytes(), CommandOptions::default())
                         .await

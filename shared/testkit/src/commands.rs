@@ -215,7 +215,9 @@ pub async fn command_idempotency_contract<E: EventStore, S: SnapshotStore>(
             Some(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let after = second
+    // Run by the hour handler: the renewed record must outlive the check below on a slow
+    // machine (a 1 s record written here could expire again before it).
+    let after = hour
         .handle(&id, Add { by: 1 }, keyed(&key))
         .await
         .unwrap_or_else(|e| panic!("{CTX}: repeat after the retention: {e}"));
