@@ -4,10 +4,11 @@
 //! events.rs; here it is big enough for a file of its own.
 
 use crate::heads;
+use crate::heads::read_chain;
 use crate::schema::EVENT_COLUMNS;
 use crate::store::{corrupt, to_i64};
 use crate::writer::{backend, last_position};
-use crate::{event_from_row, read_chain, EmbeddedStore};
+use crate::{event_from_row, EmbeddedStore};
 use async_trait::async_trait;
 use chronicle_kernel::{EventFeed, FeedEvent, RawBatch, RawEvent, StoreError, StreamId};
 use r2d2_sqlite::rusqlite::{params, Connection, Row};

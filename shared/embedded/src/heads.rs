@@ -16,9 +16,10 @@
 //! reader's snapshot sees the heads and the events they point at together, and nothing about
 //! streams is kept in memory, so memory does not grow with the number of streams.
 
+use crate::store::to_i64;
 use crate::writer::backend;
 use chronicle_kernel::{StoreError, StreamId};
-use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension};
+use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
 
 /// A mark every this many versions bounds a read's walk to the range asked plus this.
 pub(crate) const MARK_EVERY: u64 = 64;
@@ -147,6 +148,126 @@ pub(crate) fn of_type(
         })
         .map_err(backend)?;
     rows.map(|r| r.map_err(backend)).collect()
+}
+
+/// The positions of a stream's events `from..=to` (versions, `to` at most its head), oldest
+/// first: its chain walked back from the first mark at or after `to`, else from its head.
+/// `None` if the chain breaks before `from` (rows removed or changed behind the store's
+/// back); callers then read by scan, which finds whatever is left.
+fn chain_positions(
+    conn: &Connection,
+    stream: &StreamId,
+    head: Head,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<u64>>, StoreError> {
+    let to = to.min(head.version);
+    if from > to {
+        return Ok(Some(Vec::new()));
+    }
+    if to == head.version {
+        // A walk from the head: no mark to look for (the usual read, up to the head).
+        return walk_back(conn, head.version, head.position, from, to);
+    }
+    let mark: Option<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT version, position FROM stream_marks \
+             WHERE aggregate_type = ?1 AND aggregate_id = ?2 AND version >= ?3 \
+             ORDER BY version LIMIT 1",
+        )
+        .and_then(|mut s| {
+            s.query_row(
+                params![stream.aggregate_type, stream.aggregate_id, to_i64(to)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })
+        .map_err(backend)?;
+    let (version, position) = match mark {
+        Some((v, p)) if (v as u64) < head.version => (v as u64, p as u64),
+        _ => (head.version, head.position),
+    };
+    walk_back(conn, version, position, from, to)
+}
+
+/// The positions of versions `from..=to` of a chain, walked back from `version` at `position`
+/// (at or after `to`); `None` if the chain breaks first.
+fn walk_back(
+    conn: &Connection,
+    mut version: u64,
+    mut position: u64,
+    from: u64,
+    to: u64,
+) -> Result<Option<Vec<u64>>, StoreError> {
+    let mut link = conn
+        .prepare_cached("SELECT prev FROM stream_links WHERE position = ?1")
+        .map_err(backend)?;
+    let mut out = Vec::with_capacity((to - from + 1).min(1 << 16) as usize);
+    loop {
+        if version <= to {
+            out.push(position);
+        }
+        if version == from {
+            break;
+        }
+        let prev: Option<i64> = link
+            .query_row([to_i64(position)], |r| r.get(0))
+            .optional()
+            .map_err(backend)?;
+        match prev {
+            Some(p) if p > 0 => {
+                position = p as u64;
+                version -= 1;
+            }
+            _ => return Ok(None),
+        }
+    }
+    out.reverse();
+    Ok(Some(out))
+}
+
+/// Reads a stream's events `from..=to` along its chain: `sql` selects one event by position
+/// (`?1`) with at least its `aggregate_type`, `aggregate_id` and `version`, and each row that is
+/// the stream's event at the next version goes to `take`. False if the chain breaks or a row is
+/// not the one expected (rows removed or changed behind the store's back): the caller then drops
+/// what `take` kept and reads by scan; such reads are counted in `scans` and logged.
+pub(crate) fn read_chain(
+    conn: &Connection,
+    stream: &StreamId,
+    head: Head,
+    versions: std::ops::RangeInclusive<u64>,
+    sql: &str,
+    scans: &std::sync::atomic::AtomicU64,
+    mut take: impl FnMut(&Row<'_>) -> Result<(), StoreError>,
+) -> Result<bool, StoreError> {
+    let is_expected = |row: &Row<'_>, version: u64| -> rusqlite::Result<bool> {
+        Ok(
+            row.get_ref("aggregate_type")?.as_str()? == stream.aggregate_type
+                && row.get_ref("aggregate_id")?.as_str()? == stream.aggregate_id
+                && row.get::<_, i64>("version")? as u64 == version,
+        )
+    };
+    let (from, to) = versions.into_inner();
+    let mut whole = false;
+    if let Some(positions) = chain_positions(conn, stream, head, from, to)? {
+        let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+        whole = true;
+        for (version, position) in (from..).zip(positions) {
+            let mut rows = stmt.query([to_i64(position)]).map_err(backend)?;
+            match rows.next().map_err(backend)? {
+                Some(row) if is_expected(row, version).map_err(backend)? => take(row)?,
+                _ => {
+                    whole = false;
+                    break;
+                }
+            }
+        }
+    }
+    if !whole {
+        scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%stream, "the stream's chain is broken (changed behind the store's back?); reading it by scan");
+    }
+    Ok(whole)
 }
 
 /// Brings `stream_heads` up to date for a data directory written when heads were kept in
