@@ -3,12 +3,12 @@
 //! (`read_tails`); and whole replays, read on two threads. The DynamoDB store keeps its feed in
 //! events.rs; here it is big enough for a file of its own.
 
-use crate::heads;
-use crate::heads::read_chain;
+use crate::events::event_from_row;
+use crate::heads::{self, read_chain};
 use crate::schema::EVENT_COLUMNS;
 use crate::store::{corrupt, to_i64};
 use crate::writer::{backend, last_position};
-use crate::{event_from_row, EmbeddedStore};
+use crate::EmbeddedStore;
 use async_trait::async_trait;
 use chronicle_kernel::{EventFeed, FeedEvent, RawBatch, RawEvent, StoreError, StreamId};
 use r2d2_sqlite::rusqlite::{params, Connection, Row};
