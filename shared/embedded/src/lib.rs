@@ -4,6 +4,14 @@
 //! transaction is on disk; a command's events are inserted in one transaction, so they are all
 //! stored or none are. The events table is append-only: triggers refuse UPDATE and DELETE, and
 //! no code path issues either.
+//!
+//! Files are named as in shared/aws where the job is the same: `events.rs` (`EventStore`),
+//! `snapshots.rs`, `read_models.rs`, `archive.rs` and `publisher.rs`; the `EventFeed` is in
+//! `feed.rs` (shared/aws keeps it in `events.rs`). The rest is SQLite's own: `store.rs` opens a
+//! data directory and owns the readers, `schema.rs` holds the tables and the upgrades of older
+//! directories (what `setup.rs` creates on AWS), `writer.rs` is the one writer thread,
+//! `heads.rs` the stream tables, `idempotency.rs` the records and their pruning, `lock.rs` one
+//! writing process per directory, and `verify.rs` the whole-store chain check.
 
 mod archive;
 mod events;
