@@ -175,7 +175,8 @@ fn insert_event(
 /// Appends the events (and the idempotency record). Every check comes before the first
 /// write, so a refused append changes nothing and needs no savepoint (writer.rs `write_checked`).
 /// The version check reads the head inside the writer's transaction, under SQLite's write
-/// lock, so it is exact whatever other processes did; the triggers check it again per event.
+/// lock, so it is exact whatever other processes did; `heads::advance` checks it again as it
+/// moves the head.
 fn append_encoded(conn: &Connection, enc: &Encoded) -> Result<(), AppendError> {
     if let Some(idem) = &enc.idempotency {
         idempotency::check_free(conn, idem)?;

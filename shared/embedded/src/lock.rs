@@ -5,7 +5,8 @@
 //! caches and background jobs (projections, the publish log, rebuilds), and two servers on one
 //! directory would each believe they own it. The lock is released by the kernel when the
 //! holder exits, `kill -9` included, so a stale lock file never blocks a restart. The stream
-//! triggers (heads.rs) keep versions unique even where the lock is bypassed.
+//! conditional head update in every append's transaction (heads.rs) keeps versions unique even
+//! where the lock is bypassed.
 
 use chronicle_kernel::StoreError;
 use std::fs::{File, OpenOptions, TryLockError};

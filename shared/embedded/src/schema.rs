@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 -- Streams without a per-event index (heads.rs): each event's predecessor in its stream (0 for
 -- version 1), every MARK_EVERY-th version as an entry point, and each stream's head, all kept
--- by triggers on `events` (heads::triggers). Data directories from before these keep their
+-- by the append in its write transaction (heads::advance). Data directories from before these keep their
 -- (type, id, version) UNIQUE index, which costs appends but changes nothing else;
 -- `backfill_streams` fills these tables for them.
 CREATE TABLE IF NOT EXISTS stream_links (

@@ -27,7 +27,7 @@ pub struct EmbeddedStore {
     pub(crate) head: watch::Sender<u64>,
     /// Held until `close`: one writing process per data directory.
     lock: std::sync::Mutex<Option<DirLock>>,
-    /// Reads that found a stream's chain broken and scanned instead (`scanned`).
+    /// Reads that found a stream's chain broken and scanned instead (`chain_scans`).
     pub(crate) scans: Arc<std::sync::atomic::AtomicU64>,
     pub(crate) pruner: idempotency::Pruner,
 }
