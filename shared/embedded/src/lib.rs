@@ -1,9 +1,10 @@
 //! The embedded default: every port on one SQLite database in a data directory.
 //!
 //! Durability: WAL, and a command is acknowledged only after its transaction is on disk (the
-//! writer's syncer thread fsyncs the WAL before answering: `synchronous=FULL`'s guarantee); a command's events are inserted in one transaction, so they are all
-//! stored or none are. The events table is append-only: triggers refuse UPDATE and DELETE, and
-//! no code path issues either.
+//! writer's syncer thread fsyncs the WAL before answering: `synchronous=FULL`'s guarantee); a
+//! command's events are inserted in one transaction, so they are all stored or none are. The
+//! events table is append-only: triggers refuse UPDATE and DELETE, and no code path issues
+//! either.
 //!
 //! Files are named as in shared/aws where the job is the same: `events.rs` (`EventStore`),
 //! `snapshots.rs`, `read_models.rs`, `archive.rs` and `publisher.rs`; the `EventFeed` is in
