@@ -12,15 +12,29 @@
 //! - [`snapshot_store_contract`] checks [`SnapshotStore`];
 //! - [`read_model_store_contract`] checks [`ReadModelStore`];
 //! - [`command_idempotency_contract`] checks the kernel's command handler on an event store:
-//!   idempotent repeats inside the retention, a free key after it.
+//!   idempotent repeats inside the retention, a free key after it;
+//! - [`publisher_contract`] checks [`Publisher`] against what its consumer side reads back;
+//! - [`archive_contract`] checks [`Archive`];
+//! - [`archived_reads_contract`] checks reads through an [`ArchivedEventStore`] while the hot
+//!   store loses the events the archiver copied.
 //!
 //! The checks each suite runs are public too, so an adapter's tests can run one alone.
+//!
+//! One file per port, named like the adapters' files in `shared/aws/src`: `events.rs`
+//! ([`EventStore`]), `snapshots.rs`, `read_models.rs`, `publisher.rs`, `archive.rs`; then
+//! `feed.rs` ([`EventFeed`], which only the embedded store implements), `archived.rs`
+//! (archived reads), `commands.rs` (the command handler) and `fixtures.rs` (the test data and
+//! assertion helpers the suites share). Everything public is re-exported here: callers name it
+//! `chronicle_testkit::item` whichever file it lives in.
 //!
 //! [`Arc`]: std::sync::Arc
 //! [`EventStore`]: chronicle_kernel::EventStore
 //! [`EventFeed`]: chronicle_kernel::EventFeed
 //! [`SnapshotStore`]: chronicle_kernel::SnapshotStore
 //! [`ReadModelStore`]: chronicle_kernel::ReadModelStore
+//! [`Publisher`]: chronicle_kernel::Publisher
+//! [`Archive`]: chronicle_kernel::archive::Archive
+//! [`ArchivedEventStore`]: chronicle_kernel::archived::ArchivedEventStore
 
 mod archive;
 mod archived;
