@@ -1,7 +1,7 @@
 //! The kernel's command handler on a real event store: what `Idempotency-Key` means to a
 //! client, inside the retention and after it. A tiny tally aggregate stands in for a domain.
 
-use crate::{expired_idempotency_record, request, unique};
+use crate::fixtures::{expired_idempotency_record, request, unique};
 use chronicle_kernel::{
     Aggregate, CommandHandler, CommandOptions, DomainError, DomainEvent, Error, EventSchema,
     EventStore, HandlerConfig, IdempotencyRecord, ReadRange, SnapshotStore, StreamId,
