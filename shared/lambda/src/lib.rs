@@ -12,6 +12,7 @@
 
 pub mod activity;
 pub mod archiver;
+mod error;
 pub mod http;
 pub mod local;
 pub mod streams;
@@ -24,6 +25,7 @@ use chronicle_kernel::archived::ArchivedEventStore;
 use chronicle_kernel::{Chronicle, HandlerConfig};
 use std::sync::Arc;
 
+pub use error::FunctionError;
 pub use lambda_runtime::Error;
 
 /// Everything a function needs, built once per cold start: SDK clients, adapters, registry.
@@ -127,12 +129,17 @@ pub fn init_tracing() {
     let _ = result;
 }
 
+/// Logs a failure with its kind (the `errorType` the runtime reports for it).
+fn logged(e: FunctionError, what: &str) -> FunctionError {
+    tracing::error!(kind = e.kind(), error = %e, "{what}");
+    e
+}
+
 async fn app_or_exit() -> Result<App, Error> {
     init_tracing();
-    App::from_env().await.map_err(|e| {
-        tracing::error!(error = %e, "configuration");
-        Error::from(e.to_string())
-    })
+    App::from_env()
+        .await
+        .map_err(|e| Error::from(logged(e.into(), "configuration")))
 }
 
 /// The command function: `POST /{type}/{id}/commands`.
@@ -203,18 +210,15 @@ pub async fn run_activity() -> Result<(), Error> {
 /// come from `CHRONICLE_ARCHIVE_*` / `CHRONICLE_EXPIRE_AFTER` beside the usual ones.
 pub async fn run_archiver() -> Result<(), Error> {
     let app = app_or_exit().await?;
-    let settings = archiver::ArchiverSettings::from_env().map_err(|e| {
-        tracing::error!(error = %e, "configuration");
-        Error::from(e.to_string())
-    })?;
+    let settings = archiver::ArchiverSettings::from_env()
+        .map_err(|e| Error::from(logged(e.into(), "configuration")))?;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
             let (app, settings) = (app.clone(), settings.clone());
             async move {
-                archiver::handle(&app, &settings).await.map_err(|e| {
-                    tracing::error!(error = %e, "archiver run failed");
-                    Error::from(e.to_string())
-                })
+                archiver::handle(&app, &settings)
+                    .await
+                    .map_err(|e| logged(e.into(), "archiver run failed"))
             }
         },
     ))
