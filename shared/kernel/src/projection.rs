@@ -13,19 +13,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectionError {
-    #[error("projection `{projection}` failed at feed position {position} ({stream} v{version}): {reason}")]
-    Event {
-        projection: String,
-        position: u64,
-        stream: String,
-        version: u64,
-        reason: String,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+pub use crate::error::ProjectionError;
 
 /// A read model with one document per aggregate. `apply` folds one event (already upcast to
 /// the current schema) into the aggregate's document.

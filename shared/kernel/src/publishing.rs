@@ -2,7 +2,7 @@
 //! [`Publisher`], with a durable checkpoint: the embedded counterpart of the AWS publisher
 //! function on DynamoDB Streams. At least once: after a crash the last batch may go out again.
 
-use crate::ports::{EventFeed, ModelRef, Publisher, StoreError};
+use crate::ports::{EventFeed, ModelRef, Publisher};
 use crate::service::Chronicle;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,16 +18,7 @@ pub struct PublishRunner {
     pub batch_size: usize,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PublishRunError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Publish(#[from] crate::ports::PublishError),
-    /// An event that can't be brought to the current schema: the runner stalls on it.
-    #[error(transparent)]
-    Event(#[from] crate::error::Error),
-}
+pub use crate::error::PublishRunError;
 
 impl PublishRunner {
     fn model() -> ModelRef {
