@@ -69,9 +69,9 @@ pub struct AppendRequest {
     /// [`AppendError::DuplicateIdempotencyKey`]) while a stored record under it is live at
     /// this record's `recorded_at`; an expired one is replaced, deleted or not.
     pub idempotency: Option<IdempotencyRecord>,
-    /// Each event's stored text as sealed ([`crate::chain::seal_stored`]), which a store may
+    /// Each event's stored text as sealed ([`crate::chain::hash::seal_stored`]), which a store may
     /// write instead of rendering the envelopes again; empty when the caller has none.
-    pub stored: Vec<crate::chain::StoredText>,
+    pub stored: Vec<crate::chain::hash::StoredText>,
 }
 
 /// Which part of a stream to read; versions are inclusive.
@@ -146,7 +146,7 @@ pub trait EventStore: Send + Sync + 'static {
     async fn verify_all_chains(
         &self,
         _progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Option<Result<crate::chain::VerifyReport, StoreError>> {
+    ) -> Option<Result<crate::chain::check::VerifyReport, StoreError>> {
         None
     }
     /// Marks hot copies of archived events to expire at `at` (a DynamoDB TTL), each only if
@@ -188,14 +188,14 @@ pub trait EventStore: Send + Sync + 'static {
     async fn verify_copies(
         &self,
         _progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<Vec<crate::chain::ChainBreak>, StoreError> {
+    ) -> Result<Vec<crate::chain::check::ChainBreak>, StoreError> {
         Ok(Vec::new())
     }
     /// [`EventStore::verify_copies`] for one stream.
     async fn verify_stream_copies(
         &self,
         _stream: &StreamId,
-    ) -> Result<Option<crate::chain::ChainBreak>, StoreError> {
+    ) -> Result<Option<crate::chain::check::ChainBreak>, StoreError> {
         Ok(None)
     }
     /// Events recorded from `from` to `to` (both inclusive), across streams, in
