@@ -460,12 +460,13 @@ impl Chronicle {
         &self,
         publisher: Arc<dyn crate::ports::Publisher>,
     ) -> Option<crate::publishing::PublishRunner> {
-        Some(crate::publishing::PublishRunner {
-            feed: self.feed.clone()?,
-            chronicle: self.clone(),
+        let registry = self.clone();
+        Some(crate::publishing::PublishRunner::new(
+            self.feed.clone()?,
+            self.read_models.clone(),
             publisher,
-            batch_size: 500,
-        })
+            Arc::new(move |e| registry.upcast(e)),
+        ))
     }
 
     /// `GET /{aggregate_type}?{field}={value}`: documents of the type's list read model.

@@ -8,9 +8,10 @@ use crate::App;
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use chronicle_aws::item::{self, StoredItem};
+use chronicle_kernel::publishing::publish_batch;
 use chronicle_kernel::{
-    doc_write, fold_event, EventEnvelope, EventStore, ModelRef, Projection, Publisher,
-    ReadModelStore, ReadRange, StreamId,
+    doc_write, fold_event, EventEnvelope, EventStore, ModelRef, Projection, ReadModelStore,
+    ReadRange, StreamId,
 };
 use futures::stream::{self, StreamExt};
 use serde_dynamo::AttributeValue;
@@ -251,36 +252,22 @@ async fn project_one(
 /// Publishes the batch's events, upcast to the current schema, to Kinesis.
 pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
     let batch = decode(&event.records);
-    let mut failed = batch.unreadable_from;
-    // Each stream's events up to its first undecodable one, in batch order.
-    let mut out: Vec<(usize, EventEnvelope)> = Vec::new();
-    for records in batch.streams.into_values() {
-        for r in records {
-            let _span = r.event.as_ref().ok().map(|e| span_for(e).entered());
-            let up = r
-                .event
-                .and_then(|e| app.chronicle.upcast(e).map_err(|e| e.to_string()));
-            match up {
-                Ok(e) => out.push((r.index, e)),
-                Err(reason) => {
-                    tracing::error!(index = r.index, %reason, "event can't be published; stopping this aggregate here");
-                    failed = min_failure(failed, Some(r.index));
-                    break;
-                }
-            }
+    // Back in batch order: the step stops at the first record it can't publish.
+    let mut records: Vec<(usize, Result<EventEnvelope, String>)> = batch
+        .streams
+        .into_values()
+        .flatten()
+        .map(|r| (r.index, r.event))
+        .collect();
+    records.sort_by_key(|(i, _)| *i);
+    let upcast = |e: EventEnvelope| app.chronicle.upcast(e);
+    let failed = match publish_batch(app.publisher.as_ref(), &upcast, records).await {
+        Ok(()) => batch.unreadable_from,
+        Err(stop) => {
+            tracing::error!(index = stop.index, error = %stop.error, "publishing stopped at this record; the retry starts here");
+            min_failure(batch.unreadable_from, Some(stop.index))
         }
-    }
-    out.sort_by_key(|(i, _)| *i);
-    // Nothing at or after the first failure needs sending now: the retry starts there.
-    if let Some(f) = failed {
-        out.retain(|(i, _)| *i < f);
-    }
-    let (indexes, envelopes): (Vec<usize>, Vec<EventEnvelope>) = out.into_iter().unzip();
-    if let Err(e) = app.publisher.publish(&envelopes).await {
-        tracing::error!(error = %e, "publishing failed");
-        let first = e.failed.first().and_then(|&i| indexes.get(i).copied());
-        failed = min_failure(failed, first);
-    }
+    };
     response(&event.records, failed)
 }
 
