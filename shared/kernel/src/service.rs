@@ -285,6 +285,7 @@ impl Chronicle {
         let schema = self.aggregates.get(p.aggregate_type())?.schema().clone();
         Some(ProjectionRunner::new(
             self.feed.clone()?,
+            self.events.clone(),
             self.read_models.clone(),
             p.clone(),
             schema,

@@ -1,15 +1,17 @@
-//! The local runners against an in-memory store (event store, feed and read models in one):
-//! the publish step stops where an event can't go out.
+//! The local runners against an in-memory store (event store, feed and read models in one),
+//! with a feed that can leave events out: the projection step fills a version gap from the
+//! event store, and the publish step stops where an event can't go out.
 
 use async_trait::async_trait;
 use chronicle_kernel::publishing::{publish_batch, PublishRunner};
 use chronicle_kernel::{
-    AppendError, AppendRequest, Doc, DocWrite, Error, EventEnvelope, EventFeed, EventStore,
-    FeedEvent, IdempotencyRecord, Metadata, ModelRef, PublishError, Publisher, RawBatch,
-    ReadModelStore, ReadRange, RecordedPage, StoreError, StreamId, StreamPage,
+    AppendError, AppendRequest, Doc, DocWrite, Error, EventEnvelope, EventFeed, EventSchema,
+    EventStore, FeedEvent, IdempotencyRecord, Metadata, ModelRef, Projection, ProjectionError,
+    ProjectionRunner, PublishError, Publisher, RawBatch, ReadModelStore, ReadRange, RecordedPage,
+    StoreError, StreamId, StreamPage,
 };
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +43,12 @@ impl Memory {
             }
         }
         self.events.lock().unwrap().extend(events);
+    }
+
+    fn doc(&self, key: &str) -> Option<Doc> {
+        let docs = self.docs.lock().unwrap();
+        docs.get(&("versions".to_owned(), 1, key.to_owned()))
+            .cloned()
     }
 }
 
@@ -202,6 +210,95 @@ fn events(id: &str, n: u64) -> Vec<EventEnvelope> {
             hash: String::new(),
         })
         .collect()
+}
+
+/// Remembers every version it folded, in order.
+struct Versions;
+
+impl Projection for Versions {
+    fn name(&self) -> &str {
+        "versions"
+    }
+    fn aggregate_type(&self) -> &str {
+        "counters"
+    }
+    fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String> {
+        let mut seen = doc.map_or_else(Vec::new, |d| d["versions"].as_array().cloned().unwrap());
+        seen.push(json!(event.version));
+        Ok(json!({ "versions": seen }))
+    }
+}
+
+fn runner(memory: &Arc<Memory>, batch: usize) -> ProjectionRunner {
+    let schema = EventSchema::new().event("Added", 1);
+    let mut r = ProjectionRunner::new(
+        memory.clone(),
+        memory.clone(),
+        memory.clone(),
+        Arc::new(Versions),
+        Arc::new(schema),
+    );
+    r.batch_size = batch;
+    r
+}
+
+#[tokio::test]
+async fn the_projection_runner_fills_a_version_gap_from_the_event_store() {
+    let memory = Arc::new(Memory::default());
+    // The feed skips v3 and v4 of c1; the event store holds them.
+    memory.add(events("c1", 5), &[1, 2, 5]);
+    memory.add(events("c2", 1), &[1]);
+    let runner = runner(&memory, 2);
+
+    let step = runner.step(1).await.expect("first step");
+    assert_eq!((step.read, step.written, step.position), (2, 1, 2));
+    assert_eq!(memory.doc("c1").map(|d| d.version), Some(2));
+
+    // The next batch starts at v5: the cached document at v2 isn't trusted, the stored one is
+    // read, and v3..v4 come from the event store before v5 is folded.
+    let step = runner.step(1).await.expect("second step");
+    assert_eq!((step.read, step.written, step.position), (2, 2, 4));
+    let doc = memory.doc("c1").expect("c1's document");
+    assert_eq!(doc.version, 5);
+    assert_eq!(doc.body, json!({ "versions": [1, 2, 3, 4, 5] }));
+    assert_eq!(memory.doc("c2").map(|d| d.version), Some(1));
+}
+
+#[tokio::test]
+async fn the_projection_runner_stops_at_a_gap_the_store_does_not_hold_yet() {
+    let memory = Arc::new(Memory::default());
+    let mut c1 = events("c1", 3);
+    c1.remove(1);
+    // v2 is neither fed nor stored.
+    memory.add(c1, &[1, 3]);
+    memory.add(events("c2", 1), &[1]);
+    let runner = runner(&memory, 10);
+
+    match runner.step(1).await {
+        Err(ProjectionError::Event {
+            position,
+            version,
+            stream,
+            ..
+        }) => assert_eq!((position, version, stream.as_str()), (2, 3, "counters/c1")),
+        other => panic!("expected the gap to stop the step: {other:?}"),
+    }
+    // Nothing moved: neither the checkpoint nor any document (c2's neither: one unit).
+    let model = ModelRef::generation("versions", 1);
+    assert_eq!(memory.checkpoint(&model).await.unwrap(), 0);
+    assert_eq!(memory.doc("c1"), None);
+    assert_eq!(memory.doc("c2"), None);
+
+    // Once the store holds v2 (a late write), the same batch goes through.
+    memory
+        .events
+        .lock()
+        .unwrap()
+        .push(events("c1", 2).remove(1));
+    let step = runner.step(1).await.expect("step");
+    assert_eq!(step.position, 3);
+    let doc = memory.doc("c1").expect("c1's document");
+    assert_eq!(doc.body, json!({ "versions": [1, 2, 3] }));
 }
 
 /// Records what it was handed; fails the batch indexes in `fail`.
