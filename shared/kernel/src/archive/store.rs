@@ -326,4 +326,11 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
     ) -> Result<Vec<(u64, String)>, StoreError> {
         self.hot.unexpired(stream, through).await
     }
+
+    /// The hot store's hashes (its bulk lookup where it has one): the trait's default would
+    /// read event by event through the merged history, and fill expired ones from the archive
+    /// this is to be held against.
+    async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
+        self.hot.hashes_at(at).await
+    }
 }
