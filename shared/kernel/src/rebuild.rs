@@ -56,8 +56,8 @@ impl StreamRebuild<'_> {
         };
         // Not from a feed: failures name no position.
         let events = events.into_iter().map(|e| ((), e)).collect();
-        let mut folded = step.fold(stream, Start::Known(doc), events).await;
-        if let Some(((), e)) = folded.failed.take() {
+        let (folded, failed) = step.fold(stream.clone(), Start::Known(doc), events).await;
+        if let Some(((), e)) = failed {
             return Err(e);
         }
         let n = folded.folded;

@@ -166,7 +166,7 @@ async fn project_one(
         projection: projection.as_ref(),
         schema,
     };
-    let failed = match step.project(stream, events).await {
+    let failed = match step.project(stream.clone(), events).await {
         Ok(()) => None,
         Err((
             index,

@@ -3,9 +3,9 @@
 //! the documents; and the rebuild of a new generation from the whole feed.
 
 use super::model::{doc_write, Projection, Rebuilt};
-use super::step::{Start, StreamStep};
+use super::step::{Folded, Start, StreamStep};
 use crate::admin::{self, Failure, RebuildRecord, RebuildState};
-use crate::envelope::{EventEnvelope, StreamId};
+
 use crate::error::ProjectionError;
 use crate::ports::{Doc, DocWrite, EventFeed, EventStore, ModelRef, ReadModelStore, StoreError};
 use crate::schema::EventSchema;
@@ -94,16 +94,6 @@ impl ProjectionRunner {
             });
         };
         let read = batch.len();
-        // Each aggregate's events of the projection's type, in feed order.
-        let mut streams: HashMap<String, Vec<(u64, EventEnvelope)>> = HashMap::new();
-        for fe in batch {
-            if fe.event.aggregate_type == self.projection.aggregate_type() {
-                streams
-                    .entry(fe.event.aggregate_id.clone())
-                    .or_default()
-                    .push((fe.position, fe.event));
-            }
-        }
         let step = StreamStep {
             events: self.events.as_ref(),
             read_models: self.store.as_ref(),
@@ -111,34 +101,33 @@ impl ProjectionRunner {
             projection: self.projection.as_ref(),
             schema: &self.schema,
         };
-        let mut changed: Vec<Doc> = Vec::new();
-        // The failure at the lowest feed position is the one reported.
-        let mut failed: Option<(u64, ProjectionError)> = None;
-        for (id, events) in streams {
-            // A cached document is trusted only if this batch continues it (or repeats it): if
-            // another runner moved the model on, read what it wrote.
-            let first = events.first().map_or(0, |(_, e)| e.version);
-            let start = match self
-                .cached(generation, &id)
-                .filter(|d| first <= d.version + 1)
-            {
-                Some(d) => Start::Known(Some(d)),
-                None => Start::Read,
-            };
-            let stream = StreamId::new(self.projection.aggregate_type(), id);
-            let folded = step.fold(&stream, start, events).await;
-            match folded.failed {
-                Some((at, e)) => {
-                    if failed.as_ref().is_none_or(|(p, _)| at < *p) {
-                        failed = Some((at, e));
-                    }
-                }
-                None => changed.extend(folded.doc.filter(|_| folded.changed)),
+        // Per aggregate: its step so far, each event pushed in feed order.
+        let mut steps: HashMap<String, Folded> = HashMap::new();
+        for fe in batch {
+            let ev = fe.event;
+            if ev.aggregate_type != self.projection.aggregate_type() {
+                continue;
             }
+            if !steps.contains_key(&ev.aggregate_id) {
+                // A cached document is trusted only if this event continues it (or repeats
+                // it): if another runner moved the model on, read what it wrote.
+                let cached = self
+                    .cached(generation, &ev.aggregate_id)
+                    .filter(|d| ev.version <= d.version + 1);
+                let start = match cached {
+                    Some(d) => Start::Known(Some(d)),
+                    None => Start::Read,
+                };
+                let begun = step.begin(ev.stream(), start).await?;
+                steps.insert(ev.aggregate_id.clone(), begun);
+            }
+            let folded = steps.get_mut(&ev.aggregate_id).expect("inserted above");
+            step.push(folded, fe.position, ev).await?;
         }
-        if let Some((_, e)) = failed {
-            return Err(e);
-        }
+        let changed: Vec<Doc> = steps
+            .into_values()
+            .filter_map(|f| f.doc.filter(|_| f.changed))
+            .collect();
         let writes: Vec<DocWrite> = changed
             .iter()
             .map(|d| {

@@ -57,21 +57,28 @@ pub enum Start {
     Known(Option<Doc>),
 }
 
-/// What a step did for one stream.
+/// One stream's step so far.
 #[derive(Debug)]
-pub struct Folded<T> {
-    /// The document after the step; `None` if there is none.
+pub struct Folded {
+    pub stream: StreamId,
+    /// The document as folded so far; `None` if there is none.
     pub doc: Option<Doc>,
     /// Whether the step moved the document on: then it has one write to make.
     pub changed: bool,
     /// Events folded, those filling a gap included.
     pub folded: u64,
-    /// Where it stopped and why: the event it could not fold, or whose gap it could not fill.
-    /// Nothing after it was folded; what came before it is in `doc`.
-    pub failed: Option<(T, ProjectionError)>,
 }
 
-impl<T> Folded<T> {
+impl Folded {
+    fn new(stream: StreamId, doc: Option<Doc>) -> Self {
+        Self {
+            stream,
+            doc,
+            changed: false,
+            folded: 0,
+        }
+    }
+
     /// The one write that stores the document, if the step moved it on.
     pub fn into_write(self, projection: &dyn Projection) -> Option<DocWrite> {
         let doc = self.doc.filter(|_| self.changed)?;
@@ -80,63 +87,72 @@ impl<T> Folded<T> {
 }
 
 impl StreamStep<'_> {
-    /// Folds one stream's events, in the order given, into its document. Versions the document
-    /// has applied are skipped (a replay or a duplicate); a version gap before an event (events
-    /// lost to a bisected or skipped batch) is filled from the event store first, and if the
-    /// store doesn't hold the missing events yet the step stops at that event.
+    /// Folds one stream's events, in the order given, into its document: [`Self::begin`], then
+    /// [`Self::push`] each event up to the first that fails. The failure, if any, names that
+    /// event; what came before it is folded.
     pub async fn fold<T: Origin>(
         &self,
-        stream: &StreamId,
+        stream: StreamId,
         start: Start,
         events: Vec<(T, EventEnvelope)>,
-    ) -> Folded<T> {
-        let mut out = Folded {
-            doc: None,
-            changed: false,
-            folded: 0,
-            failed: None,
-        };
+    ) -> (Folded, Option<(T, ProjectionError)>) {
         let Some(&(first, _)) = events.first() else {
-            if let Start::Known(doc) = start {
-                out.doc = doc;
-            }
-            return out;
+            let doc = match start {
+                Start::Known(doc) => doc,
+                Start::Read => None,
+            };
+            return (Folded::new(stream, doc), None);
         };
-        out.doc = match start {
-            Start::Known(doc) => doc,
-            Start::Read => match self.read_models.get(self.model, &stream.aggregate_id).await {
-                Ok(doc) => doc,
-                Err(e) => {
-                    out.failed = Some((first, e.into()));
-                    return out;
-                }
-            },
+        let mut out = match self.begin(stream.clone(), start).await {
+            Ok(out) => out,
+            Err(e) => return (Folded::new(stream, None), Some((first, e))),
         };
         for (at, event) in events {
-            let applied = out.doc.as_ref().map_or(0, |d| d.version);
-            if event.version <= applied {
-                continue; // seen already: a replay or a duplicate
-            }
-            let step = async {
-                if event.version > applied + 1 {
-                    self.fill_gap(stream, &mut out, applied, event.version, at)
-                        .await?;
-                }
-                self.fold_one(stream, &mut out, event, at)
-            };
-            if let Err(e) = step.await {
-                out.failed = Some((at, e));
-                break;
+            if let Err(e) = self.push(&mut out, at, event).await {
+                return (out, Some((at, e)));
             }
         }
-        out
+        (out, None)
+    }
+
+    /// Begins a stream's step at its document: the caller's, or read from the read model.
+    pub async fn begin(&self, stream: StreamId, start: Start) -> Result<Folded, ProjectionError> {
+        let doc = match start {
+            Start::Known(doc) => doc,
+            Start::Read => {
+                self.read_models
+                    .get(self.model, &stream.aggregate_id)
+                    .await?
+            }
+        };
+        Ok(Folded::new(stream, doc))
+    }
+
+    /// Takes the stream's next event. A version the document has applied is skipped (a replay
+    /// or a duplicate); a version gap before it (events lost to a bisected or skipped batch,
+    /// or a feed that skipped them) is filled from the event store first, and if the store
+    /// doesn't hold the missing events yet the step fails at this event. Nothing is to be
+    /// pushed after a failure.
+    pub async fn push<T: Origin>(
+        &self,
+        out: &mut Folded,
+        at: T,
+        event: EventEnvelope,
+    ) -> Result<(), ProjectionError> {
+        let applied = out.doc.as_ref().map_or(0, |d| d.version);
+        if event.version <= applied {
+            return Ok(()); // seen already: a replay or a duplicate
+        }
+        if event.version > applied + 1 {
+            self.fill_gap(out, applied, event.version, at).await?;
+        }
+        self.fold_one(out, event, at)
     }
 
     /// Folds the events between `applied` and `next` (both exclusive) from the event store.
     async fn fill_gap<T: Origin>(
         &self,
-        stream: &StreamId,
-        out: &mut Folded<T>,
+        out: &mut Folded,
         applied: u64,
         next: u64,
         at: T,
@@ -144,25 +160,24 @@ impl StreamStep<'_> {
         let (from, to) = (applied + 1, next - 1);
         let missing = self
             .events
-            .read_stream(stream, ReadRange::from(from).to(to))
+            .read_stream(&out.stream, ReadRange::from(from).to(to))
             .await?;
         if missing.len() as u64 != to - applied {
             let reason = format!(
                 "v{from}..v{to} are missing here and the event store does not hold them yet"
             );
-            return Err(self.event_error(stream, at, next, reason));
+            return Err(self.event_error(&out.stream, at, next, reason));
         }
-        tracing::info!(%stream, from, to, "filled a version gap from the event store");
+        tracing::info!(stream = %out.stream, from, to, "filled a version gap from the event store");
         for m in missing {
-            self.fold_one(stream, out, m, at)?;
+            self.fold_one(out, m, at)?;
         }
         Ok(())
     }
 
     fn fold_one<T: Origin>(
         &self,
-        stream: &StreamId,
-        out: &mut Folded<T>,
+        out: &mut Folded,
         event: EventEnvelope,
         at: T,
     ) -> Result<(), ProjectionError> {
@@ -173,12 +188,12 @@ impl StreamStep<'_> {
             out.doc.as_ref().map(|d| &d.body),
             event,
         )
-        .map_err(|reason| self.event_error(stream, at, version, reason))?;
+        .map_err(|reason| self.event_error(&out.stream, at, version, reason))?;
         match &mut out.doc {
             Some(doc) => (doc.version, doc.body) = (version, body),
             None => {
                 out.doc = Some(Doc {
-                    key: stream.aggregate_id.clone(),
+                    key: out.stream.aggregate_id.clone(),
                     version,
                     body,
                 })
@@ -210,14 +225,13 @@ impl StreamStep<'_> {
     /// failed write fails the stream at its first event.
     pub async fn project<T: Origin>(
         &self,
-        stream: &StreamId,
+        stream: StreamId,
         events: Vec<(T, EventEnvelope)>,
     ) -> Result<(), (T, ProjectionError)> {
         let Some(&(first, _)) = events.first() else {
             return Ok(());
         };
-        let mut folded = self.fold(stream, Start::Read, events).await;
-        let failed = folded.failed.take();
+        let (folded, failed) = self.fold(stream, Start::Read, events).await;
         if let Some(write) = folded.into_write(self.projection) {
             if let Err(e) = self.read_models.apply(self.model, vec![write], None).await {
                 return Err((first, e.into()));
