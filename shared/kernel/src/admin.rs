@@ -3,8 +3,8 @@
 //! (`GET /admin/projections`) built from those, the checkpoints and the feed.
 
 use crate::envelope::now;
+use crate::error::ProjectionError;
 use crate::ports::{DocWrite, EventFeed, ModelRef, ReadModelStore, StoreError};
-use crate::projection::ProjectionError;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -57,7 +57,7 @@ pub struct EventEnvelope {
     pub metadata: Metadata,
     #[serde(with = "rfc3339")]
     pub recorded_at: DateTime<Utc>,
-    /// SHA-256 over this envelope and its predecessor's hash ([`crate::chain`]); empty only on
+    /// SHA-256 over this envelope and its predecessor's hash (the `chain` module); empty only on
     /// events stored before chains existed.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,

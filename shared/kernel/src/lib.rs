@@ -4,7 +4,6 @@
 pub mod admin;
 pub mod aggregate;
 pub mod archive;
-pub mod archived;
 pub mod audit;
 mod cache;
 pub mod chain;
@@ -18,6 +17,16 @@ pub mod rebuild;
 pub mod replay;
 pub mod schema;
 pub mod service;
+
+/// The archive in use, by its path from before `archive/` held it all: the merged event store,
+/// the archiver and the parallel replay.
+pub mod archived {
+    pub use crate::archive::archiver::{
+        run_archiver, ArchivePolicy, ArchiveReport, ArchiverOptions,
+    };
+    pub use crate::archive::replay::{replay_archived, ReplayCounts};
+    pub use crate::archive::store::ArchivedEventStore;
+}
 
 pub use aggregate::{Aggregate, DomainError, DomainEvent, Refusal};
 pub use command::{

@@ -9,36 +9,7 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum StoreError {
-    #[error("storage backend failed: {0}")]
-    Backend(String),
-    /// The backend is throttling or did not answer in time: transient, worth retrying after
-    /// a pause (HTTP 503 with `Retry-After`).
-    #[error("storage backend is busy or did not answer in time; retry shortly: {0}")]
-    Unavailable(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
-    #[error("request refused by the store: {0}")]
-    Invalid(String),
-}
-
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum AppendError {
-    /// The optimistic-concurrency check failed: someone else appended first.
-    #[error("version conflict on {stream}: expected version {expected}, actual {actual}")]
-    Conflict {
-        stream: String,
-        expected: u64,
-        actual: u64,
-    },
-    /// The command's idempotency key is already recorded: nothing was appended.
-    #[error("idempotency key `{0}` is already recorded")]
-    DuplicateIdempotencyKey(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
+pub use crate::error::{AppendError, PublishError, StoreError};
 /// The outcome of a command, kept under its idempotency key so a repeat returns it unchanged,
 /// until `expires_at`: from then on the key is free again.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -98,9 +69,9 @@ pub struct AppendRequest {
     /// [`AppendError::DuplicateIdempotencyKey`]) while a stored record under it is live at
     /// this record's `recorded_at`; an expired one is replaced, deleted or not.
     pub idempotency: Option<IdempotencyRecord>,
-    /// Each event's stored text as sealed ([`crate::chain::seal_stored`]), which a store may
+    /// Each event's stored text as sealed ([`crate::chain::hash::seal_stored`]), which a store may
     /// write instead of rendering the envelopes again; empty when the caller has none.
-    pub stored: Vec<crate::chain::StoredText>,
+    pub stored: Vec<crate::chain::hash::StoredText>,
 }
 
 /// Which part of a stream to read; versions are inclusive.
@@ -175,7 +146,7 @@ pub trait EventStore: Send + Sync + 'static {
     async fn verify_all_chains(
         &self,
         _progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Option<Result<crate::chain::VerifyReport, StoreError>> {
+    ) -> Option<Result<crate::chain::check::VerifyReport, StoreError>> {
         None
     }
     /// Marks hot copies of archived events to expire at `at` (a DynamoDB TTL), each only if
@@ -217,14 +188,14 @@ pub trait EventStore: Send + Sync + 'static {
     async fn verify_copies(
         &self,
         _progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<Vec<crate::chain::ChainBreak>, StoreError> {
+    ) -> Result<Vec<crate::chain::check::ChainBreak>, StoreError> {
         Ok(Vec::new())
     }
     /// [`EventStore::verify_copies`] for one stream.
     async fn verify_stream_copies(
         &self,
         _stream: &StreamId,
-    ) -> Result<Option<crate::chain::ChainBreak>, StoreError> {
+    ) -> Result<Option<crate::chain::check::ChainBreak>, StoreError> {
         Ok(None)
     }
     /// Events recorded from `from` to `to` (both inclusive), across streams, in
@@ -486,17 +457,6 @@ pub trait ReadModelStore: Send + Sync + 'static {
     async fn activate(&self, projection: &str, generation: u64) -> Result<(), StoreError>;
     /// Removes a generation's documents (never the active one).
     async fn drop_generation(&self, projection: &str, generation: u64) -> Result<(), StoreError>;
-}
-
-/// Why some events were not published. `failed` holds indexes into the published slice, in
-/// order; every event of an aggregate after its first failed one is among them, so a retry
-/// from the first failure keeps each aggregate's order.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[error("{} of {total} events not published: {reason}", failed.len())]
-pub struct PublishError {
-    pub total: usize,
-    pub failed: Vec<usize>,
-    pub reason: String,
 }
 
 /// Distributes events (upcast to the current schema) to other services: Kinesis on AWS, a

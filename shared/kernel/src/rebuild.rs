@@ -11,7 +11,7 @@
 use crate::admin::{self, Failure, RebuildRecord, RebuildState};
 use crate::envelope::StreamId;
 use crate::ports::{Doc, DocWrite, EventStore, ModelRef, ReadModelStore, ReadRange, StoreError};
-use crate::projection::{doc_write, fold_event, Projection, ProjectionError, Rebuilt};
+use crate::projection::{Projection, ProjectionError, Rebuilt, Start, StreamStep};
 use crate::schema::EventSchema;
 
 /// Streams per page of the store's stream listing, by default.
@@ -34,48 +34,34 @@ pub struct StreamProgress {
 }
 
 impl StreamRebuild<'_> {
-    /// Folds `stream` from `after` (its document's version) to its end; `None` if there is
-    /// nothing new.
+    /// Folds `stream` past its document's version to its end through the one stream step;
+    /// the write, `None` if there is nothing new, and the events folded.
     async fn fold(
         &self,
+        model: &ModelRef,
         stream: &StreamId,
-        mut doc: Option<Doc>,
+        doc: Option<Doc>,
     ) -> Result<(Option<DocWrite>, u64), ProjectionError> {
         let after = doc.as_ref().map_or(0, |d| d.version);
         let events = self
             .events
             .read_stream(stream, ReadRange::from(after + 1))
             .await?;
-        let n = events.len() as u64;
-        if n == 0 {
-            return Ok((None, 0));
+        let step = StreamStep {
+            events: self.events,
+            read_models: self.store,
+            model,
+            projection: self.projection,
+            schema: self.schema,
+        };
+        // Not from a feed: failures name no position.
+        let events = events.into_iter().map(|e| ((), e)).collect();
+        let (folded, failed) = step.fold(stream.clone(), Start::Known(doc), events).await;
+        if let Some(((), e)) = failed {
+            return Err(e);
         }
-        for ev in events {
-            let version = ev.version;
-            let body = fold_event(
-                self.projection,
-                self.schema,
-                doc.as_ref().map(|d| &d.body),
-                ev,
-            )
-            .map_err(|reason| ProjectionError::Event {
-                projection: self.projection.name().to_owned(),
-                // Not from a feed: there is no position.
-                position: 0,
-                stream: stream.to_string(),
-                version,
-                reason,
-            })?;
-            doc = Some(Doc {
-                key: stream.aggregate_id.clone(),
-                version,
-                body,
-            });
-        }
-        Ok((
-            doc.map(|d| doc_write(self.projection, d.key, d.version, d.body)),
-            n,
-        ))
+        let n = folded.folded;
+        Ok((folded.into_write(self.projection), n))
     }
 
     /// One pass over every stream of the projection's type, from `cursor`, writing into
@@ -107,7 +93,7 @@ impl StreamRebuild<'_> {
                 } else {
                     None
                 };
-                let (write, n) = self.fold(stream, doc).await?;
+                let (write, n) = self.fold(&model, stream, doc).await?;
                 writes.extend(write);
                 done.events += n;
                 done.streams += 1;

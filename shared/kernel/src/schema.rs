@@ -9,31 +9,7 @@ use std::sync::Arc;
 /// Turns the data of one schema version into the next one (`from` -> `from + 1`).
 pub type Upcaster = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UpcastError {
-    #[error("unknown event type `{event_type}` (stored as {stream} v{version})")]
-    UnknownEventType {
-        event_type: String,
-        stream: String,
-        version: u64,
-    },
-    #[error("event `{event_type}` has schema version {found}, newer than the {current} this build knows (stored as {stream} v{version})")]
-    NewerSchemaVersion {
-        event_type: String,
-        found: u32,
-        current: u32,
-        stream: String,
-        version: u64,
-    },
-    #[error("no upcaster for `{event_type}` from schema version {from}")]
-    MissingUpcaster { event_type: String, from: u32 },
-    #[error("upcasting `{event_type}` from schema version {from} failed: {reason}")]
-    Failed {
-        event_type: String,
-        from: u32,
-        reason: String,
-    },
-}
+pub use crate::error::UpcastError;
 
 /// The event types an aggregate knows, their current schema versions and the upcasters
 /// that bring older stored versions up to date.

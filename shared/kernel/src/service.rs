@@ -285,6 +285,7 @@ impl Chronicle {
         let schema = self.aggregates.get(p.aggregate_type())?.schema().clone();
         Some(ProjectionRunner::new(
             self.feed.clone()?,
+            self.events.clone(),
             self.read_models.clone(),
             p.clone(),
             schema,
@@ -460,12 +461,13 @@ impl Chronicle {
         &self,
         publisher: Arc<dyn crate::ports::Publisher>,
     ) -> Option<crate::publishing::PublishRunner> {
-        Some(crate::publishing::PublishRunner {
-            feed: self.feed.clone()?,
-            chronicle: self.clone(),
+        let registry = self.clone();
+        Some(crate::publishing::PublishRunner::new(
+            self.feed.clone()?,
+            self.read_models.clone(),
             publisher,
-            batch_size: 500,
-        })
+            Arc::new(move |e| registry.upcast(e)),
+        ))
     }
 
     /// `GET /{aggregate_type}?{field}={value}`: documents of the type's list read model.

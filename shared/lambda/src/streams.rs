@@ -8,10 +8,9 @@ use crate::App;
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use chronicle_aws::item::{self, StoredItem};
-use chronicle_kernel::{
-    doc_write, fold_event, EventEnvelope, EventStore, ModelRef, Projection, Publisher,
-    ReadModelStore, ReadRange, StreamId,
-};
+use chronicle_kernel::projection::StreamStep;
+use chronicle_kernel::publishing::publish_batch;
+use chronicle_kernel::{EventEnvelope, ModelRef, Projection, ProjectionError, StreamId};
 use futures::stream::{self, StreamExt};
 use serde_dynamo::AttributeValue;
 use std::collections::BTreeMap;
@@ -101,15 +100,6 @@ where
         .await
 }
 
-fn span_for(e: &EventEnvelope) -> tracing::Span {
-    tracing::info_span!(
-        "record",
-        aggregate_type = %e.aggregate_type,
-        aggregate_id = %e.aggregate_id,
-        version = e.version
-    )
-}
-
 // ----------------------------------------------------------------------------------------
 // Projector
 // ----------------------------------------------------------------------------------------
@@ -149,7 +139,8 @@ async fn project_stream(app: &App, records: &[Decoded]) -> Option<usize> {
     failed
 }
 
-/// Folds the records into one projection's document of this stream and writes it once.
+/// Folds the records into one projection's document of this stream and writes it once,
+/// through the kernel's one stream step (which fills version gaps from the event store).
 async fn project_one(
     app: &App,
     projection: Arc<dyn Projection>,
@@ -157,91 +148,41 @@ async fn project_one(
     stream: &StreamId,
     records: &[Decoded],
 ) -> Option<usize> {
+    // The records up to the first undecodable one, which fails: none after it is handled.
+    let events: Vec<(usize, EventEnvelope)> = records
+        .iter()
+        .map_while(|r| r.event.as_ref().ok().map(|e| (r.index, e.clone())))
+        .collect();
+    let undecodable = records.get(events.len()).and_then(|r| {
+        let reason = r.event.as_ref().err()?;
+        tracing::error!(index = r.index, %reason, "undecodable event record");
+        Some(r.index)
+    });
     let model = ModelRef::active(projection.name());
-    let first = records.first()?.index;
-    let doc = match app.read_models.get(&model, &stream.aggregate_id).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "reading the document failed");
-            return Some(first);
+    let step = StreamStep {
+        events: app.events.as_ref(),
+        read_models: app.read_models.as_ref(),
+        model: &model,
+        projection: projection.as_ref(),
+        schema,
+    };
+    let failed = match step.project(stream.clone(), events).await {
+        Ok(()) => None,
+        Err((
+            index,
+            ProjectionError::Event {
+                version, reason, ..
+            },
+        )) => {
+            tracing::error!(%stream, index, version, %reason, "projection failed; stopping this aggregate here");
+            Some(index)
+        }
+        Err((index, ProjectionError::Store(e))) => {
+            tracing::error!(%stream, index, error = %e, "the store failed; stopping this aggregate here");
+            Some(index)
         }
     };
-    let start = doc.as_ref().map_or(0, |d| d.version);
-    let mut applied = start;
-    let mut body = doc.map(|d| d.body);
-    let mut failed = None;
-    let fold = |body: &mut Option<serde_json::Value>, e: EventEnvelope| -> Result<(), String> {
-        let _span = span_for(&e).entered();
-        *body = Some(fold_event(projection.as_ref(), schema, body.as_ref(), e)?);
-        Ok(())
-    };
-    for r in records {
-        let e = match &r.event {
-            Ok(e) => e,
-            Err(reason) => {
-                tracing::error!(index = r.index, %reason, "undecodable event record");
-                failed = Some(r.index);
-                break;
-            }
-        };
-        if e.version <= applied {
-            continue; // a duplicate or a replay
-        }
-        if e.version > applied + 1 {
-            // A gap (records lost to a bisected or skipped batch): read them from the store.
-            let range = ReadRange::from(applied + 1).to(e.version - 1);
-            let missing = match app.events.read_stream(stream, range).await {
-                Ok(m) => m,
-                Err(err) => {
-                    tracing::error!(error = %err, "reading a gap from the event store failed");
-                    failed = Some(r.index);
-                    break;
-                }
-            };
-            tracing::info!(%stream, from = applied + 1, to = e.version - 1, read = missing.len(), "filled a version gap from the event store");
-            if missing.len() as u64 != e.version - 1 - applied {
-                tracing::error!(%stream, "the event store does not have the gap's events yet");
-                failed = Some(r.index);
-                break;
-            }
-            let mut gap_failed = false;
-            for m in missing {
-                let v = m.version;
-                if let Err(reason) = fold(&mut body, m) {
-                    tracing::error!(%stream, version = v, %reason, "projection failed");
-                    gap_failed = true;
-                    break;
-                }
-                applied = v;
-            }
-            if gap_failed {
-                failed = Some(r.index);
-                break;
-            }
-        }
-        let v = e.version;
-        if let Err(reason) = fold(&mut body, e.clone()) {
-            tracing::error!(%stream, version = v, %reason, "projection failed; stopping this aggregate here");
-            failed = Some(r.index);
-            break;
-        }
-        applied = v;
-    }
-    if applied > start {
-        if let Some(body) = body {
-            let write = doc_write(
-                projection.as_ref(),
-                stream.aggregate_id.clone(),
-                applied,
-                body,
-            );
-            if let Err(e) = app.read_models.apply(&model, vec![write], None).await {
-                tracing::error!(error = %e, "writing the document failed");
-                return Some(first);
-            }
-        }
-    }
-    failed
+    min_failure(failed, undecodable)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -251,36 +192,22 @@ async fn project_one(
 /// Publishes the batch's events, upcast to the current schema, to Kinesis.
 pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
     let batch = decode(&event.records);
-    let mut failed = batch.unreadable_from;
-    // Each stream's events up to its first undecodable one, in batch order.
-    let mut out: Vec<(usize, EventEnvelope)> = Vec::new();
-    for records in batch.streams.into_values() {
-        for r in records {
-            let _span = r.event.as_ref().ok().map(|e| span_for(e).entered());
-            let up = r
-                .event
-                .and_then(|e| app.chronicle.upcast(e).map_err(|e| e.to_string()));
-            match up {
-                Ok(e) => out.push((r.index, e)),
-                Err(reason) => {
-                    tracing::error!(index = r.index, %reason, "event can't be published; stopping this aggregate here");
-                    failed = min_failure(failed, Some(r.index));
-                    break;
-                }
-            }
+    // Back in batch order: the step stops at the first record it can't publish.
+    let mut records: Vec<(usize, Result<EventEnvelope, String>)> = batch
+        .streams
+        .into_values()
+        .flatten()
+        .map(|r| (r.index, r.event))
+        .collect();
+    records.sort_by_key(|(i, _)| *i);
+    let upcast = |e: EventEnvelope| app.chronicle.upcast(e);
+    let failed = match publish_batch(app.publisher.as_ref(), &upcast, records).await {
+        Ok(()) => batch.unreadable_from,
+        Err(stop) => {
+            tracing::error!(index = stop.index, error = %stop.error, "publishing stopped at this record; the retry starts here");
+            min_failure(batch.unreadable_from, Some(stop.index))
         }
-    }
-    out.sort_by_key(|(i, _)| *i);
-    // Nothing at or after the first failure needs sending now: the retry starts there.
-    if let Some(f) = failed {
-        out.retain(|(i, _)| *i < f);
-    }
-    let (indexes, envelopes): (Vec<usize>, Vec<EventEnvelope>) = out.into_iter().unzip();
-    if let Err(e) = app.publisher.publish(&envelopes).await {
-        tracing::error!(error = %e, "publishing failed");
-        let first = e.failed.first().and_then(|&i| indexes.get(i).copied());
-        failed = min_failure(failed, first);
-    }
+    };
     response(&event.records, failed)
 }
 

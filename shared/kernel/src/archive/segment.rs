@@ -1,25 +1,15 @@
-//! The archive: a stream's older events copied to compressed, immutable segment files (a
-//! directory on the embedded default, S3 on AWS), so hot copies may expire and a replay of the
-//! whole store can read segments in parallel.
-//!
-//! A segment holds events of one aggregate type: per stream, one LZ4 block (a *frame*) of its
-//! events in version order, then a JSON index of the frames, then a fixed trailer. The index
-//! sits at the end so a segment is written in one pass, and a reader finds any frame with two
-//! ranged reads (trailer, index) plus one (the frame). Each frame carries a CRC-32 of its
-//! compressed bytes (to catch rot before decompressing) and the chain hashes it enters and
-//! leaves with (to link frames into one verifiable chain per stream). The catalog of what is
-//! archived is read from the segments themselves: there is no second copy of it to go stale.
+//! The segment format (its layout is told on the archive module): writing a segment, reading
+//! its index, frames and records; and where segments are kept, the [`Archive`] port.
 
-use crate::chain::{hash_fields, CanonicalFields, ChainBreak, GENESIS};
+use crate::chain::{stored_json, CanonicalFields};
 use crate::envelope::{format_timestamp, parse_timestamp, EventEnvelope, Metadata, StreamId};
 use crate::ports::{RawEvent, StoreError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::sync::Arc;
 
-const SEGMENT_MAGIC: &[u8; 8] = b"CHRSEG01";
+pub(super) const SEGMENT_MAGIC: &[u8; 8] = b"CHRSEG01";
 const TRAILER_MAGIC: &[u8; 8] = b"CHRSIX01";
 /// Index length (u64 LE), index CRC-32 (u32 LE), magic.
 const TRAILER_LEN: usize = 8 + 4 + 8;
@@ -188,8 +178,8 @@ fn encode_event(buf: &mut Vec<u8>, e: &EventEnvelope) {
     buf.extend_from_slice(&e.schema_version.to_le_bytes());
     put_str(buf, &e.event_id.to_string());
     put_str(buf, &e.event_type);
-    put_str(buf, &crate::chain::stored_json(&e.data));
-    put_str(buf, &crate::chain::stored_json(&e.metadata));
+    put_str(buf, &stored_json(&e.data));
+    put_str(buf, &stored_json(&e.metadata));
     put_str(buf, &format_timestamp(&e.recorded_at));
     put_str(buf, &e.hash);
 }
@@ -432,123 +422,6 @@ pub fn frame_bytes<'a>(
         })
 }
 
-/// A segment known to the catalog.
-#[derive(Clone, Debug)]
-pub struct CatalogSegment {
-    pub name: String,
-    pub index: Arc<SegmentIndex>,
-}
-
-/// One frame of a stream: which segment, which frame.
-#[derive(Clone, Copy, Debug)]
-pub struct FrameRef {
-    pub segment: usize,
-    pub frame: usize,
-}
-
-/// What the archive holds, read from the segments' indexes.
-#[derive(Clone, Debug, Default)]
-pub struct Catalog {
-    pub segments: Vec<CatalogSegment>,
-    /// Each stream's frames, by `from_version` (then segment name).
-    streams: HashMap<StreamId, Vec<FrameRef>>,
-}
-
-impl Catalog {
-    /// Reads every segment's index.
-    pub async fn load(archive: &dyn Archive) -> Result<Self, StoreError> {
-        Self::default().refreshed(archive).await
-    }
-
-    /// This catalog plus the segments written since it was read.
-    pub async fn refreshed(&self, archive: &dyn Archive) -> Result<Self, StoreError> {
-        use futures::stream::{self, StreamExt, TryStreamExt};
-        let known: std::collections::HashSet<&str> =
-            self.segments.iter().map(|s| s.name.as_str()).collect();
-        let names: Vec<String> = archive
-            .list_segments("")
-            .await?
-            .into_iter()
-            .filter(|n| !known.contains(n.as_str()))
-            .collect();
-        let fresh: Vec<CatalogSegment> = stream::iter(names)
-            .map(|name| async move {
-                let index = read_index(archive, &name).await?;
-                Ok::<_, StoreError>(CatalogSegment {
-                    name,
-                    index: Arc::new(index),
-                })
-            })
-            .buffered(16)
-            .try_collect()
-            .await?;
-        let mut segments = self.segments.clone();
-        segments.extend(fresh);
-        segments.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut streams: HashMap<StreamId, Vec<FrameRef>> = HashMap::new();
-        for (si, s) in segments.iter().enumerate() {
-            for (fi, f) in s.index.frames.iter().enumerate() {
-                streams
-                    .entry(StreamId::new(&s.index.aggregate_type, &f.aggregate_id))
-                    .or_default()
-                    .push(FrameRef {
-                        segment: si,
-                        frame: fi,
-                    });
-            }
-        }
-        for frames in streams.values_mut() {
-            frames.sort_by_key(|r| {
-                (
-                    segments[r.segment].index.frames[r.frame].from_version,
-                    r.segment,
-                )
-            });
-        }
-        Ok(Self { segments, streams })
-    }
-
-    pub fn frame(&self, r: FrameRef) -> (&CatalogSegment, &FrameIndex) {
-        let s = &self.segments[r.segment];
-        (s, &s.index.frames[r.frame])
-    }
-
-    /// The stream's frames, by version.
-    pub fn frames(&self, stream: &StreamId) -> &[FrameRef] {
-        self.streams.get(stream).map_or(&[], |v| v.as_slice())
-    }
-
-    /// The version up to which the stream is archived without a gap from version 1, with the
-    /// hash there (0 and the genesis hash when nothing is).
-    pub fn archived_head(&self, stream: &StreamId) -> (u64, String) {
-        let mut head = (0, GENESIS.to_owned());
-        for r in self.frames(stream) {
-            let (_, f) = self.frame(*r);
-            if f.from_version > head.0 + 1 {
-                break;
-            }
-            if f.to_version > head.0 {
-                head = (f.to_version, f.head_hash.clone());
-            }
-        }
-        head
-    }
-
-    /// Segments of one aggregate type, in name order.
-    pub fn segments_of<'a>(
-        &'a self,
-        aggregate_type: &'a str,
-    ) -> impl Iterator<Item = &'a CatalogSegment> + 'a {
-        self.segments
-            .iter()
-            .filter(move |s| s.index.aggregate_type == aggregate_type)
-    }
-
-    pub fn events(&self) -> u64 {
-        self.segments.iter().map(|s| s.index.events).sum()
-    }
-}
-
 /// One frame's bytes, by a ranged read of its segment.
 pub async fn read_frame(
     archive: &dyn Archive,
@@ -562,274 +435,36 @@ pub async fn read_frame(
     archive.read_segment(segment, span).await
 }
 
-/// Reads a stream's archived events from `from` to `to` (inclusive), in version order, as stored.
-pub async fn read_archived(
+/// Whole segments, `concurrency` at a time, in the order named.
+pub(crate) async fn fetch_segments(
     archive: &dyn Archive,
-    catalog: &Catalog,
-    stream: &StreamId,
-    from: u64,
-    to: u64,
-) -> Result<Vec<EventEnvelope>, StoreError> {
-    let mut out: Vec<EventEnvelope> = Vec::new();
-    for r in catalog.frames(stream) {
-        let (seg, f) = catalog.frame(*r);
-        let next = out.last().map_or(from, |e| e.version + 1);
-        if f.to_version < next || f.from_version > to {
-            continue;
-        }
-        let bytes = read_frame(archive, &seg.name, f).await?;
-        let raw = unpack_frame(&seg.name, f, &bytes)?;
-        for rec in frame_records(&seg.name, f, &raw)? {
-            if rec.version >= next && rec.version <= to {
-                out.push(rec.envelope(stream)?);
-            }
-        }
-    }
-    Ok(out)
+    names: Vec<String>,
+    concurrency: usize,
+) -> Result<Vec<(String, Arc<Vec<u8>>)>, StoreError> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+    stream::iter(names)
+        .map(|name| async move {
+            let bytes = archive.read_segment(&name, ByteRange::All).await?;
+            Ok::<_, StoreError>((name, Arc::new(bytes)))
+        })
+        .buffered(concurrency)
+        .try_collect()
+        .await
 }
 
-/// What checking the archive found for one stream: how far its archived chain verified.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ArchivedChain {
-    pub stream: StreamId,
-    /// The last version of the unbroken archived chain from version 1, and its hash.
-    pub version: u64,
-    pub head: String,
-    pub broken: Option<ChainBreak>,
-    pub events: u64,
-}
-
-/// Verifies the archive's frames: checksums, decoding, each event's hash and the links between
-/// a stream's frames from version 1, a window of segments at a time (in name order), so an
-/// archive of any size is checked in bounded memory: each stream's chain is carried from one
-/// window on. Workers share the streams. Blocking: run it off the async runtime.
-pub struct ArchiveVerifier {
-    shards: Vec<HashMap<StreamId, ArchivedChain>>,
-    done: u64,
-}
-
-impl ArchiveVerifier {
-    pub fn new(workers: usize) -> Self {
-        Self {
-            shards: (0..workers.max(1)).map(|_| HashMap::new()).collect(),
-            done: 0,
-        }
-    }
-
-    /// Checks the next segments (by name order); blocking.
-    pub fn window(
-        &mut self,
-        segments: &[(String, Arc<Vec<u8>>)],
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        let workers = self.shards.len();
-        let done = AtomicU64::new(self.done);
-        let shards = std::mem::take(&mut self.shards);
-        self.shards = std::thread::scope(|scope| {
-            let handles: Vec<_> = shards
-                .into_iter()
-                .enumerate()
-                .map(|(w, mut chains)| {
-                    let done = &done;
-                    scope.spawn(move || {
-                        let mut frames: Vec<(&str, &[u8], FrameIndex, String)> = Vec::new();
-                        for (name, bytes) in segments {
-                            let index = match index_of(name, bytes) {
-                                Ok(i) => i,
-                                // Every worker sees it; worker 0 reports it.
-                                Err(e) if w == 0 => {
-                                    let ty = name.split('/').next().unwrap_or("");
-                                    let stream = StreamId::new(ty, format!("*{name}"));
-                                    chains.insert(
-                                        stream.clone(),
-                                        ArchivedChain {
-                                            broken: Some(ChainBreak {
-                                                aggregate_type: ty.to_owned(),
-                                                aggregate_id: format!("(segment {name})"),
-                                                version: 0,
-                                                problem: e.to_string(),
-                                            }),
-                                            stream,
-                                            version: 0,
-                                            head: String::new(),
-                                            events: 0,
-                                        },
-                                    );
-                                    continue;
-                                }
-                                Err(_) => continue,
-                            };
-                            for f in index.frames {
-                                if shard(&f.aggregate_id, workers) == w {
-                                    frames.push((name, bytes, f, index.aggregate_type.clone()));
-                                }
-                            }
-                        }
-                        // By stream, then version: links are checked in order.
-                        frames.sort_by(|a, b| {
-                            (&a.3, &a.2.aggregate_id, a.2.from_version).cmp(&(
-                                &b.3,
-                                &b.2.aggregate_id,
-                                b.2.from_version,
-                            ))
-                        });
-                        for (name, bytes, f, ty) in &frames {
-                            let stream = StreamId::new(ty, &f.aggregate_id);
-                            let chain =
-                                chains
-                                    .entry(stream.clone())
-                                    .or_insert_with(|| ArchivedChain {
-                                        stream: stream.clone(),
-                                        version: 0,
-                                        head: GENESIS.to_owned(),
-                                        broken: None,
-                                        events: 0,
-                                    });
-                            let n = check_frame(name, bytes, f, chain);
-                            done.fetch_add(n, Ordering::Relaxed);
-                            progress(done.load(Ordering::Relaxed));
-                        }
-                        chains
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or_default())
-                .collect()
-        });
-        self.done = done.load(Ordering::Relaxed);
-    }
-
-    /// Every stream's chain, by stream.
-    pub fn finish(self) -> Vec<ArchivedChain> {
-        let mut all: Vec<ArchivedChain> = self
-            .shards
-            .into_iter()
-            .flat_map(|m| m.into_values())
-            .collect();
-        all.sort_by(|a, b| a.stream.cmp(&b.stream));
-        all
-    }
-}
-
+/// Which of `workers` takes a stream's frames (verifying, replaying).
 pub(crate) fn shard(id: &str, workers: usize) -> usize {
     use std::hash::BuildHasher;
     (rustc_hash::FxBuildHasher.hash_one(id) % workers as u64) as usize
 }
 
-/// Verifies one stream's archived chain from its frames alone (each as `(segment, index,
-/// the frame's bytes)`, in version order), without reading whole segments.
-pub fn verify_frames(stream: &StreamId, frames: &[(String, FrameIndex, Vec<u8>)]) -> ArchivedChain {
-    let mut chain = ArchivedChain {
-        stream: stream.clone(),
-        version: 0,
-        head: GENESIS.to_owned(),
-        broken: None,
-        events: 0,
-    };
-    for (name, f, bytes) in frames {
-        // The bytes are the frame alone: it starts at offset 0 of them.
-        let at_zero = FrameIndex {
-            offset: 0,
-            ..f.clone()
-        };
-        check_frame(name, bytes, &at_zero, &mut chain);
-    }
-    chain
-}
-
-/// Follows one frame on from `chain`; returns the events it checked.
-fn check_frame(name: &str, bytes: &[u8], f: &FrameIndex, chain: &mut ArchivedChain) -> u64 {
-    if chain.broken.is_some() {
-        return 0;
-    }
-    let stream = chain.stream.clone();
-    let fail = |chain: &mut ArchivedChain, version: u64, problem: String| {
-        chain.broken = Some(ChainBreak {
-            aggregate_type: stream.aggregate_type.clone(),
-            aggregate_id: stream.aggregate_id.clone(),
-            version,
-            problem: format!("archive segment {name}: {problem}"),
-        });
-    };
-    if f.to_version <= chain.version {
-        // An overlapping frame (two archivers raced): it must agree where it ends.
-        return 0;
-    }
-    if f.from_version > chain.version + 1 {
-        fail(
-            chain,
-            chain.version + 1,
-            format!(
-                "missing: the next archived frame starts at v{}",
-                f.from_version
-            ),
-        );
-        return 0;
-    }
-    let records = match frame_bytes(name, bytes, f).and_then(|b| unpack_frame(name, f, b)) {
-        Ok(raw) => raw,
-        Err(e) => {
-            fail(chain, f.from_version.max(chain.version + 1), e.to_string());
-            return 0;
-        }
-    };
-    let records = match frame_records(name, f, &records) {
-        Ok(r) => r,
-        Err(e) => {
-            fail(chain, f.from_version.max(chain.version + 1), e.to_string());
-            return 0;
-        }
-    };
-    let mut n = 0;
-    for r in records {
-        if r.version <= chain.version {
-            // Overlap with an earlier frame: the copies must be the same event.
-            continue;
-        }
-        let computed = hash_fields(&chain.head, &r.canonical(&stream));
-        if computed != r.hash {
-            fail(
-                chain,
-                r.version,
-                "changed: the archived event does not match its hash (or its predecessor's)".into(),
-            );
-            return n;
-        }
-        chain.version = r.version;
-        chain.head = computed;
-        chain.events += 1;
-        n += 1;
-    }
-    if f.head_hash != chain.head {
-        fail(
-            chain,
-            f.to_version,
-            "the index names another chain head than its events".into(),
-        );
-    }
-    n
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::chain::GENESIS;
     use serde_json::json;
 
-    /// The whole archive in one window.
-    fn verify_archive_blocking(
-        segments: &[(String, Arc<Vec<u8>>)],
-        workers: usize,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Vec<ArchivedChain> {
-        let mut v = ArchiveVerifier::new(workers);
-        v.window(segments, progress);
-        v.finish()
-    }
-
-    fn events(id: &str, n: u64) -> Vec<EventEnvelope> {
+    pub(in crate::archive) fn events(id: &str, n: u64) -> Vec<EventEnvelope> {
         let mut out: Vec<EventEnvelope> = (1..=n)
             .map(|v| EventEnvelope {
                 event_id: uuid::Uuid::now_v7(),
@@ -848,7 +483,7 @@ mod tests {
         out
     }
 
-    fn segment(frames: &[(&[EventEnvelope], &str)]) -> Vec<u8> {
+    pub(in crate::archive) fn segment(frames: &[(&[EventEnvelope], &str)]) -> Vec<u8> {
         let mut b = SegmentBuilder::new("accounts");
         for (events, prev) in frames {
             b.add_frame(events, prev).unwrap();
@@ -881,45 +516,5 @@ mod tests {
         assert!(SegmentBuilder::new("accounts")
             .add_frame(&a, GENESIS)
             .is_err());
-    }
-
-    #[test]
-    fn verify_links_frames_and_names_a_changed_event() {
-        let a = events("a", 6);
-        let s1 = segment(&[(&a[..3], GENESIS)]);
-        let s2 = segment(&[(&a[3..], &a[2].hash)]);
-        let segs = vec![
-            ("1".to_owned(), Arc::new(s1)),
-            ("2".to_owned(), Arc::new(s2.clone())),
-        ];
-        let out = verify_archive_blocking(&segs, 2, &|_| {});
-        assert_eq!(out.len(), 1);
-        assert_eq!((out[0].version, out[0].broken.clone()), (6, None));
-
-        // Change a byte of the second segment's frame and fix its CRC: the hash still tells.
-        let mut forged = a.clone();
-        forged[4].data = json!({"amount": 999, "currency": "EUR"});
-        let s2b = segment(&[(&forged[3..], &a[2].hash)]);
-        let segs = vec![segs[0].clone(), ("2".to_owned(), Arc::new(s2b))];
-        let out = verify_archive_blocking(&segs, 1, &|_| {});
-        let b = out[0].broken.clone().unwrap();
-        assert_eq!(b.version, 5, "{b}");
-
-        // Flip a compressed byte: the checksum tells.
-        let mut rotten = s2;
-        rotten[SEGMENT_MAGIC.len() + 2] ^= 0xff;
-        let segs = vec![segs[0].clone(), ("2".to_owned(), Arc::new(rotten))];
-        let out = verify_archive_blocking(&segs, 1, &|_| {});
-        let b = out[0].broken.clone().unwrap();
-        assert_eq!(b.version, 4);
-        assert!(b.problem.contains("checksum"), "{b}");
-    }
-
-    #[test]
-    fn a_missing_frame_is_named() {
-        let a = events("a", 6);
-        let s2 = segment(&[(&a[3..], &a[2].hash)]);
-        let out = verify_archive_blocking(&[("2".to_owned(), Arc::new(s2))], 1, &|_| {});
-        assert_eq!(out[0].broken.clone().unwrap().version, 1);
     }
 }

@@ -1,123 +1,8 @@
-//! Tamper evidence: every event stores a SHA-256 over its canonical envelope and the previous
-//! event's hash in the same stream, so changing, removing or reordering a stored event breaks
-//! the chain from that version on.
-//!
-//! The canonical form is built from the fields as both stores keep them (text), so a verifier
-//! can hash stored rows without decoding JSON: each field is length-prefixed (u32 LE), which
-//! keeps field boundaries unambiguous whatever the fields contain.
+//! Following one stream's chain event by event, and what a check found.
 
-use crate::envelope::{format_timestamp, EventEnvelope, StreamId};
-use crate::ports::{EventStore, ReadRange, Snapshot, SnapshotStore, StoreError};
+use super::hash::{hash_fields, CanonicalFields, StoredText, GENESIS};
+use crate::envelope::{EventEnvelope, StreamId};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-
-/// Tags the canonical form so a future change of it can't be mistaken for this one.
-const DOMAIN: &[u8] = b"chronicle.event.v1";
-
-/// The previous hash of a stream's first event.
-pub const GENESIS: &str = "";
-
-/// An event's fields as stored: what the hash covers.
-#[derive(Clone, Copy, Debug)]
-pub struct CanonicalFields<'a> {
-    pub event_id: &'a str,
-    pub aggregate_type: &'a str,
-    pub aggregate_id: &'a str,
-    pub version: u64,
-    pub event_type: &'a str,
-    pub schema_version: u32,
-    /// The data's compact JSON text, as stored.
-    pub data: &'a str,
-    /// The metadata's compact JSON text, as stored.
-    pub metadata: &'a str,
-    /// RFC 3339 as [`format_timestamp`] writes it.
-    pub recorded_at: &'a str,
-}
-
-/// The hash of one event given its predecessor's (lower-case hex).
-pub fn hash_fields(prev: &str, f: &CanonicalFields<'_>) -> String {
-    let mut h = Sha256::new();
-    let mut field = |bytes: &[u8]| {
-        h.update((bytes.len() as u32).to_le_bytes());
-        h.update(bytes);
-    };
-    field(DOMAIN);
-    field(prev.as_bytes());
-    field(f.event_id.as_bytes());
-    field(f.aggregate_type.as_bytes());
-    field(f.aggregate_id.as_bytes());
-    field(f.version.to_string().as_bytes());
-    field(f.event_type.as_bytes());
-    field(f.schema_version.to_string().as_bytes());
-    field(f.data.as_bytes());
-    field(f.metadata.as_bytes());
-    field(f.recorded_at.as_bytes());
-    hex::encode(h.finalize())
-}
-
-/// The JSON text a store keeps for `value`; the same text the hash covers.
-pub fn stored_json<T: Serialize + ?Sized>(value: &T) -> String {
-    // Serializing a Value or Metadata can't fail: their keys are strings.
-    serde_json::to_string(value).unwrap_or_default()
-}
-
-/// A decoded envelope's fields rendered as the stores keep them: the text its hash covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StoredText {
-    pub event_id: String,
-    pub data: String,
-    pub metadata: String,
-    pub recorded_at: String,
-}
-
-impl StoredText {
-    pub fn of(e: &EventEnvelope) -> Self {
-        Self {
-            event_id: e.event_id.to_string(),
-            data: stored_json(&e.data),
-            metadata: stored_json(&e.metadata),
-            recorded_at: format_timestamp(&e.recorded_at),
-        }
-    }
-
-    fn fields<'a>(&'a self, e: &'a EventEnvelope) -> CanonicalFields<'a> {
-        CanonicalFields {
-            event_id: &self.event_id,
-            aggregate_type: &e.aggregate_type,
-            aggregate_id: &e.aggregate_id,
-            version: e.version,
-            event_type: &e.event_type,
-            schema_version: e.schema_version,
-            data: &self.data,
-            metadata: &self.metadata,
-            recorded_at: &self.recorded_at,
-        }
-    }
-}
-
-/// The hash of a decoded envelope (as stored, not upcast) given its predecessor's.
-pub fn hash_envelope(prev: &str, e: &EventEnvelope) -> String {
-    hash_fields(prev, &StoredText::of(e).fields(e))
-}
-
-/// Sets each event's hash, chaining from `prev`; returns the new head.
-pub fn seal(prev: &str, events: &mut [EventEnvelope]) -> String {
-    seal_stored(prev, events).0
-}
-
-/// [`seal`], also returning each event's stored text (what its hash covers), so a store
-/// can write it without rendering the envelope a second time.
-pub fn seal_stored(prev: &str, events: &mut [EventEnvelope]) -> (String, Vec<StoredText>) {
-    let mut head = prev.to_owned();
-    let mut texts = Vec::with_capacity(events.len());
-    for e in events {
-        let text = StoredText::of(e);
-        e.hash = hash_fields(&head, &text.fields(e));
-        head.clone_from(&e.hash);
-        texts.push(text);
-    }
-    (head, texts)
-}
 
 /// Where a stream's chain breaks, and how.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -260,42 +145,6 @@ impl ChainCheck {
     }
 }
 
-/// Verifies one stream's whole chain through the event-store port; `Ok` holds the number of
-/// events verified.
-pub async fn verify_stream<E: EventStore + ?Sized>(
-    store: &E,
-    stream: &StreamId,
-) -> Result<Result<u64, ChainBreak>, StoreError> {
-    verify_stream_against(store, stream, None).await
-}
-
-/// [`verify_stream`], also holding the chain to the head a snapshot recorded: events cut off
-/// the end of a stream leave a chain that verifies, but not one that reaches the snapshot.
-pub async fn verify_stream_against<E: EventStore + ?Sized>(
-    store: &E,
-    stream: &StreamId,
-    snapshot: Option<&Snapshot>,
-) -> Result<Result<u64, ChainBreak>, StoreError> {
-    const PAGE: usize = 1000;
-    let pin = snapshot.and_then(|s| Some((s.version, s.chain_head.clone()?)));
-    let mut check = ChainCheck::new(stream.clone()).pinned(pin);
-    let mut from = 1;
-    loop {
-        let page = store
-            .read_stream(stream, ReadRange::from(from).limit(PAGE))
-            .await?;
-        let n = page.len();
-        for e in &page {
-            check.next_envelope(e);
-        }
-        match page.last() {
-            Some(last) if n == PAGE && check.broken.is_none() => from = last.version + 1,
-            _ => break,
-        }
-    }
-    Ok(check.finish())
-}
-
 /// What `verify --all` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
@@ -319,54 +168,10 @@ impl VerifyReport {
     }
 }
 
-/// Verifies every stream in the store (each against its latest snapshot when `snapshots` is
-/// given), `concurrency` streams at a time; `progress` is called with the streams done so far.
-pub async fn verify_all<E: EventStore + ?Sized, S: SnapshotStore + ?Sized>(
-    store: &E,
-    snapshots: Option<&S>,
-    concurrency: usize,
-    progress: impl Fn(u64),
-) -> Result<VerifyReport, StoreError> {
-    use futures::stream::{self, StreamExt, TryStreamExt};
-    let mut report = VerifyReport::default();
-    let mut seen = std::collections::HashSet::new();
-    let mut cursor = None;
-    loop {
-        let page = store.list_streams(cursor.take(), 1000).await?;
-        let fresh: Vec<StreamId> = page
-            .streams
-            .into_iter()
-            .filter(|s| seen.insert(s.clone()))
-            .collect();
-        let results: Vec<Result<u64, ChainBreak>> = stream::iter(fresh)
-            .map(|s| async move {
-                let snap = match snapshots {
-                    Some(snaps) => snaps.latest(&s, None).await?,
-                    None => None,
-                };
-                verify_stream_against(store, &s, snap.as_ref()).await
-            })
-            .buffer_unordered(concurrency.max(1))
-            .try_collect()
-            .await?;
-        for r in results {
-            report.add(r);
-        }
-        progress(report.streams);
-        match page.next {
-            Some(next) => cursor = Some(next),
-            None => break,
-        }
-    }
-    report.breaks.sort_by(|a, b| {
-        (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
-    });
-    Ok(report)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::hash::{hash_envelope, seal, seal_stored};
     use crate::envelope::Metadata;
     use serde_json::json;
     use uuid::Uuid;

@@ -1,115 +1,17 @@
-//! Projections: read models kept up to date from the store's ordered feed, with a durable
-//! checkpoint. Applying an event twice changes nothing: each document remembers the last
-//! version of its aggregate it has applied.
+//! The local runner: one projection fed from the store's ordered feed, a batch a step, each
+//! aggregate's events through the one stream step, with the checkpoint moved atomically with
+//! the documents; and the rebuild of a new generation from the whole feed.
 
+use super::model::{doc_write, Projection, Rebuilt};
+use super::step::{Folded, Start, StreamStep};
 use crate::admin::{self, Failure, RebuildRecord, RebuildState};
-use crate::aggregate::{Aggregate, DomainEvent};
-use crate::envelope::EventEnvelope;
-use crate::ports::{Doc, DocWrite, EventFeed, ModelRef, ReadModelStore, StoreError};
-use crate::schema::{EventSchema, UpcastError};
-use serde_json::Value;
+
+use crate::error::ProjectionError;
+use crate::ports::{Doc, DocWrite, EventFeed, EventStore, ModelRef, ReadModelStore, StoreError};
+use crate::schema::EventSchema;
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProjectionError {
-    #[error("projection `{projection}` failed at feed position {position} ({stream} v{version}): {reason}")]
-    Event {
-        projection: String,
-        position: u64,
-        stream: String,
-        version: u64,
-        reason: String,
-    },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// A read model with one document per aggregate. `apply` folds one event (already upcast to
-/// the current schema) into the aggregate's document.
-pub trait Projection: Send + Sync + 'static {
-    fn name(&self) -> &str;
-    /// The aggregate type whose events this projection reads.
-    fn aggregate_type(&self) -> &str;
-    /// Top-level string fields of the document it can be looked up by.
-    fn indexes(&self) -> &[&'static str] {
-        &[]
-    }
-    fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String>;
-}
-
-/// The generic read model every aggregate type gets: its state, folded by `evolve`.
-pub struct StateProjection<A> {
-    name: String,
-    _a: PhantomData<fn() -> A>,
-}
-
-impl<A: Aggregate> Default for StateProjection<A> {
-    fn default() -> Self {
-        Self {
-            name: state_projection_name(A::TYPE),
-            _a: PhantomData,
-        }
-    }
-}
-
-pub fn state_projection_name(aggregate_type: &str) -> String {
-    format!("{aggregate_type}_state")
-}
-
-impl<A: Aggregate> Projection for StateProjection<A> {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn aggregate_type(&self) -> &str {
-        A::TYPE
-    }
-    fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String> {
-        let mut state: A = match doc {
-            Some(v) => A::deserialize(v).map_err(|e| format!("stored state: {e}"))?,
-            None => A::default(),
-        };
-        let e = A::Event::from_data(&event.event_type, &event.data)?;
-        state.evolve(&e);
-        serde_json::to_value(&state).map_err(|e| e.to_string())
-    }
-}
-
-/// Folds one stored event into a projection's document: upcast to the current schema, then
-/// `apply`. The one fold every runner uses, in-process or stream-driven.
-pub fn fold_event(
-    projection: &dyn Projection,
-    schema: &EventSchema,
-    doc: Option<&Value>,
-    event: EventEnvelope,
-) -> Result<Value, String> {
-    let event = schema
-        .upcast(event)
-        .map_err(|e: UpcastError| e.to_string())?;
-    projection.apply(doc, &event)
-}
-
-/// The write that stores `body` as the projection's document `key` at `version`, findable by
-/// the projection's index fields.
-pub fn doc_write(projection: &dyn Projection, key: String, version: u64, body: Value) -> DocWrite {
-    DocWrite {
-        index: index_values(projection.indexes(), &body),
-        key,
-        version,
-        body,
-    }
-}
-
-/// What a rebuild did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Rebuilt {
-    /// The generation reads now go to.
-    pub generation: u64,
-    /// The feed position an unfinished earlier rebuild had reached, when this one resumed it.
-    pub resumed_from: Option<u64>,
-}
 
 /// What one step of a runner did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -125,6 +27,8 @@ pub struct Step {
 /// Feeds one projection from the event feed into the read-model store.
 pub struct ProjectionRunner {
     feed: Arc<dyn EventFeed>,
+    /// Where a version gap the feed leaves is filled from.
+    events: Arc<dyn EventStore>,
     store: Arc<dyn ReadModelStore>,
     projection: Arc<dyn Projection>,
     schema: Arc<EventSchema>,
@@ -151,12 +55,14 @@ const REBUILD_BATCH: usize = 20_000;
 impl ProjectionRunner {
     pub fn new(
         feed: Arc<dyn EventFeed>,
+        events: Arc<dyn EventStore>,
         store: Arc<dyn ReadModelStore>,
         projection: Arc<dyn Projection>,
         schema: Arc<EventSchema>,
     ) -> Self {
         Self {
             feed,
+            events,
             store,
             projection,
             schema,
@@ -188,52 +94,39 @@ impl ProjectionRunner {
             });
         };
         let read = batch.len();
-        // Per aggregate: its document as of this step, and whether the step changed it.
-        let mut docs: HashMap<String, (Option<Doc>, bool)> = HashMap::new();
+        let step = StreamStep {
+            events: self.events.as_ref(),
+            read_models: self.store.as_ref(),
+            model: &model,
+            projection: self.projection.as_ref(),
+            schema: &self.schema,
+        };
+        // Per aggregate: its step so far, each event pushed in feed order.
+        let mut steps: HashMap<String, Folded> = HashMap::new();
         for fe in batch {
             let ev = fe.event;
             if ev.aggregate_type != self.projection.aggregate_type() {
                 continue;
             }
-            if !docs.contains_key(&ev.aggregate_id) {
+            if !steps.contains_key(&ev.aggregate_id) {
                 // A cached document is trusted only if this event continues it (or repeats
                 // it): if another runner moved the model on, read what it wrote.
                 let cached = self
                     .cached(generation, &ev.aggregate_id)
                     .filter(|d| ev.version <= d.version + 1);
-                let doc = match cached {
-                    Some(d) => Some(d),
-                    None => self.store.get(&model, &ev.aggregate_id).await?,
+                let start = match cached {
+                    Some(d) => Start::Known(Some(d)),
+                    None => Start::Read,
                 };
-                docs.insert(ev.aggregate_id.clone(), (doc, false));
+                let begun = step.begin(ev.stream(), start).await?;
+                steps.insert(ev.aggregate_id.clone(), begun);
             }
-            let (slot, changed) = docs.get_mut(&ev.aggregate_id).expect("inserted above");
-            let applied = slot.as_ref().map_or(0, |d| d.version);
-            if ev.version <= applied {
-                continue; // seen already: a replay or a duplicate
-            }
-            let (version, key) = (ev.version, ev.aggregate_id.clone());
-            let stream = format!("{}/{}", ev.aggregate_type, ev.aggregate_id);
-            let fail = |reason: String| ProjectionError::Event {
-                projection: self.projection.name().to_owned(),
-                position: fe.position,
-                stream: stream.clone(),
-                version,
-                reason,
-            };
-            let body = fold_event(
-                self.projection.as_ref(),
-                &self.schema,
-                slot.as_ref().map(|d| &d.body),
-                ev,
-            )
-            .map_err(fail)?;
-            *slot = Some(Doc { key, version, body });
-            *changed = true;
+            let folded = steps.get_mut(&ev.aggregate_id).expect("inserted above");
+            step.push(folded, fe.position, ev).await?;
         }
-        let changed: Vec<Doc> = docs
+        let changed: Vec<Doc> = steps
             .into_values()
-            .filter_map(|(doc, changed)| doc.filter(|_| changed))
+            .filter_map(|f| f.doc.filter(|_| f.changed))
             .collect();
         let writes: Vec<DocWrite> = changed
             .iter()
@@ -426,14 +319,4 @@ impl ProjectionRunner {
         *doc_version += 1;
         Ok(())
     }
-}
-
-pub fn index_values(fields: &[&'static str], body: &Value) -> Vec<(String, String)> {
-    fields
-        .iter()
-        .filter_map(|f| match body.get(*f) {
-            Some(Value::String(s)) => Some(((*f).to_owned(), s.clone())),
-            _ => None,
-        })
-        .collect()
 }
