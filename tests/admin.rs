@@ -165,6 +165,7 @@ async fn seeded(dir: &tempfile::TempDir, n: usize) -> (Arc<EmbeddedStore>, Chron
         store.clone(),
         HandlerConfig::default(),
     ))
+    .bulk_verify(store.clone())
     .build();
     seed(&chronicle, n).await;
     (store, chronicle)

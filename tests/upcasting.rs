@@ -36,6 +36,7 @@ async fn store_with_fixture() -> (tempfile::TempDir, Arc<EmbeddedStore>, Chronic
         store.clone(),
         HandlerConfig::default(),
     ))
+    .bulk_verify(store.clone())
     .build();
     (dir, store, chronicle)
 }

@@ -13,8 +13,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWrite
 use aws_sdk_dynamodb::Client;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{
-    AppendError, AppendRequest, EventEnvelope, EventStore, IdempotencyRecord, ReadRange,
-    RecordedPage, StoreError, StreamId, StreamPage,
+    AppendError, AppendRequest, EventEnvelope, EventStore, Expiry, IdempotencyRecord, ReadRange,
+    RecordedFeed, RecordedPage, StoreError, StoredHashes, StreamId, StreamListing, StreamPage,
 };
 use chrono::{DateTime, TimeDelta, Utc};
 use futures::stream::{self as fstream, StreamExt, TryStreamExt};
@@ -498,7 +498,10 @@ impl EventStore for DynamoEventStore {
         let rec = rec.into_record()?;
         Ok(rec.is_live(Utc::now()).then_some(rec))
     }
+}
 
+#[async_trait]
+impl StreamListing for DynamoEventStore {
     async fn list_streams(
         &self,
         cursor: Option<String>,
@@ -560,7 +563,18 @@ impl EventStore for DynamoEventStore {
         };
         Ok(StreamPage { streams, next })
     }
+}
 
+/// No bulk lookup here: one strongly consistent ranged read per event.
+#[async_trait]
+impl StoredHashes for DynamoEventStore {
+    async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
+        chronicle_kernel::hashes_by_reads(self, at).await
+    }
+}
+
+#[async_trait]
+impl Expiry for DynamoEventStore {
     /// Sets the TTL attribute on each listed event item whose stored hash is the given one
     /// (the archived copy's), so DynamoDB's TTL process deletes it later; an item that is gone
     /// or holds another hash is left alone and not counted. One `UpdateItem` per event.
@@ -659,7 +673,10 @@ impl EventStore for DynamoEventStore {
         }
         Ok(out)
     }
+}
 
+#[async_trait]
+impl RecordedFeed for DynamoEventStore {
     /// Walks the hours of `from..=to` on the `by_time` index: each hour's shards are queried
     /// at once and merged by time key. Eventually consistent (a GSI has no strongly
     /// consistent reads): an event appears in the feed a moment after its append returns.

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use chronicle_aws::item::{self, TIME_BUCKET, TIME_INDEX, TIME_KEY};
 use chronicle_aws::testing::AwsTestEnv;
 use chronicle_aws::{DynamoEventStore, MAX_HOURS_PER_PAGE};
-use chronicle_kernel::{EventEnvelope, EventStore, ReadRange};
+use chronicle_kernel::{EventEnvelope, EventStore, Expiry, ReadRange, RecordedFeed};
 use chronicle_testkit as kit;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
@@ -363,7 +363,7 @@ async fn stored(
 /// nothing and deletes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archiver_expires_exactly_the_archived_copies() {
-    use chronicle_kernel::archived::{run_archiver, ArchivePolicy, ArchiverOptions};
+    use chronicle_kernel::archived::{run_archiver_expiring, ArchivePolicy, ArchiverOptions};
     let Some(env) = AwsTestEnv::create("archiver expiry").await else {
         return;
     };
@@ -411,7 +411,7 @@ async fn archiver_expires_exactly_the_archived_copies() {
     let mut opts = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
     opts.expire_after = Some(chrono::Duration::days(7));
     let before = Utc::now();
-    let report = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+    let report = run_archiver_expiring(&store, &snapshots, &archive, &opts, |_| {})
         .await
         .expect("archiver");
     assert_eq!(report.events_archived, 4 + 3, "{report:?}");
@@ -477,7 +477,7 @@ async fn archiver_expires_exactly_the_archived_copies() {
 /// expiry marks them (only those), and a run after that marks nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archiver_marks_what_an_interrupted_run_left() {
-    use chronicle_kernel::archived::{run_archiver, ArchivePolicy, ArchiverOptions};
+    use chronicle_kernel::archived::{run_archiver_expiring, ArchivePolicy, ArchiverOptions};
     let Some(env) = AwsTestEnv::create("archiver catch-up").await else {
         return;
     };
@@ -495,14 +495,14 @@ async fn archiver_marks_what_an_interrupted_run_left() {
 
     // Archived, not marked: as if the run stopped right after storing the segment.
     let mut opts = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
-    let first = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+    let first = run_archiver_expiring(&store, &snapshots, &archive, &opts, |_| {})
         .await
         .expect("archiver");
     assert_eq!((first.events_archived, first.events_expiring), (3, 0));
     assert_eq!(store.unexpired(&s, 3).await.expect("unexpired").len(), 3);
 
     opts.expire_after = Some(chrono::Duration::days(7));
-    let second = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+    let second = run_archiver_expiring(&store, &snapshots, &archive, &opts, |_| {})
         .await
         .expect("archiver");
     assert_eq!(
@@ -518,7 +518,7 @@ async fn archiver_marks_what_an_interrupted_run_left() {
     assert_eq!(marked, vec![(1, true), (2, true), (3, true), (4, false)]);
     assert!(store.unexpired(&s, 3).await.expect("unexpired").is_empty());
 
-    let third = run_archiver(&store, &snapshots, &archive, &opts, |_| {})
+    let third = run_archiver_expiring(&store, &snapshots, &archive, &opts, |_| {})
         .await
         .expect("archiver");
     assert_eq!((third.events_archived, third.events_expiring), (0, 0));

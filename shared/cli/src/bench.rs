@@ -6,7 +6,7 @@ use chronicle_accounts::{Account, Status};
 use chronicle_embedded::DirArchive;
 use chronicle_kernel::archive::{Archive, Catalog};
 use chronicle_kernel::archived::{replay_archived, run_archiver, ArchivePolicy, ArchiverOptions};
-use chronicle_kernel::{replay::replay_all, Aggregate, CommandOptions, EventFeed};
+use chronicle_kernel::{replay::replay_all, Aggregate, BulkReplay, CommandOptions, StreamListing};
 use hdrhistogram::Histogram;
 use serde_json::json;
 use std::path::PathBuf;
@@ -169,7 +169,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Replay: a fresh process view of the store, every account folded from every event.
     let (store, chronicle) = crate::open(&store_args, crate::Access::Write)?;
-    let feed: Arc<dyn EventFeed> = store.clone();
+    let feed: Arc<dyn BulkReplay> = store.clone();
     let schema = chronicle
         .aggregate(Account::TYPE)
         .context("accounts are registered")?
@@ -224,7 +224,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Archive: every event but each stream's head into segments, as `chronicle archive
     // --older-than 0s` does (an existing archive, with --replay-only, is used as it is).
     let (store, chronicle) = crate::open(&store_args, crate::Access::Write)?;
-    let feed: Arc<dyn EventFeed> = store.clone();
+    let feed: Arc<dyn BulkReplay> = store.clone();
     let archive = DirArchive::open(crate::archive_dir(&store_args))?;
     let started = Instant::now();
     let archived = if archive.list_segments("").await?.is_empty() {

@@ -444,7 +444,7 @@ pub(crate) async fn archive(
     opts: &chronicle_kernel::archived::ArchiverOptions,
     json: bool,
 ) -> anyhow::Result<()> {
-    use chronicle_kernel::archived::run_archiver;
+    use chronicle_kernel::archived::{run_archiver, run_archiver_expiring};
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} archiving: {pos} streams looked at ({per_sec})")
             .context("progress bar template")?,
@@ -468,10 +468,11 @@ pub(crate) async fn archive(
         }
         crate::Backend::Aws => {
             let app = chronicle_lambda::App::from_env().await?;
-            let report = run_archiver(&*app.events, &*app.snapshots, &*app.archive, opts, |n| {
-                bar.set_position(n)
-            })
-            .await?;
+            let report =
+                run_archiver_expiring(&*app.events, &*app.snapshots, &*app.archive, opts, |n| {
+                    bar.set_position(n)
+                })
+                .await?;
             (report, format!("s3://{}", app.settings.archive_bucket))
         }
     };

@@ -240,12 +240,15 @@ pub(crate) fn open_with(
     };
     let events = Arc::new(ArchivedEventStore::new(store.clone(), Arc::new(archive)));
     let chronicle = chronicle_accounts::register(Chronicle::builder(
-        events,
+        events.clone(),
         store.clone(),
         store.clone(),
         store.clone(),
         config,
     ))
+    // The one-pass check of every chain, and the archive's segments held to the store.
+    .bulk_verify(events.clone())
+    .copies(events)
     .build();
     Ok((store, chronicle))
 }

@@ -6,14 +6,16 @@
 use crate::heads::{self, read_chain, Head, MARK_EVERY};
 use crate::idempotency;
 use crate::schema::EVENT_COLUMNS;
-use crate::store::{corrupt, to_i64, EmbeddedStore, DB_FILE};
+use crate::store::{EmbeddedStore, DB_FILE};
 use crate::verify;
 use crate::writer::backend;
+use crate::writer::{corrupt, to_i64};
 use async_trait::async_trait;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};
 use chronicle_kernel::{
-    AppendError, AppendRequest, EventEnvelope, EventStore, IdempotencyRecord, Metadata, ReadRange,
-    RecordedPage, StoreError, StreamId, StreamPage,
+    AppendError, AppendRequest, BulkVerify, EventEnvelope, EventStore, IdempotencyRecord, Metadata,
+    ReadRange, RecordedFeed, RecordedPage, StoreError, StoredHashes, StreamId, StreamListing,
+    StreamPage,
 };
 use chrono::{DateTime, Utc};
 use r2d2_sqlite::rusqlite::{params, Connection, OptionalExtension, Row};
@@ -326,7 +328,10 @@ impl EventStore for EmbeddedStore {
         }
         Ok(record)
     }
+}
 
+#[async_trait]
+impl StoredHashes for EmbeddedStore {
     async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
         let at = at.to_vec();
         let scans = self.scans.clone();
@@ -364,11 +369,15 @@ impl EventStore for EmbeddedStore {
         })
         .await
     }
+}
 
+/// One pass over the whole events table in position order (verify.rs), on a thread of its own.
+#[async_trait]
+impl BulkVerify for EmbeddedStore {
     async fn verify_all_chains(
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Option<Result<chronicle_kernel::chain::VerifyReport, StoreError>> {
+    ) -> Result<chronicle_kernel::chain::VerifyReport, StoreError> {
         let done = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let db = self.dir.join(DB_FILE);
         let counter = done.clone();
@@ -377,7 +386,7 @@ impl EventStore for EmbeddedStore {
         loop {
             tokio::select! {
                 r = &mut job => {
-                    return Some(r.map_err(backend).and_then(|r| r));
+                    return r.map_err(backend).and_then(|r| r);
                 }
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     progress(done.load(std::sync::atomic::Ordering::Relaxed));
@@ -385,7 +394,10 @@ impl EventStore for EmbeddedStore {
             }
         }
     }
+}
 
+#[async_trait]
+impl StreamListing for EmbeddedStore {
     async fn list_streams(
         &self,
         cursor: Option<String>,
@@ -411,7 +423,10 @@ impl EventStore for EmbeddedStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl RecordedFeed for EmbeddedStore {
     async fn read_recorded(
         &self,
         from: DateTime<Utc>,

@@ -6,11 +6,13 @@
 use crate::events::event_from_row;
 use crate::heads::{self, read_chain};
 use crate::schema::EVENT_COLUMNS;
-use crate::store::{corrupt, to_i64};
 use crate::writer::{backend, last_position};
+use crate::writer::{corrupt, to_i64};
 use crate::EmbeddedStore;
 use async_trait::async_trait;
-use chronicle_kernel::{EventFeed, FeedEvent, RawBatch, RawEvent, StoreError, StreamId};
+use chronicle_kernel::{
+    BulkReplay, EventFeed, FeedEvent, RawBatch, RawEvent, StoreError, StreamId,
+};
 use r2d2_sqlite::rusqlite::{params, Connection, Row};
 use r2d2_sqlite::SqliteConnectionManager;
 use std::sync::Arc;
@@ -143,6 +145,15 @@ impl EventFeed for EmbeddedStore {
         self.read(last_position).await
     }
 
+    async fn wait_for_events(&self, after: u64, timeout: Duration) {
+        let mut rx = self.head.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|h| *h > after)).await;
+    }
+}
+
+/// Whole types in bulk, as stored text (replays, archived replays).
+#[async_trait]
+impl BulkReplay for EmbeddedStore {
     async fn read_tails(
         &self,
         aggregate_type: &str,
@@ -193,11 +204,6 @@ impl EventFeed for EmbeddedStore {
             Ok(batch)
         })
         .await
-    }
-
-    async fn wait_for_events(&self, after: u64, timeout: Duration) {
-        let mut rx = self.head.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|h| *h > after)).await;
     }
 
     fn replay_raw(

@@ -17,8 +17,8 @@
 //! nothing but this code writes events.) A reader's snapshot sees the heads and the events they
 //! point at together, and memory does not grow with the number of streams.
 
-use crate::store::to_i64;
 use crate::writer::backend;
+use crate::writer::to_i64;
 use chronicle_kernel::{StoreError, StreamId};
 use r2d2_sqlite::rusqlite::{self, params, Connection, OptionalExtension, Row};
 

@@ -2,8 +2,8 @@
 //! lookups by field through `read_model_index`; every write is conditional on the stored
 //! version being lower, so a duplicated or replayed event changes nothing.
 
-use crate::store::{corrupt, to_i64};
 use crate::writer::backend;
+use crate::writer::{corrupt, to_i64};
 use crate::EmbeddedStore;
 use async_trait::async_trait;
 use chronicle_kernel::{Doc, DocWrite, ModelRef, ReadModelStore, StoreError};

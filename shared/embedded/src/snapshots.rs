@@ -1,8 +1,8 @@
 //! Snapshots in the `snapshots` table, one row per (stream, version); `latest` reads the
 //! newest at or below a version.
 
-use crate::store::{corrupt, to_i64};
 use crate::writer::backend;
+use crate::writer::{corrupt, to_i64};
 use crate::EmbeddedStore;
 use async_trait::async_trait;
 use chronicle_kernel::envelope::{format_timestamp, parse_timestamp};

@@ -299,11 +299,3 @@ fn wal_path(db: &Path) -> PathBuf {
 }
 
 // Conversions every adapter uses.
-
-pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
-}
-
-pub(crate) fn to_i64(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}

@@ -3,7 +3,9 @@
 //! directory from before the stream tables.
 
 use chronicle_embedded::{EmbeddedStore, DB_FILE, LOCK_FILE};
-use chronicle_kernel::{AppendError, EventEnvelope, EventStore, ReadRange, StreamId};
+use chronicle_kernel::{
+    AppendError, EventEnvelope, EventStore, ReadRange, StoredHashes, StreamId, StreamListing,
+};
 use chronicle_testkit as kit;
 use r2d2_sqlite::rusqlite::Connection;
 use std::sync::Arc;

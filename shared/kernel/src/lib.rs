@@ -13,6 +13,7 @@ pub mod error;
 pub mod ports;
 pub mod projection;
 pub mod publishing;
+mod raw;
 pub mod rebuild;
 pub mod replay;
 pub mod schema;
@@ -22,7 +23,7 @@ pub mod service;
 /// the archiver and the parallel replay.
 pub mod archived {
     pub use crate::archive::archiver::{
-        run_archiver, ArchivePolicy, ArchiveReport, ArchiverOptions,
+        run_archiver, run_archiver_expiring, ArchivePolicy, ArchiveReport, ArchiverOptions,
     };
     pub use crate::archive::replay::{replay_archived, ReplayCounts};
     pub use crate::archive::store::ArchivedEventStore;

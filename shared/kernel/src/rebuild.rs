@@ -10,7 +10,7 @@
 
 use crate::admin::{self, Failure, RebuildRecord, RebuildState};
 use crate::envelope::StreamId;
-use crate::ports::{Doc, DocWrite, EventStore, ModelRef, ReadModelStore, ReadRange, StoreError};
+use crate::ports::{Doc, DocWrite, EventLog, ModelRef, ReadModelStore, ReadRange, StoreError};
 use crate::projection::{Projection, ProjectionError, Rebuilt, Start, StreamStep};
 use crate::schema::EventSchema;
 
@@ -18,7 +18,7 @@ use crate::schema::EventSchema;
 pub const PAGE: usize = 500;
 
 pub struct StreamRebuild<'a> {
-    pub events: &'a dyn EventStore,
+    pub events: &'a dyn EventLog,
     pub store: &'a dyn ReadModelStore,
     pub projection: &'a dyn Projection,
     pub schema: &'a EventSchema,

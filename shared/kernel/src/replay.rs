@@ -2,7 +2,7 @@
 
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::error::Error;
-use crate::ports::{EventFeed, RawEvent};
+use crate::ports::{BulkReplay, RawEvent};
 use crate::schema::EventSchema;
 use rustc_hash::FxHashMap;
 
@@ -10,7 +10,7 @@ use rustc_hash::FxHashMap;
 /// decode straight from their JSON text; older ones go through the upcasters.
 /// Returns each aggregate's version and state, and the number of events read.
 pub async fn replay_all<A: Aggregate>(
-    feed: &dyn EventFeed,
+    feed: &dyn BulkReplay,
     schema: &EventSchema,
     batch: usize,
 ) -> Result<(FxHashMap<String, (u64, A)>, u64), Error> {

@@ -6,7 +6,10 @@ use crate::aggregate::Aggregate;
 use crate::command::{CommandHandler, CommandOptions, CommandOutcome, HandlerConfig};
 use crate::envelope::{EventEnvelope, StreamId};
 use crate::error::Error;
-use crate::ports::{EventFeed, EventStore, ModelRef, ReadModelStore, ReadRange, SnapshotStore};
+use crate::ports::{
+    BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, ModelRef, ReadModelStore, ReadRange,
+    SnapshotStore,
+};
 use crate::projection::{state_projection_name, Projection, ProjectionRunner, StateProjection};
 use crate::schema::EventSchema;
 use async_trait::async_trait;
@@ -165,7 +168,11 @@ pub struct Chronicle {
     /// (DynamoDB Streams on AWS): then there are no in-process runners.
     feed: Option<Arc<dyn EventFeed>>,
     /// The stores themselves, for audits across aggregate types (`verify`).
-    events: Arc<dyn EventStore>,
+    events: Arc<dyn EventLog>,
+    /// The store's one-pass check of every chain, where it has one ([`ChronicleBuilder::bulk_verify`]).
+    bulk_verify: Option<Arc<dyn BulkVerify>>,
+    /// Copies of events kept beside the store (an archive), checked with it.
+    copies: Option<Arc<dyn CopyAudit>>,
     snapshots: Arc<dyn SnapshotStore>,
     /// Projections this process is rebuilding in the background (admin route).
     rebuilding: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -204,7 +211,7 @@ impl Chronicle {
         config: HandlerConfig,
     ) -> ChronicleBuilder<E, S>
     where
-        E: EventStore,
+        E: EventLog,
         S: SnapshotStore,
         R: ReadModelStore,
         F: EventFeed,
@@ -222,7 +229,7 @@ impl Chronicle {
         config: HandlerConfig,
     ) -> ChronicleBuilder<E, S>
     where
-        E: EventStore,
+        E: EventLog,
         S: SnapshotStore,
         R: ReadModelStore,
     {
@@ -234,6 +241,8 @@ impl Chronicle {
                 read_models,
                 feed: None,
                 events: events.clone(),
+                bulk_verify: None,
+                copies: None,
                 snapshots: snapshots.clone(),
                 rebuilding: Default::default(),
             },
@@ -264,7 +273,7 @@ impl Chronicle {
     }
 
     /// The event store every registered aggregate type writes to.
-    pub fn events(&self) -> &Arc<dyn EventStore> {
+    pub fn events(&self) -> &Arc<dyn EventLog> {
         &self.events
     }
 
@@ -402,7 +411,10 @@ impl Chronicle {
     ) -> Result<Result<u64, crate::chain::ChainBreak>, Error> {
         let snap = self.snapshots.latest(stream, None).await?;
         // Copies (an archive) are checked too, and the lower break wins.
-        let copy = self.events.verify_stream_copies(stream).await?;
+        let copy = match &self.copies {
+            Some(c) => c.verify_stream_copies(stream).await?,
+            None => None,
+        };
         let chain =
             match crate::chain::verify_stream_against(&*self.events, stream, snap.as_ref()).await {
                 Ok(r) => r,
@@ -433,13 +445,19 @@ impl Chronicle {
         // threads of their own.
         let progress = &progress;
         let own = async {
-            if let Some(report) = self.events.verify_all_chains(progress).await {
-                return report;
+            if let Some(bulk) = &self.bulk_verify {
+                return bulk.verify_all_chains(progress).await;
             }
             crate::chain::verify_all(&*self.events, Some(&*self.snapshots), concurrency, progress)
                 .await
         };
-        let (own, copies) = futures::join!(own, self.events.verify_copies(&|_| {}));
+        let copies = async {
+            match &self.copies {
+                Some(c) => c.verify_copies(&|_| {}).await,
+                None => Ok(Vec::new()),
+            }
+        };
+        let (own, copies) = futures::join!(own, copies);
         let mut report = own?;
         for b in copies? {
             match report.breaks.iter_mut().find(|a| {
@@ -557,6 +575,19 @@ impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
                 .insert(p.aggregate_type().to_owned(), p.clone());
         }
         self.inner.projections.push(p);
+        self
+    }
+
+    /// The store's one-pass check of every chain, used by [`Chronicle::verify_all`] instead of
+    /// the stream-by-stream walk (which finds the same breaks, slower).
+    pub fn bulk_verify(mut self, bulk: Arc<dyn BulkVerify>) -> Self {
+        self.inner.bulk_verify = Some(bulk);
+        self
+    }
+
+    /// Copies of the store's events kept elsewhere (an archive), which `verify` checks too.
+    pub fn copies(mut self, copies: Arc<dyn CopyAudit>) -> Self {
+        self.inner.copies = Some(copies);
         self
     }
 

@@ -5,7 +5,7 @@ mod common;
 use async_trait::async_trait;
 use chronicle_kernel::archive::{Archive, ByteRange};
 use chronicle_kernel::archived::ArchivedEventStore;
-use chronicle_kernel::{EventStore, StoreError, StreamId};
+use chronicle_kernel::{StoreError, StoredHashes, StreamId};
 use common::{events, Memory};
 use std::sync::Arc;
 

@@ -7,8 +7,8 @@ use chronicle_kernel::recorded_order;
 use chronicle_kernel::{
     Aggregate, AppendError, AppendRequest, CommandHandler, CommandOptions, CommandOutcome,
     CommandResult, DomainError, DomainEvent, Error, EventEnvelope, EventSchema, EventStore,
-    HandlerConfig, IdempotencyRecord, Metadata, ReadRange, RecordedPage, Refusal, Snapshot,
-    SnapshotStore, StoreError, StreamId, StreamPage, UpcastError,
+    HandlerConfig, IdempotencyRecord, Metadata, ReadRange, RecordedFeed, RecordedPage, Refusal,
+    Snapshot, SnapshotStore, StoreError, StreamId, StreamListing, StreamPage, UpcastError,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -365,7 +365,10 @@ impl EventStore for MemEvents {
             .filter(|r| r.is_live(now))
             .cloned())
     }
+}
 
+#[async_trait]
+impl StreamListing for MemEvents {
     async fn list_streams(
         &self,
         _cursor: Option<String>,
@@ -376,7 +379,10 @@ impl EventStore for MemEvents {
             next: None,
         })
     }
+}
 
+#[async_trait]
+impl RecordedFeed for MemEvents {
     async fn read_recorded(
         &self,
         from: DateTime<Utc>,

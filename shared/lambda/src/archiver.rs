@@ -5,7 +5,9 @@
 
 use crate::App;
 use chronicle_aws::ConfigError;
-use chronicle_kernel::archived::{run_archiver, ArchivePolicy, ArchiveReport, ArchiverOptions};
+use chronicle_kernel::archived::{
+    run_archiver_expiring, ArchivePolicy, ArchiveReport, ArchiverOptions,
+};
 use chronicle_kernel::StoreError;
 use serde::Serialize;
 
@@ -126,7 +128,8 @@ pub async fn archive(app: &App, settings: &ArchiverSettings) -> Result<ArchiveRe
     });
     opts.expire_after = settings.expire_after;
     let progress = |streams: u64| tracing::debug!(streams, "archiver progress");
-    let report = run_archiver(&*app.events, &*app.snapshots, archive, &opts, progress).await?;
+    let report =
+        run_archiver_expiring(&*app.events, &*app.snapshots, archive, &opts, progress).await?;
     for b in &report.refused {
         tracing::warn!(aggregate_type = %b.aggregate_type, aggregate_id = %b.aggregate_id, version = b.version, problem = %b.problem, "stream not archived: its stored chain does not verify");
     }

@@ -76,11 +76,14 @@ impl App {
             archive.clone() as Arc<dyn chronicle_kernel::archive::Archive>,
         ));
         let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
-            history,
+            history.clone(),
             snapshots.clone(),
             read_models.clone(),
             config,
         ))
+        // No one-pass check on DynamoDB: `verify` walks stream by stream; archive segments
+        // are held to the table.
+        .copies(history)
         .build();
         Self {
             settings,

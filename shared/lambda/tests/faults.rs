@@ -21,8 +21,8 @@ use chronicle_aws::testing::faults::{Fault, Faults, Matcher, Rule, Schedule};
 use chronicle_aws::testing::AwsTestEnv;
 use chronicle_http::Routes;
 use chronicle_kernel::{
-    fold_event, EventEnvelope, EventStore, ModelRef, ReadModelStore, ReadRange, SnapshotStore,
-    StreamId,
+    fold_event, EventEnvelope, EventStore, Expiry, ModelRef, ReadModelStore, ReadRange,
+    SnapshotStore, StreamId,
 };
 use chronicle_lambda::{activity, archiver, local, App};
 use lambda_http::tower::ServiceExt;

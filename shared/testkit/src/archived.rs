@@ -10,7 +10,8 @@ use chronicle_kernel::archived::{
 use chronicle_kernel::chain;
 use chronicle_kernel::envelope::now;
 use chronicle_kernel::{
-    AppendError, AppendRequest, EventEnvelope, EventStore, ReadRange, SnapshotStore, StreamId,
+    AppendError, AppendRequest, CopyAudit, EventEnvelope, EventStore, ReadRange, SnapshotStore,
+    StoredHashes, StreamId, StreamListing,
 };
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
     archive: Arc<dyn Archive>,
     expire_hot: F,
 ) where
-    S: EventStore,
+    S: EventStore + StreamListing + StoredHashes,
     N: SnapshotStore,
     F: Fn(StreamId, u64) -> Fut,
     Fut: std::future::Future<Output = ()>,

@@ -7,7 +7,8 @@ use crate::fixtures::{
 };
 use chronicle_kernel::chain;
 use chronicle_kernel::{
-    AppendError, EventEnvelope, EventStore, IdempotencyRecord, ReadRange, StoreError, StreamId,
+    AppendError, EventEnvelope, EventLog, EventStore, IdempotencyRecord, ReadRange, RecordedFeed,
+    StoreError, StreamId, StreamListing,
 };
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -34,7 +35,7 @@ async fn version_of<S: EventStore + ?Sized>(store: &S, stream: &StreamId, ctx: &
 }
 
 /// The [`EventStore`] contract: appends, reads, optimistic concurrency, atomicity, idempotency.
-pub async fn event_store_contract<S: EventStore>(store: Arc<S>) {
+pub async fn event_store_contract<S: EventLog>(store: Arc<S>) {
     es_append_and_read_back(&*store).await;
     es_read_ranges(&*store).await;
     es_conflict_stores_nothing(&*store).await;
@@ -580,7 +581,7 @@ pub async fn es_chains_verify_after_a_round_trip<S: EventStore + ?Sized>(store: 
 }
 
 /// `list_streams` pages through every stream, whatever else the store holds.
-pub async fn es_list_streams<S: EventStore + ?Sized>(store: &S) {
+pub async fn es_list_streams<S: EventStore + StreamListing + ?Sized>(store: &S) {
     const CTX: &str = "EventStore list_streams";
     let id = unique("listed");
     let mine = [
@@ -630,7 +631,7 @@ pub fn unique_window_start() -> DateTime<Utc> {
 
 /// Follows `read_recorded` from the first page to the last, checking each page's size; returns
 /// the pages' event counts and every event in the order read.
-pub async fn read_recorded_all<S: EventStore + ?Sized>(
+pub async fn read_recorded_all<S: RecordedFeed + ?Sized>(
     store: &S,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
@@ -665,7 +666,7 @@ pub async fn read_recorded_all<S: EventStore + ?Sized>(
 /// order of versions or appends, page by page without duplicates or gaps; a malformed cursor
 /// or a limit of 0 is `Invalid`. The events are stamped with times in a window of their own,
 /// so the store may hold any others.
-pub async fn es_read_recorded<S: EventStore + ?Sized>(store: &S) {
+pub async fn es_read_recorded<S: EventStore + RecordedFeed + ?Sized>(store: &S) {
     use chrono::TimeDelta;
     const CTX: &str = "EventStore read_recorded";
     let t0 = unique_window_start();

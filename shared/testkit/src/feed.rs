@@ -4,7 +4,7 @@
 use crate::fixtures::{
     append_ok, assert_conflict, assert_events_eq, events, new_stream, ok, request, unique,
 };
-use chronicle_kernel::{EventEnvelope, EventFeed, EventStore, FeedEvent, StreamId};
+use chronicle_kernel::{BulkReplay, EventEnvelope, EventFeed, EventStore, FeedEvent, StreamId};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The [`EventFeed`] contract: global order, `after`/`limit`, head, waiting for events.
-pub async fn event_feed_contract<S: EventStore + EventFeed>(store: Arc<S>) {
+pub async fn event_feed_contract<S: EventStore + EventFeed + BulkReplay>(store: Arc<S>) {
     feed_order_paging_and_coverage(&*store).await;
     feed_head_is_last_position(&*store).await;
     feed_wait_wakes_on_append(store.clone()).await;
@@ -22,7 +22,7 @@ pub async fn event_feed_contract<S: EventStore + EventFeed>(store: Arc<S>) {
 
 /// `replay_raw(type, batch)` yields every event of that type exactly as stored, in feed order
 /// (so per stream in version order), in batches of at most `batch`, and nothing of other types.
-pub async fn feed_replay_raw<S: EventStore + EventFeed + ?Sized>(store: &S) {
+pub async fn feed_replay_raw<S: EventStore + BulkReplay + ?Sized>(store: &S) {
     const CTX: &str = "EventFeed replay_raw";
     // A type of its own, so a shared store's other events don't show up.
     let aggregate_type = unique("ReplayType");

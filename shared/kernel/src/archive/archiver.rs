@@ -5,7 +5,7 @@ use super::catalog::{read_archived, Catalog};
 use super::segment::{segment_name, Archive, ByteRange, SegmentBuilder};
 use crate::chain::{hash_envelope, ChainBreak};
 use crate::envelope::{EventEnvelope, StreamId};
-use crate::ports::{EventStore, ReadRange, SnapshotStore, StoreError};
+use crate::ports::{EventStore, Expiry, ReadRange, SnapshotStore, StoreError, StreamListing};
 use chrono::{DateTime, Utc};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use rustc_hash::FxHashMap;
@@ -44,7 +44,7 @@ pub struct ArchiverOptions {
     /// A segment is closed once it holds this many events.
     pub segment_events: u64,
     /// When given, archived hot copies are marked to expire this long after archiving (a
-    /// DynamoDB TTL); `None` keeps them.
+    /// DynamoDB TTL; [`run_archiver_expiring`] only); `None` keeps them.
     pub expire_after: Option<chrono::Duration>,
 }
 
@@ -92,6 +92,8 @@ struct Pick {
 /// new segments; never the stream's latest event (the hot store keeps each stream's head).
 /// Segments are written whole and never overwritten; only once one is stored are its events'
 /// hot copies marked to expire (when configured). `progress` gets streams looked at so far.
+///
+/// For a store that keeps every hot copy (no [`Expiry`]): `opts.expire_after` is refused.
 pub async fn run_archiver<E, S>(
     hot: &E,
     snapshots: &S,
@@ -100,14 +102,69 @@ pub async fn run_archiver<E, S>(
     progress: impl Fn(u64),
 ) -> Result<ArchiveReport, StoreError>
 where
-    E: EventStore + ?Sized,
+    E: EventStore + StreamListing + ?Sized,
     S: SnapshotStore + ?Sized,
 {
+    if opts.expire_after.is_some() {
+        return Err(StoreError::Invalid(
+            "this store keeps every event: its hot copies cannot be set to expire".into(),
+        ));
+    }
+    archive_all::<E, S, NoExpiry>(hot, None, snapshots, archive, opts, progress).await
+}
+
+/// [`run_archiver`] for a store whose hot copies can expire: with `opts.expire_after`, each
+/// archived event's hot copy is marked once its segment is stored.
+pub async fn run_archiver_expiring<E, S>(
+    hot: &E,
+    snapshots: &S,
+    archive: &dyn Archive,
+    opts: &ArchiverOptions,
+    progress: impl Fn(u64),
+) -> Result<ArchiveReport, StoreError>
+where
+    E: EventStore + StreamListing + Expiry + ?Sized,
+    S: SnapshotStore + ?Sized,
+{
+    archive_all(hot, Some(hot), snapshots, archive, opts, progress).await
+}
+
+/// No expiry, as a type: [`run_archiver`]'s, which never calls it.
+enum NoExpiry {}
+
+#[async_trait::async_trait]
+impl Expiry for NoExpiry {
+    async fn expire(
+        &self,
+        _: &StreamId,
+        _: &[(u64, String)],
+        _: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        match *self {}
+    }
+    async fn unexpired(&self, _: &StreamId, _: u64) -> Result<Vec<(u64, String)>, StoreError> {
+        match *self {}
+    }
+}
+
+async fn archive_all<E, S, X>(
+    hot: &E,
+    expiry: Option<&X>,
+    snapshots: &S,
+    archive: &dyn Archive,
+    opts: &ArchiverOptions,
+    progress: impl Fn(u64),
+) -> Result<ArchiveReport, StoreError>
+where
+    E: EventStore + StreamListing + ?Sized,
+    S: SnapshotStore + ?Sized,
+    X: Expiry + ?Sized,
+{
+    let expiry = expiry.zip(opts.expire_after);
     let started = crate::envelope::now();
     let mut writer = SegmentWriter {
-        hot,
+        expiry,
         archive,
-        opts,
         started,
         run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
         part: 0,
@@ -119,16 +176,26 @@ where
     loop {
         let page = hot.list_streams(cursor.take(), 1000).await?;
         let picks: Vec<Result<Pick, ChainBreak>> = stream::iter(page.streams)
-            .map(|s| pick(hot, snapshots, (archive, &catalog), s, opts, started))
+            .map(|s| {
+                pick(
+                    hot,
+                    expiry.map(|e| e.0),
+                    snapshots,
+                    (archive, &catalog),
+                    s,
+                    opts,
+                    started,
+                )
+            })
             .buffered(16)
             .try_collect()
             .await?;
         for p in picks {
             report.streams += 1;
-            if let (Ok(p), Some(after)) = (&p, opts.expire_after) {
+            if let (Ok(p), Some((expiry, after))) = (&p, expiry) {
                 if !p.catch_up.is_empty() {
                     let at = crate::envelope::now() + after;
-                    report.events_expiring += hot.expire(&p.stream, &p.catch_up, at).await?;
+                    report.events_expiring += expiry.expire(&p.stream, &p.catch_up, at).await?;
                 }
             }
             let p = match p {
@@ -172,8 +239,9 @@ where
     Ok(report)
 }
 
-async fn pick<E, S>(
+async fn pick<E, S, X>(
     hot: &E,
+    expiry: Option<&X>,
     snapshots: &S,
     (archive, catalog): (&dyn Archive, &Catalog),
     stream: StreamId,
@@ -183,6 +251,7 @@ async fn pick<E, S>(
 where
     E: EventStore + ?Sized,
     S: SnapshotStore + ?Sized,
+    X: Expiry + ?Sized,
 {
     let policy = opts.policy;
     let (archived, prev_hash) = catalog.archived_head(&stream);
@@ -233,8 +302,8 @@ where
     // Archived by an earlier run but never marked (it was cut short): mark them now, each
     // only if the hot copy is still the archived one.
     let mut catch_up = Vec::new();
-    if opts.expire_after.is_some() && archived > 0 {
-        let left = hot.unexpired(&stream, archived).await?;
+    if let (Some(expiry), true) = (expiry, archived > 0) {
+        let left = expiry.unexpired(&stream, archived).await?;
         if let (Some(first), Some(last)) = (left.first(), left.last()) {
             let copies = read_archived(archive, catalog, &stream, first.0, last.0).await?;
             let archived_hash: std::collections::HashMap<u64, &str> = copies
@@ -256,16 +325,16 @@ where
 }
 
 /// Stores one run's segments, named by the run's start, its id and a counter.
-struct SegmentWriter<'a, E: ?Sized> {
-    hot: &'a E,
+struct SegmentWriter<'a, X: ?Sized> {
+    /// Where archived copies are marked to expire, and after how long.
+    expiry: Option<(&'a X, chrono::Duration)>,
     archive: &'a dyn Archive,
-    opts: &'a ArchiverOptions,
     started: DateTime<Utc>,
     run: String,
     part: u32,
 }
 
-impl<E: EventStore + ?Sized> SegmentWriter<'_, E> {
+impl<X: Expiry + ?Sized> SegmentWriter<'_, X> {
     /// Stores a finished segment, then (when configured) marks its events' hot copies.
     async fn flush(
         &mut self,
@@ -273,7 +342,7 @@ impl<E: EventStore + ?Sized> SegmentWriter<'_, E> {
         picks: Vec<Framed>,
         report: &mut ArchiveReport,
     ) -> Result<(), StoreError> {
-        let (hot, archive, opts) = (self.hot, self.archive, self.opts);
+        let (archive, expiry) = (self.archive, self.expiry);
         let Some(first) = picks.first() else {
             return Ok(());
         };
@@ -303,10 +372,10 @@ impl<E: EventStore + ?Sized> SegmentWriter<'_, E> {
         report.bytes += size;
         report.events_archived += index.events;
         report.streams_archived += picks.len() as u64;
-        if let Some(after) = opts.expire_after {
+        if let Some((expiry, after)) = expiry {
             let at = crate::envelope::now() + after;
             let marked: Vec<u64> = stream::iter(picks.iter())
-                .map(|p| hot.expire(&p.stream, &p.events, at))
+                .map(|p| expiry.expire(&p.stream, &p.events, at))
                 .buffer_unordered(8)
                 .try_collect()
                 .await?;

@@ -5,7 +5,7 @@ use super::catalog::{Catalog, CatalogSegment};
 use super::segment::{fetch_segments, frame_bytes, frame_records, shard, unpack_frame, Archive};
 use crate::aggregate::Aggregate;
 use crate::error::Error;
-use crate::ports::{EventFeed, StoreError};
+use crate::ports::{BulkReplay, StoreError};
 use crate::replay::decode_raw;
 use crate::schema::EventSchema;
 use rustc_hash::FxHashMap;
@@ -25,7 +25,7 @@ pub struct ReplayCounts {
 pub async fn replay_archived<A: Aggregate>(
     archive: &dyn Archive,
     catalog: &Catalog,
-    feed: &dyn EventFeed,
+    feed: &dyn BulkReplay,
     schema: &EventSchema,
     workers: usize,
 ) -> Result<(FxHashMap<String, (u64, A)>, ReplayCounts), Error> {

@@ -6,8 +6,8 @@ use super::verify::{verify_frames, ArchiveVerifier, ArchivedChain};
 use crate::chain::{ChainBreak, VerifyReport};
 use crate::envelope::{EventEnvelope, StreamId};
 use crate::ports::{
-    AppendError, AppendRequest, EventStore, IdempotencyRecord, ReadRange, RecordedPage, StoreError,
-    StreamPage,
+    AppendError, AppendRequest, BulkVerify, CopyAudit, EventStore, Expiry, IdempotencyRecord,
+    ReadRange, RecordedFeed, RecordedPage, StoreError, StoredHashes, StreamListing, StreamPage,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -121,7 +121,9 @@ impl<E: EventStore + ?Sized> ArchivedEventStore<E> {
         }
         Ok(verifier.finish())
     }
+}
 
+impl<E: EventStore + StoredHashes + ?Sized> ArchivedEventStore<E> {
     /// Holds verified archived chains to the hot store's copies of the same events: equal
     /// hashes at the archived head mean equal histories up to it (each hash covers its
     /// predecessors). One bulk lookup of the hot hashes.
@@ -213,7 +215,10 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
         self.hot.idempotency_record(key).await
     }
+}
 
+#[async_trait]
+impl<E: EventStore + StreamListing + ?Sized> StreamListing for ArchivedEventStore<E> {
     async fn list_streams(
         &self,
         cursor: Option<String>,
@@ -222,15 +227,17 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         // Every stream keeps its latest event hot, so the hot store names them all.
         self.hot.list_streams(cursor, limit).await
     }
+}
 
+/// The hot store's bulk path, with each break it finds inside the archived range checked again
+/// through the merged history.
+#[async_trait]
+impl<E: EventStore + BulkVerify + ?Sized> BulkVerify for ArchivedEventStore<E> {
     async fn verify_all_chains(
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Option<Result<VerifyReport, StoreError>> {
-        let report = match self.hot.verify_all_chains(progress).await? {
-            Ok(r) => r,
-            Err(e) => return Some(Err(e)),
-        };
+    ) -> Result<VerifyReport, StoreError> {
+        let report = self.hot.verify_all_chains(progress).await?;
         // The hot store's bulk path sees only hot events: a stream whose early events expired
         // looks cut. Check each break again through the merged history.
         let mut out = VerifyReport {
@@ -238,12 +245,9 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
             ..report
         };
         if report.breaks.is_empty() {
-            return Some(Ok(report));
+            return Ok(report);
         }
-        let cat = match self.catalog().await {
-            Ok(c) => c,
-            Err(e) => return Some(Err(e)),
-        };
+        let cat = self.catalog().await?;
         for b in report.breaks {
             let stream = StreamId::new(&b.aggregate_type, &b.aggregate_id);
             // Only a break inside the archived range can be the hot store's expiry; any other
@@ -264,12 +268,15 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
                     problem: format!("{}; {why}", b.problem),
                     ..b
                 }),
-                Err(e) => return Some(Err(e)),
+                Err(e) => return Err(e),
             }
         }
-        Some(Ok(out))
+        Ok(out)
     }
+}
 
+#[async_trait]
+impl<E: EventStore + StoredHashes + ?Sized> CopyAudit for ArchivedEventStore<E> {
     async fn verify_copies(
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
@@ -299,7 +306,10 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
         let mine = vec![verify_frames(stream, &frames)];
         Ok(self.agree_all(&mine).await?.into_iter().next())
     }
+}
 
+#[async_trait]
+impl<E: EventStore + RecordedFeed + ?Sized> RecordedFeed for ArchivedEventStore<E> {
     async fn read_recorded(
         &self,
         from: DateTime<Utc>,
@@ -309,7 +319,10 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
     ) -> Result<RecordedPage, StoreError> {
         self.hot.read_recorded(from, to, after, limit).await
     }
+}
 
+#[async_trait]
+impl<E: EventStore + Expiry + ?Sized> Expiry for ArchivedEventStore<E> {
     async fn expire(
         &self,
         stream: &StreamId,
@@ -326,10 +339,12 @@ impl<E: EventStore + ?Sized> EventStore for ArchivedEventStore<E> {
     ) -> Result<Vec<(u64, String)>, StoreError> {
         self.hot.unexpired(stream, through).await
     }
+}
 
-    /// The hot store's hashes (its bulk lookup where it has one): the trait's default would
-    /// read event by event through the merged history, and fill expired ones from the archive
-    /// this is to be held against.
+#[async_trait]
+impl<E: EventStore + StoredHashes + ?Sized> StoredHashes for ArchivedEventStore<E> {
+    /// The hot store's hashes (its bulk lookup where it has one), not the merged history's:
+    /// those would fill expired events from the archive this is to be held against.
     async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
         self.hot.hashes_at(at).await
     }

@@ -2,7 +2,7 @@
 
 use super::check::{ChainBreak, ChainCheck, VerifyReport};
 use crate::envelope::StreamId;
-use crate::ports::{EventStore, ReadRange, Snapshot, SnapshotStore, StoreError};
+use crate::ports::{EventStore, ReadRange, Snapshot, SnapshotStore, StoreError, StreamListing};
 
 /// Verifies one stream's whole chain through the event-store port; `Ok` holds the number of
 /// events verified.
@@ -42,7 +42,7 @@ pub async fn verify_stream_against<E: EventStore + ?Sized>(
 
 /// Verifies every stream in the store (each against its latest snapshot when `snapshots` is
 /// given), `concurrency` streams at a time; `progress` is called with the streams done so far.
-pub async fn verify_all<E: EventStore + ?Sized, S: SnapshotStore + ?Sized>(
+pub async fn verify_all<E: EventStore + StreamListing + ?Sized, S: SnapshotStore + ?Sized>(
     store: &E,
     snapshots: Option<&S>,
     concurrency: usize,

@@ -6,13 +6,13 @@
 use async_trait::async_trait;
 use chronicle_kernel::{
     AppendError, AppendRequest, Doc, DocWrite, EventEnvelope, EventFeed, EventStore, FeedEvent,
-    IdempotencyRecord, Metadata, ModelRef, RawBatch, ReadModelStore, ReadRange, RecordedPage,
-    StoreError, StreamId, StreamPage,
+    IdempotencyRecord, Metadata, ModelRef, ReadModelStore, ReadRange, StoreError, StoredHashes,
+    StreamId,
 };
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::json;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct Memory {
@@ -81,21 +81,12 @@ impl EventStore for Memory {
     ) -> Result<Option<IdempotencyRecord>, StoreError> {
         Ok(None)
     }
-    async fn list_streams(
-        &self,
-        _cursor: Option<String>,
-        _limit: usize,
-    ) -> Result<StreamPage, StoreError> {
-        Ok(StreamPage::default())
-    }
-    async fn read_recorded(
-        &self,
-        _from: DateTime<Utc>,
-        _to: DateTime<Utc>,
-        _after: Option<String>,
-        _limit: usize,
-    ) -> Result<RecordedPage, StoreError> {
-        Ok(RecordedPage::default())
+}
+
+#[async_trait]
+impl StoredHashes for Memory {
+    async fn hashes_at(&self, at: &[(StreamId, u64)]) -> Result<Vec<Option<String>>, StoreError> {
+        chronicle_kernel::hashes_by_reads(self, at).await
     }
 }
 
@@ -114,20 +105,6 @@ impl EventFeed for Memory {
         Ok(self.feed.lock().unwrap().len() as u64)
     }
     async fn wait_for_events(&self, _after: u64, _timeout: std::time::Duration) {}
-    async fn read_tails(
-        &self,
-        _aggregate_type: &str,
-        _after: Arc<HashMap<String, u64>>,
-    ) -> Result<RawBatch, StoreError> {
-        Ok(RawBatch::default())
-    }
-    fn replay_raw(
-        &self,
-        _aggregate_type: &str,
-        _batch: usize,
-    ) -> tokio::sync::mpsc::Receiver<Result<RawBatch, StoreError>> {
-        tokio::sync::mpsc::channel(1).1
-    }
 }
 
 #[async_trait]
