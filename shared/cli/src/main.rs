@@ -10,6 +10,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod bench;
 mod inspect;
+mod mappings;
 mod serve;
 
 use anyhow::Context;

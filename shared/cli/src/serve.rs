@@ -64,13 +64,10 @@ pub(crate) async fn serve_aws(
     settings.idempotency_retention = idempotency_retention;
     let app = chronicle_lambda::App::new(chronicle_aws::Clients::from_env().await, settings);
     let (stop, stopped) = watch::channel(false);
-    let mappings = chronicle_lambda::local::spawn_all(
-        &app,
-        chronicle_lambda::local::MappingConfig::default(),
-        stopped,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    let mappings =
+        crate::mappings::spawn_all(&app, crate::mappings::MappingConfig::default(), stopped)
+            .await
+            .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("listening on {addr}"))?;

@@ -22,6 +22,7 @@ pub fn aggregate_key(aggregate_type: &str, aggregate_id: &str) -> String {
     format!("{aggregate_type}/{aggregate_id}")
 }
 
+/// The activity consumer on the app's read-model table ([`consume_into`]).
 pub async fn consume(app: &App, event: &KinesisEvent) -> KinesisEventResponse {
     consume_into(&*app.read_models, event).await
 }

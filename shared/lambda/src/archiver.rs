@@ -5,10 +5,11 @@
 
 use crate::App;
 use chronicle_aws::ConfigError;
+use chronicle_kernel::archive::Archive;
 use chronicle_kernel::archived::{
     run_archiver_expiring, ArchivePolicy, ArchiveReport, ArchiverOptions,
 };
-use chronicle_kernel::StoreError;
+use chronicle_kernel::{EventStore, Expiry, SnapshotStore, StoreError, StreamListing};
 use serde::Serialize;
 
 /// What to archive and when hot copies expire, from the function's environment.
@@ -119,17 +120,29 @@ impl<'a> Summary<'a> {
     }
 }
 
-/// One archiver run over the whole events table.
+/// One archiver run over the whole events table ([`archive_with`] the app's adapters).
 pub async fn archive(app: &App, settings: &ArchiverSettings) -> Result<ArchiveReport, StoreError> {
-    let archive = &*app.archive;
+    archive_with(&*app.events, &*app.snapshots, &*app.archive, settings).await
+}
+
+/// One archiver run over any hot store whose copies can expire.
+pub async fn archive_with<E, S>(
+    events: &E,
+    snapshots: &S,
+    archive: &dyn Archive,
+    settings: &ArchiverSettings,
+) -> Result<ArchiveReport, StoreError>
+where
+    E: EventStore + StreamListing + Expiry + ?Sized,
+    S: SnapshotStore + ?Sized,
+{
     let mut opts = ArchiverOptions::new(ArchivePolicy {
         older_than: Some(settings.archive_after),
         below_snapshot: settings.below_snapshot,
     });
     opts.expire_after = settings.expire_after;
     let progress = |streams: u64| tracing::debug!(streams, "archiver progress");
-    let report =
-        run_archiver_expiring(&*app.events, &*app.snapshots, archive, &opts, progress).await?;
+    let report = run_archiver_expiring(events, snapshots, archive, &opts, progress).await?;
     for b in &report.refused {
         tracing::warn!(aggregate_type = %b.aggregate_type, aggregate_id = %b.aggregate_id, version = b.version, problem = %b.problem, "stream not archived: its stored chain does not verify");
     }
@@ -142,8 +155,22 @@ pub async fn handle(
     app: &App,
     settings: &ArchiverSettings,
 ) -> Result<serde_json::Value, StoreError> {
+    handle_with(&*app.events, &*app.snapshots, &*app.archive, settings).await
+}
+
+/// [`handle`] over any ports.
+pub async fn handle_with<E, S>(
+    events: &E,
+    snapshots: &S,
+    archive: &dyn Archive,
+    settings: &ArchiverSettings,
+) -> Result<serde_json::Value, StoreError>
+where
+    E: EventStore + StreamListing + Expiry + ?Sized,
+    S: SnapshotStore + ?Sized,
+{
     let started = std::time::Instant::now();
-    let report = archive(app, settings).await?;
+    let report = archive_with(events, snapshots, archive, settings).await?;
     let summary = Summary::of(&report, started.elapsed().as_secs_f64());
     let json = serde_json::to_value(&summary).map_err(|e| StoreError::Invalid(e.to_string()))?;
     tracing::info!(summary = %json, "archiver run done");

@@ -1,20 +1,23 @@
 //! Chronicle's Lambda functions as library code: each function crate under `functions/` is a
 //! thin `main` calling one of the `run_*` functions here, and the CLI's `serve --backend aws`
-//! calls the same handlers from its local event-source pollers.
+//! calls the same handlers from its local event-source pollers. Each handler takes the ports
+//! it needs (`streams::project_into`, `publish_to`, `snapshot_with`, `activity::consume_into`,
+//! `archiver::archive_with`), so it runs on any adapters; the `App`-taking forms pass the AWS
+//! ones.
 //!
 //! - [`http`]: the command and query functions (API Gateway HTTP API, payload v2), serving the
 //!   same axum router as the local server.
 //! - [`streams`]: the DynamoDB Streams handlers: projector, publisher, snapshotter.
 //! - [`activity`]: a Kinesis consumer keeping an activity-feed read model.
 //! - [`archiver`]: the scheduled archiver (older events to S3 segments, hot copies to expire).
-//! - [`local`]: pollers that drive the stream handlers from DynamoDB Streams and Kinesis as an
-//!   event source mapping would, for development against a local endpoint.
+//! - [`records`]: stream records as the SDKs return them, converted into the records Lambda
+//!   delivers (what the CLI's pollers and the tests hand the handlers).
 
 pub mod activity;
 pub mod archiver;
 mod error;
 pub mod http;
-pub mod local;
+pub mod records;
 pub mod streams;
 
 use chronicle_aws::{

@@ -10,7 +10,10 @@ use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse
 use chronicle_aws::item::{self, StoredItem};
 use chronicle_kernel::projection::StreamStep;
 use chronicle_kernel::publishing::publish_batch;
-use chronicle_kernel::{EventEnvelope, ModelRef, Projection, ProjectionError, StreamId};
+use chronicle_kernel::{
+    Chronicle, EventEnvelope, EventStore, ModelRef, Projection, ProjectionError, Publisher,
+    ReadModelStore, StreamId,
+};
 use futures::stream::{self, StreamExt};
 use serde_dynamo::AttributeValue;
 use std::collections::BTreeMap;
@@ -104,34 +107,59 @@ where
 // Projector
 // ----------------------------------------------------------------------------------------
 
-/// Applies the batch to every read model of each event's aggregate type.
+/// Applies the batch to every read model of each event's aggregate type ([`project_into`]
+/// the app's hot store and read-model table).
 pub async fn project(app: &App, event: &Event) -> DynamoDbEventResponse {
+    project_into(&app.chronicle, &*app.events, &*app.read_models, event).await
+}
+
+/// The projector over any ports: the registry names the projections of each aggregate type,
+/// `events` fills version gaps, `read_models` holds the documents.
+pub async fn project_into(
+    chronicle: &Chronicle,
+    events: &dyn EventStore,
+    read_models: &dyn ReadModelStore,
+    event: &Event,
+) -> DynamoDbEventResponse {
+    let ports = ProjectPorts {
+        chronicle,
+        events,
+        read_models,
+    };
     let batch = decode(&event.records);
     // Collected first: a closure held across the await would make the future not `Send`.
     let work: Vec<_> = batch
         .streams
         .values()
-        .map(|r| project_stream(app, r))
+        .map(|r| project_stream(ports, r))
         .collect();
     let failed = gather(batch.unreadable_from, work.into_iter()).await;
     response(&event.records, failed)
 }
 
-async fn project_stream(app: &App, records: &[Decoded]) -> Option<usize> {
+/// What the projector works on.
+#[derive(Clone, Copy)]
+struct ProjectPorts<'a> {
+    chronicle: &'a Chronicle,
+    events: &'a dyn EventStore,
+    read_models: &'a dyn ReadModelStore,
+}
+
+async fn project_stream(ports: ProjectPorts<'_>, records: &[Decoded]) -> Option<usize> {
     let first = records.first()?;
     let Ok(sample) = &first.event else {
         tracing::error!(index = first.index, error = ?first.event, "undecodable event record");
         return Some(first.index);
     };
     let stream = sample.stream();
-    let Some(service) = app.chronicle.aggregate(&stream.aggregate_type) else {
+    let Some(service) = ports.chronicle.aggregate(&stream.aggregate_type) else {
         tracing::error!(%stream, "events of an unregistered aggregate type");
         return Some(first.index);
     };
     let schema = service.schema().clone();
     let mut failed = None;
-    for projection in app.chronicle.projections_of(&stream.aggregate_type) {
-        let f = project_one(app, projection.clone(), &schema, &stream, records)
+    for projection in ports.chronicle.projections_of(&stream.aggregate_type) {
+        let f = project_one(ports, projection.clone(), &schema, &stream, records)
             .instrument(tracing::info_span!("projection", name = projection.name(), %stream))
             .await;
         failed = min_failure(failed, f);
@@ -142,7 +170,7 @@ async fn project_stream(app: &App, records: &[Decoded]) -> Option<usize> {
 /// Folds the records into one projection's document of this stream and writes it once,
 /// through the kernel's one stream step (which fills version gaps from the event store).
 async fn project_one(
-    app: &App,
+    ports: ProjectPorts<'_>,
     projection: Arc<dyn Projection>,
     schema: &chronicle_kernel::EventSchema,
     stream: &StreamId,
@@ -160,8 +188,8 @@ async fn project_one(
     });
     let model = ModelRef::active(projection.name());
     let step = StreamStep {
-        events: app.events.as_ref(),
-        read_models: app.read_models.as_ref(),
+        events: ports.events,
+        read_models: ports.read_models,
         model: &model,
         projection: projection.as_ref(),
         schema,
@@ -189,8 +217,18 @@ async fn project_one(
 // Publisher
 // ----------------------------------------------------------------------------------------
 
-/// Publishes the batch's events, upcast to the current schema, to Kinesis.
+/// Publishes the batch's events, upcast to the current schema, to Kinesis ([`publish_to`]
+/// the app's publisher).
 pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
+    publish_to(&app.chronicle, &*app.publisher, event).await
+}
+
+/// The publisher over any port: the registry upcasts, `publisher` distributes.
+pub async fn publish_to(
+    chronicle: &Chronicle,
+    publisher: &dyn Publisher,
+    event: &Event,
+) -> DynamoDbEventResponse {
     let batch = decode(&event.records);
     // Back in batch order: the step stops at the first record it can't publish.
     let mut records: Vec<(usize, Result<EventEnvelope, String>)> = batch
@@ -200,8 +238,8 @@ pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
         .map(|r| (r.index, r.event))
         .collect();
     records.sort_by_key(|(i, _)| *i);
-    let upcast = |e: EventEnvelope| app.chronicle.upcast(e);
-    let failed = match publish_batch(app.publisher.as_ref(), &upcast, records).await {
+    let upcast = |e: EventEnvelope| chronicle.upcast(e);
+    let failed = match publish_batch(publisher, &upcast, records).await {
         Ok(()) => batch.unreadable_from,
         Err(stop) => {
             tracing::error!(index = stop.index, error = %stop.error, "publishing stopped at this record; the retry starts here");
@@ -215,9 +253,19 @@ pub async fn publish(app: &App, event: &Event) -> DynamoDbEventResponse {
 // Snapshotter
 // ----------------------------------------------------------------------------------------
 
-/// Snapshots each aggregate whose events in this batch cross a multiple of the interval.
+/// Snapshots each aggregate whose events in this batch cross a multiple of the interval
+/// ([`snapshot_with`] the app's registry and `CHRONICLE_SNAPSHOT_EVERY`).
 pub async fn snapshot(app: &App, event: &Event) -> DynamoDbEventResponse {
-    let every = app.settings.snapshot_every;
+    snapshot_with(&app.chronicle, app.settings.snapshot_every, event).await
+}
+
+/// The snapshotter over any registry: each aggregate whose events in this batch cross a
+/// multiple of `every` (0: never) is snapshotted through the registry's snapshot store.
+pub async fn snapshot_with(
+    chronicle: &Chronicle,
+    every: u64,
+    event: &Event,
+) -> DynamoDbEventResponse {
     let batch = decode(&event.records);
     if every == 0 {
         return response(&event.records, batch.unreadable_from);
@@ -225,13 +273,13 @@ pub async fn snapshot(app: &App, event: &Event) -> DynamoDbEventResponse {
     let work: Vec<_> = batch
         .streams
         .values()
-        .map(|r| snapshot_stream(app, every, r))
+        .map(|r| snapshot_stream(chronicle, every, r))
         .collect();
     let failed = gather(batch.unreadable_from, work.into_iter()).await;
     response(&event.records, failed)
 }
 
-async fn snapshot_stream(app: &App, every: u64, records: &[Decoded]) -> Option<usize> {
+async fn snapshot_stream(chronicle: &Chronicle, every: u64, records: &[Decoded]) -> Option<usize> {
     let first = records.first()?.index;
     let mut failed = None;
     let mut versions = Vec::new();
@@ -258,7 +306,7 @@ async fn snapshot_stream(app: &App, every: u64, records: &[Decoded]) -> Option<u
     if (lo - 1) / every == hi / every {
         return failed;
     }
-    let Some(service) = app.chronicle.aggregate(&stream.aggregate_type) else {
+    let Some(service) = chronicle.aggregate(&stream.aggregate_type) else {
         tracing::error!(%stream, "events of an unregistered aggregate type");
         return Some(first);
     };

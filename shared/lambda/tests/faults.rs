@@ -24,12 +24,17 @@ use chronicle_kernel::{
     fold_event, EventEnvelope, EventStore, Expiry, ModelRef, ReadModelStore, ReadRange,
     SnapshotStore, StreamId,
 };
-use chronicle_lambda::{activity, archiver, local, App};
+use chronicle_lambda::{activity, archiver, App};
 use lambda_http::tower::ServiceExt;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+// The polling loops are `chronicle serve --backend aws`'s (a binary crate: nothing to import);
+// the file uses only this crate's public API, so it is compiled here as it is there.
+#[path = "../../cli/src/mappings.rs"]
+mod local;
 
 fn faulty_app(env: &AwsTestEnv, faults: &Arc<Faults>) -> App {
     App::new(faults.clients(&env.clients.sdk), env.settings.clone())

@@ -6,7 +6,7 @@ use aws_lambda_events::dynamodb::EventRecord;
 use aws_lambda_events::kinesis::KinesisEventRecord;
 use chronicle_aws::testing::AwsTestEnv;
 use chronicle_kernel::{CommandOptions, CommandOutcome, Error};
-use chronicle_lambda::{local, App};
+use chronicle_lambda::{records, App};
 use serde_json::{json, Value};
 
 pub async fn app(test: &str, snapshot_every: u64) -> Option<(AwsTestEnv, App)> {
@@ -47,7 +47,7 @@ pub async fn open_with(app: &App, id: &str, owner: &str, deposits: &[u64]) {
 
 /// Every record of the events table's stream, as Lambda would deliver them.
 pub async fn stream_records(app: &App) -> Vec<EventRecord> {
-    let arn = local::table_stream_arn(&app.clients.dynamodb, &app.settings.events_table)
+    let arn = records::table_stream_arn(&app.clients.dynamodb, &app.settings.events_table)
         .await
         .expect("the events table has a stream");
     let streams = aws_sdk_dynamodbstreams::Client::new(&app.clients.sdk);
@@ -79,7 +79,7 @@ pub async fn stream_records(app: &App) -> Vec<EventRecord> {
             if records.is_empty() {
                 break;
             }
-            out.extend(records.into_iter().map(|r| local::lambda_record(r, &arn)));
+            out.extend(records.into_iter().map(|r| records::lambda_record(r, &arn)));
             it = got.next_shard_iterator;
         }
     }
@@ -120,7 +120,7 @@ pub async fn kinesis_records(app: &App) -> Vec<KinesisEventRecord> {
     chronicle_aws::testing::kinesis_records(&app.clients.kinesis, &app.settings.event_stream)
         .await
         .into_iter()
-        .map(|r| local::kinesis_record(r, "arn:test"))
+        .map(|r| records::kinesis_record(r, "arn:test"))
         .collect()
 }
 

@@ -1,5 +1,6 @@
 //! Local event-source mappings: what Lambda does between a stream and a function, for
-//! `chronicle serve --backend aws` and the tests. Each mapping reads its shards with its own
+//! `chronicle serve --backend aws` (and the fault tests of `chronicle-lambda`, which compile
+//! this file too: it uses nothing of the CLI crate). Each mapping reads its shards with its own
 //! iterators, hands batches to a handler as `aws_lambda_events` records, and honours the
 //! partial-batch response: it resumes at the reported record, retries it a bounded number of
 //! times, then skips it with an error log (where Lambda would send it to the on-failure queue).
@@ -8,10 +9,11 @@
 //! 24 hours a stream keeps instead of missing anything.
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
-use aws_lambda_events::encodings::SecondTimestamp;
 use aws_lambda_events::kinesis::{KinesisEvent, KinesisEventRecord};
 use aws_lambda_events::streams::{DynamoDbEventResponse, KinesisEventResponse};
 use aws_sdk_dynamodbstreams::types::ShardIteratorType;
+use chronicle_lambda::records::{kinesis_record, lambda_record, table_stream_arn};
+use chronicle_lambda::App;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::time::Duration;
@@ -35,55 +37,6 @@ impl Default for MappingConfig {
             idle: Duration::from_millis(200),
         }
     }
-}
-
-/// Converts a DynamoDB Streams record as the SDK returns it into the record Lambda delivers.
-pub fn lambda_record(r: aws_sdk_dynamodbstreams::types::Record, stream_arn: &str) -> EventRecord {
-    let mut out = EventRecord::default();
-    out.event_id = r.event_id.unwrap_or_default();
-    out.event_name = r
-        .event_name
-        .map(|n| n.as_str().to_owned())
-        .unwrap_or_default();
-    out.event_version = r.event_version;
-    out.event_source = r.event_source.or_else(|| Some("aws:dynamodb".into()));
-    out.aws_region = r.aws_region.unwrap_or_default();
-    out.event_source_arn = Some(stream_arn.to_owned());
-    if let Some(d) = r.dynamodb {
-        out.change.keys = serde_dynamo::Item::from(d.keys.unwrap_or_default());
-        out.change.new_image = serde_dynamo::Item::from(d.new_image.unwrap_or_default());
-        out.change.old_image = serde_dynamo::Item::from(d.old_image.unwrap_or_default());
-        out.change.sequence_number = d.sequence_number;
-        out.change.size_bytes = d.size_bytes.unwrap_or(0);
-        if let Some(t) = d.approximate_creation_date_time {
-            if let Some(t) = chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()) {
-                out.change.approximate_creation_date_time = t;
-            }
-        }
-    }
-    out
-}
-
-/// The stream ARN of a table (which `aws-setup` creates with a stream).
-pub async fn table_stream_arn(
-    dynamodb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Result<String, String> {
-    let out = dynamodb
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .map_err(|e| {
-            format!(
-                "DescribeTable {table}: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        })?;
-    out.table()
-        .and_then(|t| t.latest_stream_arn())
-        .map(str::to_owned)
-        .ok_or_else(|| format!("table {table} has no stream (run `chronicle aws-setup`)"))
 }
 
 struct ShardState {
@@ -256,25 +209,6 @@ pub async fn run_dynamodb_mapping<H, Fut>(
     }
 }
 
-/// Converts a Kinesis record as the SDK returns it into the record Lambda delivers.
-pub fn kinesis_record(r: aws_sdk_kinesis::types::Record, stream_arn: &str) -> KinesisEventRecord {
-    let mut out = KinesisEventRecord::default();
-    out.event_source = Some("aws:kinesis".into());
-    out.event_name = Some("aws:kinesis:record".into());
-    out.event_source_arn = Some(stream_arn.to_owned());
-    out.event_id = Some(format!("shard:{}", r.sequence_number()));
-    out.kinesis.partition_key = r.partition_key().unwrap_or_default().to_owned();
-    out.kinesis.sequence_number = r.sequence_number().to_owned();
-    if let Some(t) = r
-        .approximate_arrival_timestamp()
-        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
-    {
-        out.kinesis.approximate_arrival_timestamp = SecondTimestamp(t);
-    }
-    *out.kinesis.data = r.data().as_ref().to_vec();
-    out
-}
-
 /// Drives `handler` from a Kinesis stream until `shutdown` turns true.
 pub async fn run_kinesis_mapping<H, Fut>(
     name: &'static str,
@@ -423,24 +357,23 @@ pub async fn run_kinesis_mapping<H, Fut>(
 /// Starts every stream-driven function of `app` as a local mapping: projector, publisher and
 /// snapshotter on the events table's stream, the activity consumer on Kinesis.
 pub async fn spawn_all(
-    app: &crate::App,
+    app: &App,
     config: MappingConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let arn = table_stream_arn(&app.clients.dynamodb, &app.settings.events_table).await?;
     let streams = aws_sdk_dynamodbstreams::Client::new(&app.clients.sdk);
     let mut handles = Vec::new();
-    type DynHandler =
-        fn(crate::App, Event) -> futures::future::BoxFuture<'static, DynamoDbEventResponse>;
+    type DynHandler = fn(App, Event) -> futures::future::BoxFuture<'static, DynamoDbEventResponse>;
     let mappings: [(&'static str, DynHandler); 3] = [
         ("projector", |app, e| {
-            Box::pin(async move { crate::streams::project(&app, &e).await })
+            Box::pin(async move { chronicle_lambda::streams::project(&app, &e).await })
         }),
         ("publisher", |app, e| {
-            Box::pin(async move { crate::streams::publish(&app, &e).await })
+            Box::pin(async move { chronicle_lambda::streams::publish(&app, &e).await })
         }),
         ("snapshotter", |app, e| {
-            Box::pin(async move { crate::streams::snapshot(&app, &e).await })
+            Box::pin(async move { chronicle_lambda::streams::snapshot(&app, &e).await })
         }),
     ];
     for (name, handler) in mappings {
@@ -462,7 +395,7 @@ pub async fn spawn_all(
         config,
         move |e| {
             let app = app2.clone();
-            async move { crate::activity::consume(&app, &e).await }
+            async move { chronicle_lambda::activity::consume(&app, &e).await }
         },
         shutdown,
     )));
