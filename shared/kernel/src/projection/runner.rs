@@ -1,11 +1,10 @@
 //! The local runner: one projection fed from the store's ordered feed, a batch a step, each
-//! aggregate's events through the one stream step, with the checkpoint moved atomically with
-//! the documents; and the rebuild of a new generation from the whole feed.
+//! event through the one stream step ([`StreamStep::push`]), with the checkpoint moved
+//! atomically with the documents; and the rebuild of a new generation from the whole feed.
 
 use super::model::{doc_write, Projection, Rebuilt};
 use super::step::{Folded, Start, StreamStep};
 use crate::admin::{self, Failure, RebuildRecord, RebuildState};
-
 use crate::error::ProjectionError;
 use crate::ports::{Doc, DocWrite, EventFeed, EventStore, ModelRef, ReadModelStore, StoreError};
 use crate::schema::EventSchema;
