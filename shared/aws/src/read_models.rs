@@ -5,7 +5,10 @@
 
 use crate::backend;
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::{
+    AttributeValue, DeleteRequest, ReturnValuesOnConditionCheckFailure, WriteRequest,
+};
 use aws_sdk_dynamodb::Client;
 use chronicle_kernel::{Doc, DocWrite, ModelRef, ReadModelStore, StoreError};
 use std::collections::HashMap;
@@ -18,7 +21,11 @@ const MAX_INDEX_FIELDS: usize = INDEXES.len();
 
 type Item = HashMap<String, AttributeValue>;
 
+/// The attribute holding each document write's mark (see `write`).
+const WRITE_ID: &str = "wid";
+
 #[derive(Clone, Debug)]
+
 pub struct DynamoReadModelStore {
     client: Client,
     table: String,
@@ -127,6 +134,9 @@ impl DynamoReadModelStore {
                 s(index_value(projection, generation, field, value)),
             );
         }
+        // This call's mark: a retried attempt tells its own stored write from another's.
+        let ours = s(uuid::Uuid::new_v4().simple().to_string());
+        item.insert(WRITE_ID.into(), ours.clone());
         let put = self
             .client
             .put_item()
@@ -136,17 +146,19 @@ impl DynamoReadModelStore {
             .expression_attribute_names("#pk", PK)
             .expression_attribute_names("#v", "version")
             .expression_attribute_values(":v", n(w.version))
+            // What refused us: a retried attempt whose first try stored but lost its answer
+            // finds its own write there (its mark), which counts as applied.
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match put {
             Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(backend("PutItem", e)),
+            Err(e) => match e.as_service_error() {
+                Some(PutItemError::ConditionalCheckFailedException(refused)) => Ok(refused
+                    .item()
+                    .is_some_and(|there| there.get(WRITE_ID) == Some(&ours))),
+                _ => Err(backend("PutItem", e)),
+            },
         }
     }
 

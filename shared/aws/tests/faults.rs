@@ -335,3 +335,50 @@ async fn a_partly_failed_put_records_resends_only_what_failed() {
     report(TEST, "every call partial", &faults);
     env.remove().await;
 }
+
+/// A read-model write whose answer is lost after it stored: the SDK sends it again, the
+/// condition refuses the retry (the document is already at that version), and the write
+/// still counts as applied, because what refused it is the document it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_write_that_lost_its_answer_counts_as_applied() {
+    use chronicle_aws::DynamoReadModelStore;
+    use chronicle_kernel::{ModelRef, ReadModelStore};
+    const TEST: &str = "read-model writes under lost answers";
+    let Some(env) = AwsTestEnv::create(TEST).await else {
+        return;
+    };
+    let table = env.settings.read_table.clone();
+    let model = ModelRef::generation(&kit::unique("lost"), 1);
+    for (case, fault) in [
+        ("a 500 after the put", Fault::LoseAnswer500),
+        ("a timeout after the put", Fault::LoseAnswerTimeout),
+    ] {
+        let faults = Faults::new(vec![Rule::new(
+            case,
+            Matcher::dynamodb_on(&table, &["PutItem"]),
+            fault,
+            Schedule::First(1),
+        )]);
+        let store = DynamoReadModelStore::new(faults.clients(&env.clients.sdk).dynamodb, &table);
+        let key = kit::unique("doc");
+        let write = kit::doc_write(&key, 3, serde_json::json!({ "case": case }), &[]);
+        let applied = store
+            .apply(&model, vec![write], None)
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(applied, 1, "{case}: the write stored once and counts once");
+        let clean = DynamoReadModelStore::new(env.clients.dynamodb.clone(), &table);
+        let doc = clean.get(&model, &key).await.expect("get").expect("stored");
+        assert_eq!(doc.version, 3, "{case}");
+        // A genuinely older write is still refused and not counted.
+        let stale = kit::doc_write(&key, 2, serde_json::json!({ "stale": true }), &[]);
+        assert_eq!(
+            clean.apply(&model, vec![stale], None).await,
+            Ok(0),
+            "{case}"
+        );
+        faults.assert_each_injected();
+        report(TEST, case, &faults);
+    }
+    env.remove().await;
+}
