@@ -2,24 +2,10 @@
 
 mod common;
 
+use common::chronicle;
+
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::Command;
-
-fn chronicle(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_chronicle"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("running chronicle");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn seed(server: &common::Server) {
     for (id, owner) in [("cli-1", "dora"), ("cli-2", "dora"), ("cli-3", "eve")] {

@@ -541,3 +541,19 @@ pub fn closed_by_server(stream: &mut std::net::TcpStream) -> bool {
         ),
     }
 }
+
+/// Runs `chronicle ARGS --data-dir DIR` to its end: (success, stdout, stderr).
+pub fn chronicle(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_chronicle"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running chronicle");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
