@@ -14,7 +14,7 @@ pub const IDEMPOTENCY_PREFIX: &str = "idempotency#";
 /// The event's chain hash attribute.
 pub const HASH: &str = "hash";
 /// The table's TTL attribute (epoch seconds; DynamoDB allows one per table): set on event items
-/// already archived, by `EventStore::expire`, and on every idempotency record, from its
+/// already archived, by `Expiry::expire`, and on every idempotency record, from its
 /// expiry. DynamoDB deletes the item some time (up to days) after it passes.
 pub const EXPIRES_AT: &str = "expires_at";
 /// An idempotency item's recorded time (RFC 3339, fixed width: compared as text).

@@ -1,4 +1,4 @@
-//! Verifying every stream's hash chain at once (`EventStore::verify_all_chains`): one
+//! Verifying every stream's hash chain at once (`BulkVerify::verify_all_chains`): one
 //! sequential scan of the events table, hashed straight from the stored text on a second
 //! thread, instead of a read per stream.
 

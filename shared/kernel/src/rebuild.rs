@@ -1,6 +1,6 @@
 //! Rebuilding a read model without an ordered feed (AWS, where a DynamoDB stream drives the
 //! projections): every stream of the projection's aggregate type is folded whole into a new
-//! generation, page by page of `EventStore::list_streams`, with the page cursor as the
+//! generation, page by page of `StreamListing::list_streams`, with the page cursor as the
 //! checkpoint an interrupted rebuild resumes from. Documents are per aggregate, so the order of
 //! aggregates doesn't matter.
 //!
