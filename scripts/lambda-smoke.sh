@@ -19,7 +19,7 @@ PY="$VENV/bin/python"
 
 FUNCTIONS=(command query projector publisher snapshotter activity archiver)
 echo "== building the function binaries"
-cargo build --locked -p chronicle-cli $(printf -- '-p %s ' "${FUNCTIONS[@]}")
+cargo build --locked -p chronicle $(printf -- '-p %s ' "${FUNCTIONS[@]}")
 # Where cargo put them: CARGO_TARGET_DIR when set (a relative one is relative to here).
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 

@@ -158,13 +158,14 @@ async fn a_projection_stuck_on_an_event_names_it() {
 /// An embedded store in `dir` with accounts `rb-0..n`, each opened and given one deposit.
 async fn seeded(dir: &tempfile::TempDir, n: usize) -> (Arc<EmbeddedStore>, Chronicle) {
     let store = EmbeddedStore::open(dir.path()).expect("open");
-    let chronicle = chronicle_accounts::register(Chronicle::builder(
+    let chronicle = Chronicle::builder(
         store.clone(),
         store.clone(),
         store.clone(),
         store.clone(),
         HandlerConfig::default(),
-    ))
+    )
+    .domain(chronicle_accounts::domain())
     .bulk_verify(store.clone())
     .build();
     seed(&chronicle, n).await;

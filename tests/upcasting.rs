@@ -29,13 +29,14 @@ async fn store_with_fixture() -> (tempfile::TempDir, Arc<EmbeddedStore>, Chronic
         })
         .await
         .expect("the fixture appends as stored");
-    let chronicle = chronicle_accounts::register(Chronicle::builder(
+    let chronicle = Chronicle::builder(
         store.clone(),
         store.clone(),
         store.clone(),
         store.clone(),
         HandlerConfig::default(),
-    ))
+    )
+    .domain(chronicle_accounts::domain())
     .bulk_verify(store.clone())
     .build();
     (dir, store, chronicle)

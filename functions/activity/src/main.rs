@@ -1,6 +1,7 @@
-//! The `activity` Lambda function; the handler lives in `chronicle-lambda`.
+//! The `activity` Lambda function; the handler lives in `chronicle-lambda`, the domain
+//! it serves (the samples) in `chronicle-samples`.
 
 #[tokio::main]
 async fn main() -> Result<(), chronicle_lambda::Error> {
-    chronicle_lambda::run_activity().await
+    chronicle_lambda::run_activity(chronicle_samples::domain()).await
 }

@@ -1,6 +1,7 @@
-//! The `query` Lambda function; the handler lives in `chronicle-lambda`.
+//! The `query` Lambda function; the handler lives in `chronicle-lambda`, the domain
+//! it serves (the samples) in `chronicle-samples`.
 
 #[tokio::main]
 async fn main() -> Result<(), chronicle_lambda::Error> {
-    chronicle_lambda::run_query().await
+    chronicle_lambda::run_query(chronicle_samples::domain()).await
 }

@@ -338,16 +338,10 @@ pub fn view(id: &str, account: &Account, version: u64) -> Value {
     })
 }
 
-/// Registers the accounts domain: the aggregate (commands, state, history, state read model)
-/// and the accounts-by-owner list read model.
-pub fn register<E, S>(
-    builder: chronicle_kernel::ChronicleBuilder<E, S>,
-) -> chronicle_kernel::ChronicleBuilder<E, S>
-where
-    E: chronicle_kernel::EventStore,
-    S: chronicle_kernel::SnapshotStore,
-{
-    builder
+/// The accounts domain: the aggregate (commands, state, history, state read model) and the
+/// accounts-by-owner list read model (`GET /accounts?owner=...`).
+pub fn domain() -> chronicle_kernel::Domain {
+    chronicle_kernel::Domain::new()
         .aggregate::<Account>()
-        .projection(AccountsByOwner, true)
+        .list(AccountsByOwner)
 }

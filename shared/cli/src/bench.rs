@@ -168,7 +168,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
 
     // Replay: a fresh process view of the store, every account folded from every event.
-    let (store, chronicle) = crate::open(&store_args, crate::Access::Write)?;
+    let (store, chronicle) = crate::open(
+        &chronicle_accounts::domain(),
+        &store_args,
+        crate::Access::Write,
+    )?;
     let feed: Arc<dyn BulkReplay> = store.clone();
     let schema = chronicle
         .aggregate(Account::TYPE)
@@ -223,7 +227,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     // Archive: every event but each stream's head into segments, as `chronicle archive
     // --older-than 0s` does (an existing archive, with --replay-only, is used as it is).
-    let (store, chronicle) = crate::open(&store_args, crate::Access::Write)?;
+    let (store, chronicle) = crate::open(
+        &chronicle_accounts::domain(),
+        &store_args,
+        crate::Access::Write,
+    )?;
     let feed: Arc<dyn BulkReplay> = store.clone();
     let archive = DirArchive::open(crate::archive_dir(&store_args))?;
     let started = Instant::now();
@@ -358,7 +366,11 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// stream heads), in pages of the stream listing.
 async fn check_versions(args: &BenchArgs, store_args: &crate::StoreArgs) -> anyhow::Result<()> {
     use chronicle_kernel::{EventStore, StreamId};
-    let (store, _) = crate::open(store_args, crate::Access::Read)?;
+    let (store, _) = crate::open(
+        &chronicle_accounts::domain(),
+        store_args,
+        crate::Access::Read,
+    )?;
     let want = args.events_per_account as u64;
     let mut seen = 0usize;
     let mut cursor = None;
@@ -391,7 +403,11 @@ async fn append(
     dir: &std::path::Path,
 ) -> anyhow::Result<(Histogram<u64>, f64, u64, f64)> {
     let total_events = (args.accounts * args.events_per_account) as u64;
-    let (store, chronicle) = crate::open(store_args, crate::Access::Write)?;
+    let (store, chronicle) = crate::open(
+        &chronicle_accounts::domain(),
+        store_args,
+        crate::Access::Write,
+    )?;
     let svc = chronicle
         .aggregate(Account::TYPE)
         .context("accounts are registered")?

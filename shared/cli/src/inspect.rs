@@ -6,7 +6,7 @@ use chronicle_kernel::audit::{
     audit_page, history_page, version_at, AuditQuery, HistoryQuery, AUDIT_MAX_LIMIT,
 };
 use chronicle_kernel::envelope::format_timestamp;
-use chronicle_kernel::{validate_id, AggregateService, Chronicle};
+use chronicle_kernel::{validate_id, AggregateService, Chronicle, Domain};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ fn service<'a>(
 }
 
 pub(crate) async fn history(
+    domain: &Domain,
     args: &StoreArgs,
     aggregate_type: &str,
     id: &str,
@@ -31,7 +32,7 @@ pub(crate) async fn history(
     json: bool,
 ) -> anyhow::Result<()> {
     validate_id(id)?;
-    let (_store, chronicle) = crate::open_reader(args).await?;
+    let (_store, chronicle) = crate::open_reader(domain, args).await?;
     let svc = service(&chronicle, aggregate_type)?;
     // Page by page until the filters' matches (or `--limit` of them) are all read.
     let mut events = Vec::new();
@@ -76,6 +77,7 @@ pub(crate) async fn history(
 /// `chronicle audit`: the global audit feed of a time range, page after page until the range
 /// (or `--limit`) is done.
 pub(crate) async fn audit(
+    domain: &Domain,
     args: &StoreArgs,
     from: chrono::DateTime<chrono::Utc>,
     to: chrono::DateTime<chrono::Utc>,
@@ -86,7 +88,7 @@ pub(crate) async fn audit(
     if limit == Some(0) {
         anyhow::bail!("--limit must be at least 1");
     }
-    let (store, chronicle) = crate::open_reader(args).await?;
+    let (store, chronicle) = crate::open_reader(domain, args).await?;
     let mut query = AuditQuery {
         from,
         to,
@@ -157,6 +159,7 @@ pub(crate) async fn audit(
 }
 
 pub(crate) async fn state(
+    domain: &Domain,
     args: &StoreArgs,
     aggregate_type: &str,
     id: &str,
@@ -165,7 +168,7 @@ pub(crate) async fn state(
     json: bool,
 ) -> anyhow::Result<()> {
     validate_id(id)?;
-    let (_store, chronicle) = crate::open_reader(args).await?;
+    let (_store, chronicle) = crate::open_reader(domain, args).await?;
     let svc = service(&chronicle, aggregate_type)?;
     let version = match at {
         Some(at) => Some(version_at(svc.as_ref(), id, at).await?),
@@ -199,11 +202,12 @@ pub(crate) async fn state(
 }
 
 pub(crate) async fn verify(
+    domain: &Domain,
     args: &StoreArgs,
     one: Option<(String, String)>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let (store, chronicle) = crate::open_reader(args).await?;
+    let (store, chronicle) = crate::open_reader(domain, args).await?;
     let started = std::time::Instant::now();
     let report = match one {
         Some((aggregate_type, id)) => {
@@ -263,15 +267,19 @@ pub(crate) async fn verify(
     }
 }
 
-pub(crate) async fn rebuild(args: &StoreArgs, projection: &str) -> anyhow::Result<()> {
+pub(crate) async fn rebuild(
+    domain: &Domain,
+    args: &StoreArgs,
+    projection: &str,
+) -> anyhow::Result<()> {
     if args.backend == crate::Backend::Aws {
-        return rebuild_by_streams(projection).await;
+        return rebuild_by_streams(domain, projection).await;
     }
     // One writer per data directory: beside a running server the rebuild runs in it.
     if let Some(url) = chronicle_embedded::locked_by(&args.data_dir).and_then(|h| h.url) {
         return rebuild_through(&url, projection).await;
     }
-    let (store, chronicle) = crate::open(args, crate::Access::Write)?;
+    let (store, chronicle) = crate::open(domain, args, crate::Access::Write)?;
     let runner = chronicle.runner(projection).ok_or_else(|| {
         anyhow!(
             "no projection `{projection}`; known: {}",
@@ -411,8 +419,8 @@ async fn rebuild_through(url: &str, projection: &str) -> anyhow::Result<()> {
 
 /// On AWS there is no ordered feed: the rebuild folds every stream whole (a Scan for the
 /// stream list, a Query per stream), switches, then catches up what arrived meanwhile.
-async fn rebuild_by_streams(projection: &str) -> anyhow::Result<()> {
-    let app = chronicle_lambda::App::from_env().await?;
+async fn rebuild_by_streams(domain: &Domain, projection: &str) -> anyhow::Result<()> {
+    let app = chronicle_lambda::App::from_env(domain.clone()).await?;
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} {msg}: {pos} events ({per_sec})")
             .context("progress bar template")?,
@@ -440,6 +448,7 @@ async fn rebuild_by_streams(projection: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn archive(
+    domain: &Domain,
     args: &StoreArgs,
     opts: &chronicle_kernel::archived::ArchiverOptions,
     json: bool,
@@ -458,7 +467,7 @@ pub(crate) async fn archive(
                      keeps every event"
                 );
             }
-            let (store, _) = crate::open(args, crate::Access::Write)?;
+            let (store, _) = crate::open(domain, args, crate::Access::Write)?;
             let dir = crate::archive_dir(args);
             let archive = chronicle_embedded::DirArchive::open(&dir)?;
             let report =
@@ -467,7 +476,7 @@ pub(crate) async fn archive(
             (report?, dir.display().to_string())
         }
         crate::Backend::Aws => {
-            let app = chronicle_lambda::App::from_env().await?;
+            let app = chronicle_lambda::App::from_env(domain.clone()).await?;
             let report =
                 run_archiver_expiring(&*app.events, &*app.snapshots, &*app.archive, opts, |n| {
                     bar.set_position(n)

@@ -5,12 +5,13 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 pub(crate) async fn serve(
+    domain: &chronicle_kernel::Domain,
     args: &StoreArgs,
     config: chronicle_kernel::HandlerConfig,
     addr: &str,
     publish_log: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let (store, chronicle) = crate::open_with(args, crate::Access::Write, config)?;
+    let (store, chronicle) = crate::open_with(domain, args, crate::Access::Write, config)?;
     let (stop, stopped) = watch::channel(false);
     let mut runners = Vec::new();
     if let Some(path) = publish_log {
@@ -56,13 +57,18 @@ pub(crate) async fn serve(
 /// `chronicle serve --backend aws`: the same API on the AWS adapters, with the stream-driven
 /// functions run by local event-source pollers.
 pub(crate) async fn serve_aws(
+    domain: &chronicle_kernel::Domain,
     addr: &str,
     idempotency_retention: std::time::Duration,
 ) -> anyhow::Result<()> {
     let mut settings = chronicle_aws::Settings::from_env()?;
     // The flag (or its variable, which Settings reads too) decides.
     settings.idempotency_retention = idempotency_retention;
-    let app = chronicle_lambda::App::new(chronicle_aws::Clients::from_env().await, settings);
+    let app = chronicle_lambda::App::new(
+        chronicle_aws::Clients::from_env().await,
+        settings,
+        domain.clone(),
+    );
     let (stop, stopped) = watch::channel(false);
     let mappings =
         crate::mappings::spawn_all(&app, crate::mappings::MappingConfig::default(), stopped)

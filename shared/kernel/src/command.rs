@@ -74,7 +74,7 @@ pub struct CommandOutcome {
 }
 
 /// Runs commands for one aggregate type against an event store and a snapshot store.
-pub struct CommandHandler<A: Aggregate, E, S> {
+pub struct CommandHandler<A: Aggregate, E: ?Sized, S: ?Sized> {
     events: Arc<E>,
     snapshots: Arc<S>,
     schema: Arc<EventSchema>,
@@ -106,7 +106,7 @@ impl<A: Default> Loaded<A> {
     }
 }
 
-impl<A: Aggregate, E: EventStore, S: SnapshotStore> CommandHandler<A, E, S> {
+impl<A: Aggregate, E: EventStore + ?Sized, S: SnapshotStore + ?Sized> CommandHandler<A, E, S> {
     pub fn new(events: Arc<E>, snapshots: Arc<S>, config: HandlerConfig) -> Self {
         Self {
             events,

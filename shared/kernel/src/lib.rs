@@ -8,6 +8,7 @@ pub mod audit;
 mod cache;
 pub mod chain;
 pub mod command;
+pub mod domain;
 pub mod envelope;
 pub mod error;
 pub mod ports;
@@ -34,6 +35,7 @@ pub use command::{
     CommandHandler, CommandOptions, CommandOutcome, CommandResult, HandlerConfig,
     DEFAULT_IDEMPOTENCY_RETENTION,
 };
+pub use domain::Domain;
 pub use envelope::{EventEnvelope, Metadata, StreamId};
 pub use error::Error;
 pub use ports::*;

@@ -4,13 +4,14 @@
 
 use crate::aggregate::Aggregate;
 use crate::command::{CommandHandler, CommandOptions, CommandOutcome, HandlerConfig};
+use crate::domain::Domain;
 use crate::envelope::{EventEnvelope, StreamId};
 use crate::error::Error;
 use crate::ports::{
     BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, ModelRef, ReadModelStore, ReadRange,
     SnapshotStore,
 };
-use crate::projection::{state_projection_name, Projection, ProjectionRunner, StateProjection};
+use crate::projection::{state_projection_name, Projection, ProjectionRunner};
 use crate::schema::EventSchema;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -52,14 +53,30 @@ pub trait AggregateService: Send + Sync {
     ) -> Result<Vec<EventEnvelope>, Error>;
 }
 
-struct Service<A: Aggregate, E, S> {
-    handler: CommandHandler<A, E, S>,
+/// An aggregate type's service on the stores of a registry.
+pub(crate) struct Service<A: Aggregate> {
+    handler: CommandHandler<A, dyn EventStore, dyn SnapshotStore>,
     read_models: Arc<dyn ReadModelStore>,
     state_model: String,
 }
 
+impl<A: Aggregate> Service<A> {
+    pub(crate) fn new(
+        events: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        read_models: Arc<dyn ReadModelStore>,
+        config: HandlerConfig,
+    ) -> Self {
+        Self {
+            handler: CommandHandler::new(events, snapshots, config),
+            read_models,
+            state_model: state_projection_name(A::TYPE),
+        }
+    }
+}
+
 #[async_trait]
-impl<A: Aggregate, E: EventStore, S: SnapshotStore> AggregateService for Service<A, E, S> {
+impl<A: Aggregate> AggregateService for Service<A> {
     fn aggregate_type(&self) -> &'static str {
         A::TYPE
     }
@@ -209,7 +226,7 @@ impl Chronicle {
         read_models: Arc<R>,
         feed: Arc<F>,
         config: HandlerConfig,
-    ) -> ChronicleBuilder<E, S>
+    ) -> ChronicleBuilder
     where
         E: EventLog,
         S: SnapshotStore,
@@ -227,7 +244,7 @@ impl Chronicle {
         snapshots: Arc<S>,
         read_models: Arc<R>,
         config: HandlerConfig,
-    ) -> ChronicleBuilder<E, S>
+    ) -> ChronicleBuilder
     where
         E: EventLog,
         S: SnapshotStore,
@@ -249,6 +266,7 @@ impl Chronicle {
             events,
             snapshots,
             config,
+            domain: Domain::new(),
         }
     }
 
@@ -519,63 +537,27 @@ impl Chronicle {
     }
 }
 
-/// Aggregate types whose routes would be shadowed by the API's fixed ones (`/audit/events`,
-/// `/admin/projections`, `/health`): registering one is refused.
-pub const RESERVED_AGGREGATE_TYPES: [&str; 3] = ["admin", "audit", "health"];
+pub use crate::domain::RESERVED_AGGREGATE_TYPES;
 
-fn check_aggregate_type(aggregate_type: &str) -> Result<(), String> {
-    if RESERVED_AGGREGATE_TYPES.contains(&aggregate_type) {
-        return Err(format!(
-            "aggregate type `{aggregate_type}` is reserved: the HTTP API serves /{aggregate_type}/... itself"
-        ));
-    }
-    Ok(())
-}
-
-pub struct ChronicleBuilder<E, S> {
-    events: Arc<E>,
-    snapshots: Arc<S>,
+/// Builds a [`Chronicle`]: the stores first ([`Chronicle::builder`]), then the domain.
+pub struct ChronicleBuilder {
+    events: Arc<dyn EventStore>,
+    snapshots: Arc<dyn SnapshotStore>,
     config: HandlerConfig,
+    domain: Domain,
     inner: Chronicle,
 }
 
-impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
-    /// Registers an aggregate type: its commands, state, history and state read model.
-    ///
-    /// # Panics
-    /// If `A::TYPE` is one of [`RESERVED_AGGREGATE_TYPES`].
-    pub fn aggregate<A: Aggregate>(mut self) -> Self {
-        let state_model = state_projection_name(A::TYPE);
-        let service = Service::<A, E, S> {
-            handler: CommandHandler::new(
-                self.events.clone(),
-                self.snapshots.clone(),
-                self.config.clone(),
-            ),
-            read_models: self.inner.read_models.clone(),
-            state_model,
-        };
-        if let Err(why) = check_aggregate_type(A::TYPE) {
-            // A programming error in a type constant, found at start-up by any test.
-            panic!("{why}");
-        }
-        self.inner.aggregates.insert(A::TYPE, Arc::new(service));
-        self.inner
-            .projections
-            .push(Arc::new(StateProjection::<A>::default()));
+impl ChronicleBuilder {
+    /// Registers everything `domain` declares (see [`Domain`]); may be called more than once.
+    pub fn domain(mut self, domain: Domain) -> Self {
+        self.domain = std::mem::take(&mut self.domain).with(domain);
         self
     }
 
-    /// Adds a projection; with `list: true` it also serves `GET /{aggregate_type}?field=...`.
-    pub fn projection(mut self, projection: impl Projection, list: bool) -> Self {
-        let p: Arc<dyn Projection> = Arc::new(projection);
-        if list {
-            self.inner
-                .lists
-                .insert(p.aggregate_type().to_owned(), p.clone());
-        }
-        self.inner.projections.push(p);
-        self
+    /// Registers one aggregate type: `domain(Domain::new().aggregate::<A>())`.
+    pub fn aggregate<A: Aggregate>(self) -> Self {
+        self.domain(Domain::new().aggregate::<A>())
     }
 
     /// The store's one-pass check of every chain, used by [`Chronicle::verify_all`] instead of
@@ -591,22 +573,35 @@ impl<E: EventStore, S: SnapshotStore> ChronicleBuilder<E, S> {
         self
     }
 
+    /// The registry.
+    ///
+    /// # Panics
+    /// On a registration mistake in the domain ([`Domain::check`] says which).
     pub fn build(self) -> Chronicle {
-        self.inner
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reserved_aggregate_types_are_refused() {
-        for t in RESERVED_AGGREGATE_TYPES {
-            let err = check_aggregate_type(t).expect_err("reserved");
-            assert!(err.contains("reserved"), "{err}");
+        if let Err(why) = self.domain.check() {
+            // A programming error in the domain's registration, found at start-up by any test.
+            panic!("invalid domain registration: {why}");
         }
-        assert_eq!(check_aggregate_type("accounts"), Ok(()));
-        assert_eq!(check_aggregate_type("audits"), Ok(()));
+        let mut inner = self.inner;
+        for kind in &self.domain.aggregates {
+            let service = kind.service(
+                self.events.clone(),
+                self.snapshots.clone(),
+                inner.read_models.clone(),
+                self.config.clone(),
+            );
+            inner.aggregates.insert(kind.aggregate_type(), service);
+            inner.projections.push(kind.state_projection());
+        }
+        for p in &self.domain.projections {
+            if p.list {
+                inner.lists.insert(
+                    p.projection.aggregate_type().to_owned(),
+                    p.projection.clone(),
+                );
+            }
+            inner.projections.push(p.projection.clone());
+        }
+        inner
     }
 }

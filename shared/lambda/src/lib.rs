@@ -1,5 +1,6 @@
 //! Chronicle's Lambda functions as library code: each function crate under `functions/` is a
-//! thin `main` calling one of the `run_*` functions here, and the CLI's `serve --backend aws`
+//! thin `main` calling one of the `run_*` functions here with the domain it serves (a
+//! [`Domain`]: the team's aggregates, projections and reactions), and the CLI's `serve --backend aws`
 //! calls the same handlers from its local event-source pollers. Each handler takes the ports
 //! it needs (`streams::project_into`, `publish_to`, `snapshot_with`, `activity::consume_into`,
 //! `archiver::archive_with`), so it runs on any adapters; the `App`-taking forms pass the AWS
@@ -25,7 +26,7 @@ use chronicle_aws::{
     S3SnapshotStore, Settings,
 };
 use chronicle_kernel::archived::ArchivedEventStore;
-use chronicle_kernel::{Chronicle, HandlerConfig};
+use chronicle_kernel::{Chronicle, Domain, HandlerConfig};
 use std::sync::Arc;
 
 pub use error::FunctionError;
@@ -46,7 +47,11 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(clients: Clients, settings: Settings) -> Self {
+    /// The adapters on `clients`, and the registry of `domain` on them.
+    ///
+    /// # Panics
+    /// On a registration mistake in `domain` (see [`Domain::check`]).
+    pub fn new(clients: Clients, settings: Settings, domain: Domain) -> Self {
         let events = Arc::new(DynamoEventStore::new(
             clients.dynamodb.clone(),
             &settings.events_table,
@@ -78,12 +83,13 @@ impl App {
             events.clone(),
             archive.clone() as Arc<dyn chronicle_kernel::archive::Archive>,
         ));
-        let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
+        let chronicle = Chronicle::builder_without_feed(
             history.clone(),
             snapshots.clone(),
             read_models.clone(),
             config,
-        ))
+        )
+        .domain(domain)
         // No one-pass check on DynamoDB: `verify` walks stream by stream; archive segments
         // are held to the table.
         .copies(history)
@@ -101,9 +107,9 @@ impl App {
     }
 
     /// Settings from `CHRONICLE_*`, AWS from the standard `AWS_*` variables.
-    pub async fn from_env() -> Result<Self, ConfigError> {
+    pub async fn from_env(domain: Domain) -> Result<Self, ConfigError> {
         let settings = Settings::from_env()?;
-        Ok(Self::new(Clients::from_env().await, settings))
+        Ok(Self::new(Clients::from_env().await, settings, domain))
     }
 }
 
@@ -141,34 +147,34 @@ fn logged(e: FunctionError, what: &str) -> FunctionError {
     e
 }
 
-async fn app_or_exit() -> Result<App, Error> {
+async fn app_or_exit(domain: Domain) -> Result<App, Error> {
     init_tracing();
-    App::from_env()
+    App::from_env(domain)
         .await
         .map_err(|e| Error::from(logged(e.into(), "configuration")))
 }
 
 /// The command function: `POST /{type}/{id}/commands`.
-pub async fn run_command() -> Result<(), Error> {
-    let app = app_or_exit().await?;
+pub async fn run_command(domain: Domain) -> Result<(), Error> {
+    let app = app_or_exit(domain).await?;
     lambda_http::run(http::router(&app, chronicle_http::Routes::Commands)).await
 }
 
 /// The query function: state, time travel, history, lists.
-pub async fn run_query() -> Result<(), Error> {
-    let app = app_or_exit().await?;
+pub async fn run_query(domain: Domain) -> Result<(), Error> {
+    let app = app_or_exit(domain).await?;
     lambda_http::run(http::router(&app, chronicle_http::Routes::Reads)).await
 }
 
 /// Runs a function that takes events of type `E` and answers `R` (a batch response).
-async fn run_handler<E, R, F, Fut>(handler: F) -> Result<(), Error>
+async fn run_handler<E, R, F, Fut>(domain: Domain, handler: F) -> Result<(), Error>
 where
     E: serde::de::DeserializeOwned + Send + 'static,
     R: serde::Serialize + Send + 'static,
     F: Fn(App, E) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = R> + Send,
 {
-    let app = app_or_exit().await?;
+    let app = app_or_exit(domain).await?;
     lambda_runtime::run(lambda_runtime::service_fn(
         move |e: lambda_runtime::LambdaEvent<E>| {
             let (app, handler) = (app.clone(), handler.clone());
@@ -179,32 +185,33 @@ where
 }
 
 /// The projector function (DynamoDB Streams).
-pub async fn run_projector() -> Result<(), Error> {
-    run_handler(|app, e: aws_lambda_events::dynamodb::Event| async move {
+pub async fn run_projector(domain: Domain) -> Result<(), Error> {
+    run_handler(domain, |app, e: aws_lambda_events::dynamodb::Event| async move {
         streams::project(&app, &e).await
     })
     .await
 }
 
 /// The publisher function (DynamoDB Streams to Kinesis).
-pub async fn run_publisher() -> Result<(), Error> {
-    run_handler(|app, e: aws_lambda_events::dynamodb::Event| async move {
+pub async fn run_publisher(domain: Domain) -> Result<(), Error> {
+    run_handler(domain, |app, e: aws_lambda_events::dynamodb::Event| async move {
         streams::publish(&app, &e).await
     })
     .await
 }
 
 /// The snapshotter function (DynamoDB Streams to S3).
-pub async fn run_snapshotter() -> Result<(), Error> {
-    run_handler(|app, e: aws_lambda_events::dynamodb::Event| async move {
+pub async fn run_snapshotter(domain: Domain) -> Result<(), Error> {
+    run_handler(domain, |app, e: aws_lambda_events::dynamodb::Event| async move {
         streams::snapshot(&app, &e).await
     })
     .await
 }
 
 /// The activity-feed consumer (Kinesis).
-pub async fn run_activity() -> Result<(), Error> {
+pub async fn run_activity(domain: Domain) -> Result<(), Error> {
     run_handler(
+        domain,
         |app, e: aws_lambda_events::kinesis::KinesisEvent| async move {
             activity::consume(&app, &e).await
         },
@@ -214,8 +221,8 @@ pub async fn run_activity() -> Result<(), Error> {
 
 /// The archiver function (an EventBridge schedule; the payload is not read). Its settings
 /// come from `CHRONICLE_ARCHIVE_*` / `CHRONICLE_EXPIRE_AFTER` beside the usual ones.
-pub async fn run_archiver() -> Result<(), Error> {
-    let app = app_or_exit().await?;
+pub async fn run_archiver(domain: Domain) -> Result<(), Error> {
+    let app = app_or_exit(domain).await?;
     let settings = archiver::ArchiverSettings::from_env()
         .map_err(|e| Error::from(logged(e.into(), "configuration")))?;
     lambda_runtime::run(lambda_runtime::service_fn(

@@ -100,7 +100,11 @@ async fn archiver_handler_archives_expires_and_stream_handlers_ignore_the_afterm
         "the chain verifies across archive and table"
     );
     // A fresh process (no catalog cached): state at v1 and the history, through the service.
-    let fresh = chronicle_lambda::App::new(env.clients.clone(), app.settings.clone());
+    let fresh = chronicle_lambda::App::new(
+        env.clients.clone(),
+        app.settings.clone(),
+        chronicle_accounts::domain(),
+    );
     let accounts = fresh.chronicle.aggregate("accounts").expect("accounts");
     let at_v1 = accounts.state(id, Some(1)).await.expect("state at v1");
     assert_eq!(

@@ -22,7 +22,11 @@ async fn concurrent_commands_on_one_aggregate_store_each_acknowledged_one_exactl
     // conditional writes between them.
     let tasks: Vec<_> = (0..N)
         .map(|i| {
-            let app = App::new(env.clients.clone(), env.settings.clone());
+            let app = App::new(
+                env.clients.clone(),
+                env.settings.clone(),
+                chronicle_accounts::domain(),
+            );
             tokio::spawn(async move {
                 let amount = 1u64 << i;
                 (
@@ -93,7 +97,11 @@ async fn an_idempotent_retry_after_a_timeout_appends_nothing() {
         .expect("first attempt");
     assert!(!original.replayed);
     // ... and retries, landing on another instance with a cold cache.
-    let other = App::new(env.clients.clone(), env.settings.clone());
+    let other = App::new(
+        env.clients.clone(),
+        env.settings.clone(),
+        chronicle_accounts::domain(),
+    );
     let retry = run_with(&other, "idem", command.clone(), opts())
         .await
         .expect("retry");
@@ -211,7 +219,11 @@ async fn a_retry_after_the_retention_runs_again_and_the_stream_handlers_skip_the
         env.settings.idempotency_retention,
         std::time::Duration::from_secs(1)
     );
-    let app = App::new(env.clients.clone(), env.settings.clone());
+    let app = App::new(
+        env.clients.clone(),
+        env.settings.clone(),
+        chronicle_accounts::domain(),
+    );
     open_with(&app, "late", "lou", &[]).await;
     let opts = || CommandOptions {
         idempotency_key: Some("deposit-late".into()),

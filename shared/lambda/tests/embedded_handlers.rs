@@ -52,12 +52,13 @@ struct Embedded {
 fn embedded() -> Embedded {
     let dir = tempfile::tempdir().expect("a temp dir");
     let store = EmbeddedStore::open(dir.path().join("store")).expect("the embedded store");
-    let chronicle = chronicle_accounts::register(Chronicle::builder_without_feed(
+    let chronicle = Chronicle::builder_without_feed(
         store.clone(),
         store.clone(),
         store.clone(),
         HandlerConfig::default(),
-    ))
+    )
+    .domain(chronicle_accounts::domain())
     .build();
     Embedded {
         dir,

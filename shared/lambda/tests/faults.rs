@@ -37,7 +37,11 @@ use std::time::{Duration, Instant};
 mod local;
 
 fn faulty_app(env: &AwsTestEnv, faults: &Arc<Faults>) -> App {
-    App::new(faults.clients(&env.clients.sdk), env.settings.clone())
+    App::new(
+        faults.clients(&env.clients.sdk),
+        env.settings.clone(),
+        chronicle_accounts::domain(),
+    )
 }
 
 fn report(test: &str, faults: &Faults) {
@@ -631,7 +635,11 @@ async fn archiver_runs_under_slow_down_and_throttling_end_with_everything_archiv
                 .await
                 .expect("DeleteItem");
         }
-        let fresh = App::new(env.clients.clone(), env.settings.clone());
+        let fresh = App::new(
+            env.clients.clone(),
+            env.settings.clone(),
+            chronicle_accounts::domain(),
+        );
         let history = fresh
             .chronicle
             .events()

@@ -12,7 +12,11 @@ use serde_json::{json, Value};
 pub async fn app(test: &str, snapshot_every: u64) -> Option<(AwsTestEnv, App)> {
     let mut env = AwsTestEnv::create(test).await?;
     env.settings.snapshot_every = snapshot_every;
-    let app = App::new(env.clients.clone(), env.settings.clone());
+    let app = App::new(
+        env.clients.clone(),
+        env.settings.clone(),
+        chronicle_accounts::domain(),
+    );
     Some((env, app))
 }
 

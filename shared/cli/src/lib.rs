@@ -1,7 +1,14 @@
-//! `chronicle`: run the API and projectors locally, inspect history, the audit feed and state,
-//! rebuild read models, and benchmark the embedded store.
+//! The `chronicle` command line for any domain: run the API, the projectors and the reactions
+//! locally, inspect history, the audit feed and state, verify, archive, rebuild read models, and
+//! benchmark the embedded store. A binary is one line: [`main`] with the domain it serves.
+//!
+//! ```ignore
+//! fn main() -> std::process::ExitCode {
+//!     chronicle_cli::main(my_domain::domain())
+//! }
+//! ```
 
-// jemalloc instead of glibc's malloc: every command allocates and frees on one thread what
+// jemalloc instead of glibc's malloc, for every binary built on this crate: every command allocates and frees on one thread what
 // another thread (the store's writer) frees or allocated, and glibc spent about a quarter of
 // the async threads' time in malloc/free (`malloc_consolidate`) during appends. The bench used
 // 10-20% less CPU per event with jemalloc over alternated runs (README, Speed).
@@ -10,13 +17,13 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod bench;
 mod inspect;
-mod mappings;
+pub mod mappings;
 mod serve;
 
 use anyhow::Context;
 use chronicle_embedded::EmbeddedStore;
 use chronicle_kernel::archived::ArchivedEventStore;
-use chronicle_kernel::{Chronicle, HandlerConfig};
+use chronicle_kernel::{Chronicle, Domain, HandlerConfig};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -176,7 +183,8 @@ enum Command {
     Rebuild {
         #[command(flatten)]
         store: StoreArgs,
-        /// Projection name, e.g. accounts_state or accounts_by_owner.
+        /// Projection name: `{aggregate type}_state` or one the domain registers
+        /// (`GET /admin/projections` lists them).
         projection: String,
     },
     /// Measure append throughput and latency, replay time and peak memory.
@@ -200,27 +208,30 @@ pub(crate) enum Access {
 /// The registry on whichever backend `args` names, read-only on the embedded store; the
 /// embedded store comes along (to close it) when that is the backend.
 pub(crate) async fn open_reader(
+    domain: &Domain,
     args: &StoreArgs,
 ) -> anyhow::Result<(Option<Arc<EmbeddedStore>>, Chronicle)> {
     match args.backend {
-        Backend::Embedded => open(args, Access::Read).map(|(s, c)| (Some(s), c)),
+        Backend::Embedded => open(domain, args, Access::Read).map(|(s, c)| (Some(s), c)),
         Backend::Aws => {
-            let app = chronicle_lambda::App::from_env().await?;
+            let app = chronicle_lambda::App::from_env(domain.clone()).await?;
             Ok((None, app.chronicle))
         }
     }
 }
 
-/// Opens the embedded store and registers the sample domain on it.
+/// Opens the embedded store and registers `domain` on it.
 pub(crate) fn open(
+    domain: &Domain,
     args: &StoreArgs,
     access: Access,
 ) -> anyhow::Result<(Arc<EmbeddedStore>, Chronicle)> {
-    open_with(args, access, HandlerConfig::default())
+    open_with(domain, args, access, HandlerConfig::default())
 }
 
 /// [`open`] with command settings beyond the store's (`snapshot_every` comes from `args`).
 pub(crate) fn open_with(
+    domain: &Domain,
     args: &StoreArgs,
     access: Access,
     config: HandlerConfig,
@@ -240,13 +251,14 @@ pub(crate) fn open_with(
         Access::Read => chronicle_embedded::DirArchive::read_only(archive_dir(args)),
     };
     let events = Arc::new(ArchivedEventStore::new(store.clone(), Arc::new(archive)));
-    let chronicle = chronicle_accounts::register(Chronicle::builder(
+    let chronicle = Chronicle::builder(
         events.clone(),
         store.clone(),
         store.clone(),
         store.clone(),
         config,
-    ))
+    )
+    .domain(domain.clone())
     // The one-pass check of every chain, and the archive's segments held to the store.
     .bulk_verify(events.clone())
     .copies(events)
@@ -273,10 +285,15 @@ fn init_tracing() {
         .init();
 }
 
-fn main() -> std::process::ExitCode {
+/// Runs the command line (arguments from the process) for `domain`; the exit code says whether
+/// the command succeeded.
+///
+/// # Panics
+/// On a registration mistake in `domain` (see [`Domain::check`]).
+pub fn main(domain: Domain) -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    match run(cli) {
+    match run(cli, &domain) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The cause chain on one line; a backtrace helps nobody reading a CLI error.
@@ -286,7 +303,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, domain: &Domain) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -304,12 +321,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         idempotency_retention,
                         ..HandlerConfig::default()
                     };
-                    serve::serve(&store, config, &addr, publish_log.as_deref()).await
+                    serve::serve(domain, &store, config, &addr, publish_log.as_deref()).await
                 }
                 Backend::Aws if publish_log.is_some() => Err(anyhow::anyhow!(
                     "--publish-log is for the embedded backend; on AWS events go to Kinesis"
                 )),
-                Backend::Aws => serve::serve_aws(&addr, idempotency_retention).await,
+                Backend::Aws => serve::serve_aws(domain, &addr, idempotency_retention).await,
             },
             Command::AwsSetup => serve::aws_setup().await,
             Command::History {
@@ -334,7 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     limit: 1000,
                     raw,
                 };
-                inspect::history(&store, &aggregate_type, &id, query, limit, json).await
+                inspect::history(domain, &store, &aggregate_type, &id, query, limit, json).await
             }
             Command::Audit {
                 store,
@@ -343,7 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 limit,
                 raw,
                 json,
-            } => inspect::audit(&store, from, to, limit, raw, json).await,
+            } => inspect::audit(domain, &store, from, to, limit, raw, json).await,
             Command::State {
                 store,
                 aggregate_type,
@@ -351,7 +368,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 version,
                 at,
                 json,
-            } => inspect::state(&store, &aggregate_type, &id, version, at, json).await,
+            } => inspect::state(domain, &store, &aggregate_type, &id, version, at, json).await,
             Command::Verify {
                 store,
                 aggregate_type,
@@ -360,7 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 json,
             } => {
                 let one = aggregate_type.zip(id);
-                inspect::verify(&store, one, json).await
+                inspect::verify(domain, &store, one, json).await
             }
             Command::Archive {
                 store,
@@ -386,9 +403,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         .transpose()
                         .context("--expire-after is too long")?,
                 };
-                inspect::archive(&store, &opts, json).await
+                inspect::archive(domain, &store, &opts, json).await
             }
-            Command::Rebuild { store, projection } => inspect::rebuild(&store, &projection).await,
+            Command::Rebuild { store, projection } => {
+                inspect::rebuild(domain, &store, &projection).await
+            }
             Command::Bench(args) => bench::run(args).await,
         }
     })

@@ -1,0 +1,330 @@
+//! A domain: what a team registers with Chronicle. Its aggregate types, its projections and its
+//! reactions, gathered by one function of the team's crate and handed to the entry points (the
+//! `chronicle` command line, the Lambda functions), which build the registry
+//! ([`crate::Chronicle`]) on whichever stores they run on.
+//!
+//! ```ignore
+//! pub fn domain() -> Domain {
+//!     Domain::new()
+//!         .aggregate::<Order>()
+//!         .list(OrdersByCustomer)
+//!         .reaction(Fulfilment)
+//! }
+//! ```
+
+use crate::aggregate::Aggregate;
+use crate::command::HandlerConfig;
+use crate::ports::{EventStore, ReadModelStore, SnapshotStore};
+use crate::projection::{state_projection_name, Projection, StateProjection};
+use crate::service::{AggregateService, Service};
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// Aggregate types whose routes would be shadowed by the API's fixed ones (`/audit/events`,
+/// `/admin/...`, `/health`, `/openapi.json`): registering one is refused.
+pub const RESERVED_AGGREGATE_TYPES: [&str; 4] = ["admin", "audit", "health", "openapi.json"];
+
+/// One registered aggregate type, with its concrete type erased: it builds the type's command
+/// service on the stores a registry runs on.
+pub(crate) trait AggregateKind: Send + Sync + 'static {
+    fn aggregate_type(&self) -> &'static str;
+    fn service(
+        &self,
+        events: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        read_models: Arc<dyn ReadModelStore>,
+        config: HandlerConfig,
+    ) -> Arc<dyn AggregateService>;
+    /// The state read model every aggregate type gets.
+    fn state_projection(&self) -> Arc<dyn Projection>;
+}
+
+struct Kind<A>(PhantomData<fn() -> A>);
+
+impl<A: Aggregate> AggregateKind for Kind<A> {
+    fn aggregate_type(&self) -> &'static str {
+        A::TYPE
+    }
+
+    fn service(
+        &self,
+        events: Arc<dyn EventStore>,
+        snapshots: Arc<dyn SnapshotStore>,
+        read_models: Arc<dyn ReadModelStore>,
+        config: HandlerConfig,
+    ) -> Arc<dyn AggregateService> {
+        Arc::new(Service::<A>::new(events, snapshots, read_models, config))
+    }
+
+    fn state_projection(&self) -> Arc<dyn Projection> {
+        Arc::new(StateProjection::<A>::default())
+    }
+}
+
+/// A projection as registered, and whether it serves `GET /{aggregate_type}?field=value`.
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub(crate) projection: Arc<dyn Projection>,
+    pub(crate) list: bool,
+}
+
+/// Everything a team registers: aggregate types, projections, reactions. Cheap to clone.
+///
+/// Registration mistakes (a reserved or repeated aggregate type, two read models of one name,
+/// a projection of a type nobody registered, two list read models for one type) are programming
+/// errors: [`Domain::check`] names them, and building a registry from such a domain panics with
+/// that message, so any test or the first start finds them.
+#[derive(Clone, Default)]
+pub struct Domain {
+    pub(crate) aggregates: Vec<Arc<dyn AggregateKind>>,
+    pub(crate) projections: Vec<Registered>,
+}
+
+impl Domain {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers an aggregate type: its commands (`POST /{type}/{id}/commands`), its folded
+    /// state, time travel and history, and its state read model (`{type}_state`).
+    pub fn aggregate<A: Aggregate>(mut self) -> Self {
+        self.aggregates.push(Arc::new(Kind::<A>(PhantomData)));
+        self
+    }
+
+    /// Adds a read model kept by `projection` (one document per aggregate).
+    pub fn projection(mut self, projection: impl Projection) -> Self {
+        self.projections.push(Registered {
+            projection: Arc::new(projection),
+            list: false,
+        });
+        self
+    }
+
+    /// Adds a read model that also serves `GET /{aggregate_type}?field=value`, for each of the
+    /// projection's indexed fields (at most one such list per aggregate type).
+    pub fn list(mut self, projection: impl Projection) -> Self {
+        self.projections.push(Registered {
+            projection: Arc::new(projection),
+            list: true,
+        });
+        self
+    }
+
+    /// Everything `other` registers, after what this one does: how a binary serves several
+    /// domains (`accounts::domain().with(orders::domain())`).
+    pub fn with(mut self, other: Domain) -> Self {
+        self.aggregates.extend(other.aggregates);
+        self.projections.extend(other.projections);
+        self
+    }
+
+    /// The registered aggregate types, in registration order.
+    pub fn aggregate_types(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.aggregates.iter().map(|a| a.aggregate_type())
+    }
+
+    /// Every read model name: the state read models, then the registered projections.
+    pub fn read_model_names(&self) -> Vec<String> {
+        self.aggregates
+            .iter()
+            .map(|a| state_projection_name(a.aggregate_type()))
+            .chain(
+                self.projections
+                    .iter()
+                    .map(|p| p.projection.name().to_owned()),
+            )
+            .collect()
+    }
+
+    /// The first registration mistake, if any (see the type's docs).
+    pub fn check(&self) -> Result<(), String> {
+        let mut types = BTreeSet::new();
+        for a in &self.aggregates {
+            let t = a.aggregate_type();
+            if RESERVED_AGGREGATE_TYPES.contains(&t) {
+                return Err(format!(
+                    "aggregate type `{t}` is reserved: the HTTP API serves /{t} itself"
+                ));
+            }
+            if let Err(e) = crate::validate_id(t) {
+                return Err(format!(
+                    "aggregate type `{t}` is not a valid path segment: {e}"
+                ));
+            }
+            if !types.insert(t) {
+                return Err(format!("aggregate type `{t}` is registered twice"));
+            }
+        }
+        let mut names = BTreeSet::new();
+        for name in self.read_model_names() {
+            if name.starts_with('_') {
+                return Err(format!(
+                    "read model `{name}`: names starting with `_` are Chronicle's own"
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(format!("read model `{name}` is registered twice"));
+            }
+        }
+        let mut lists = BTreeSet::new();
+        for p in &self.projections {
+            let t = p.projection.aggregate_type();
+            if !types.contains(t) {
+                return Err(format!(
+                    "projection `{}` reads `{t}` events, but no aggregate type `{t}` is registered",
+                    p.projection.name()
+                ));
+            }
+            if p.list && !lists.insert(t.to_owned()) {
+                return Err(format!(
+                    "aggregate type `{t}` has two list read models; register one with `list` and the other with `projection`"
+                ));
+            }
+            if p.list && p.projection.indexes().is_empty() {
+                return Err(format!(
+                    "list read model `{}` has no indexed fields to list by",
+                    p.projection.name()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Domain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Domain")
+            .field("aggregates", &self.aggregate_types().collect::<Vec<_>>())
+            .field("read_models", &self.read_model_names())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{DomainError, DomainEvent};
+    use crate::envelope::EventEnvelope;
+    use crate::schema::EventSchema;
+    use serde::{Deserialize, Serialize};
+    use serde_json::Value;
+
+    #[derive(Clone)]
+    struct Happened;
+    #[derive(Debug, thiserror::Error)]
+    #[error("never")]
+    struct Never;
+
+    impl DomainError for Never {
+        fn code(&self) -> &'static str {
+            "never"
+        }
+    }
+    impl DomainEvent for Happened {
+        fn event_type(&self) -> &'static str {
+            "Happened"
+        }
+        fn to_data(&self) -> Value {
+            Value::Null
+        }
+        fn from_data(_: &str, _: &Value) -> Result<Self, String> {
+            Ok(Happened)
+        }
+    }
+
+    macro_rules! thing {
+        ($name:ident, $type:expr) => {
+            #[derive(Clone, Default, Serialize, Deserialize)]
+            struct $name;
+            impl Aggregate for $name {
+                const TYPE: &'static str = $type;
+                const STATE_VERSION: u32 = 1;
+                type Command = Value;
+                type Event = Happened;
+                type Error = Never;
+                fn schema() -> EventSchema {
+                    EventSchema::new().event("Happened", 1)
+                }
+                fn decide(&self, _: &Value) -> Result<Vec<Happened>, Never> {
+                    Ok(vec![Happened])
+                }
+                fn evolve(&mut self, _: &Happened) {}
+                fn exists(&self) -> bool {
+                    true
+                }
+                fn view(&self, _: &str, _: u64) -> Value {
+                    Value::Null
+                }
+            }
+        };
+    }
+    thing!(Things, "things");
+    thing!(Audit, "audit");
+    thing!(OpenApi, "openapi.json");
+    thing!(Spaced, "a b");
+
+    struct ByName(&'static str, &'static str, bool);
+    impl Projection for ByName {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn aggregate_type(&self) -> &str {
+            self.1
+        }
+        fn indexes(&self) -> &[&'static str] {
+            if self.2 {
+                &["name"]
+            } else {
+                &[]
+            }
+        }
+        fn apply(&self, _: Option<&Value>, _: &EventEnvelope) -> Result<Value, String> {
+            Ok(Value::Null)
+        }
+    }
+
+    fn refused(domain: Domain, why: &str) {
+        let err = domain.check().expect_err(why);
+        assert!(err.contains(why), "{err:?} should say {why:?}");
+    }
+
+    #[test]
+    fn registration_mistakes_are_named() {
+        let things = || Domain::new().aggregate::<Things>();
+        assert_eq!(
+            things().list(ByName("by_name", "things", true)).check(),
+            Ok(())
+        );
+        refused(Domain::new().aggregate::<Audit>(), "reserved");
+        refused(Domain::new().aggregate::<OpenApi>(), "reserved");
+        refused(
+            Domain::new().aggregate::<Spaced>(),
+            "not a valid path segment",
+        );
+        refused(things().with(things()), "registered twice");
+        refused(
+            things().projection(ByName("things_state", "things", false)),
+            "`things_state` is registered twice",
+        );
+        refused(
+            things().projection(ByName("_x", "things", false)),
+            "Chronicle's own",
+        );
+        refused(
+            things().projection(ByName("orders_x", "orders", false)),
+            "no aggregate type `orders`",
+        );
+        refused(
+            things()
+                .list(ByName("a", "things", true))
+                .list(ByName("b", "things", true)),
+            "two list read models",
+        );
+        refused(
+            things().list(ByName("a", "things", false)),
+            "no indexed fields",
+        );
+    }
+}
