@@ -31,5 +31,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test (AWS endpoint $AWS_ENDPOINT_URL)"
 cargo test --workspace --locked
 
+echo "== schemathesis against chronicle serve, from GET /openapi.json"
+./scripts/schemathesis.sh
+
 echo "== the function binaries behind a Lambda runtime API (cargo lambda watch)"
 ./scripts/lambda-smoke.sh

@@ -342,6 +342,7 @@ STREAM_CONSUMERS = {
     "publisher": ("DynamoDB", ("EventsTable", "StreamArn")),
     "snapshotter": ("DynamoDB", ("EventsTable", "StreamArn")),
     "activity": ("Kinesis", ("EventStream", "Arn")),
+    "reactor": ("Kinesis", ("EventStream", "Arn")),
 }
 
 
@@ -448,6 +449,17 @@ EXPECTED_GRANTS = {
           "kinesis:DescribeStreamSummary", "kinesis:ListShards"], [STREAM]),
         (["kinesis:ListStreams"], ["*"]),
         (["sqs:SendMessage"], ["ActivityFailureQueue.Arn"]),
+    ),
+    # The reactions' commands run in-process, as the command function runs them.
+    "reactor": grants(
+        (["dynamodb:GetItem", "dynamodb:PutItem"], [READ]),
+        (["dynamodb:PutItem", "dynamodb:ConditionCheckItem", "dynamodb:GetItem", "dynamodb:Query"], [EVENTS]),
+        (["s3:GetObject"], [SNAPSHOT_OBJECTS, ARCHIVE_OBJECTS]),
+        (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
+        (["kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:DescribeStream",
+          "kinesis:DescribeStreamSummary", "kinesis:ListShards"], [STREAM]),
+        (["kinesis:ListStreams"], ["*"]),
+        (["sqs:SendMessage"], ["ReactorFailureQueue.Arn"]),
     ),
     "archiver": grants(
         (["dynamodb:Scan", "dynamodb:Query", "dynamodb:UpdateItem"], [EVENTS]),
@@ -562,6 +574,7 @@ ROUTES = {
     ("GET", "/{aggregate_type}/{id}/events"): "query",
     ("GET", "/audit/events"): "query",
     ("GET", "/health"): "query",
+    ("GET", "/openapi.json"): "query",
 }
 PUBLIC = {("GET", "/health")}
 

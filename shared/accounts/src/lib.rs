@@ -9,13 +9,14 @@ mod projection;
 pub use projection::AccountsByOwner;
 
 use chronicle_kernel::{Aggregate, DomainError, DomainEvent, EventSchema, Refusal};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The currency of accounts that predate multi-currency support (events `Deposited` v1).
 pub const LEGACY_CURRENCY: &str = "EUR";
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     #[default]
@@ -32,22 +33,32 @@ pub struct Account {
     pub balance: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A command to an account, tagged by `type`. Amounts are positive integers in minor units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum AccountCommand {
+    /// Opens the account (in EUR unless `currency` says otherwise).
     Open {
+        #[schemars(length(min = 1, max = 128))]
         owner: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(regex(pattern = "^[A-Z]{3}$"))]
         currency: Option<String>,
     },
+    /// Adds to the balance; `currency`, when given, must be the account's.
     Deposit {
+        #[schemars(range(min = 1))]
         amount: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(regex(pattern = "^[A-Z]{3}$"))]
         currency: Option<String>,
     },
+    /// Takes from the balance, which never goes below zero.
     Withdraw {
+        #[schemars(range(min = 1))]
         amount: u64,
     },
+    /// Closes the account: no command but this one's repeats is accepted after it.
     // `{}` rather than a unit variant: serde refuses unknown fields only on struct variants.
     Close {},
 }
@@ -173,6 +184,15 @@ pub enum AccountError {
 }
 
 impl DomainError for AccountError {
+    const CODES: &'static [&'static str] = &[
+        "account_not_found",
+        "account_already_open",
+        "account_closed",
+        "insufficient_funds",
+        "balance_overflow",
+        "currency_mismatch",
+    ];
+
     fn code(&self) -> &'static str {
         match self {
             AccountError::NotOpened => "account_not_found",
@@ -202,6 +222,7 @@ impl Aggregate for Account {
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
+    type View = AccountView;
 
     fn schema() -> EventSchema {
         EventSchema::new()
@@ -321,21 +342,35 @@ impl Aggregate for Account {
         self.status != Status::Unopened
     }
 
-    fn view(&self, id: &str, version: u64) -> Value {
+    fn view(&self, id: &str, version: u64) -> AccountView {
         view(id, self, version)
     }
 }
 
-/// The JSON clients see for an account.
-pub fn view(id: &str, account: &Account, version: u64) -> Value {
-    json!({
-        "id": id,
-        "owner": account.owner,
-        "balance": account.balance,
-        "currency": account.currency,
-        "status": account.status,
-        "version": version,
-    })
+/// What clients see of an account (`GET /accounts/{id}`, and the documents of
+/// `accounts_by_owner`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AccountView {
+    pub id: String,
+    pub owner: String,
+    /// In minor units.
+    pub balance: u64,
+    pub currency: String,
+    pub status: Status,
+    /// The version of the account this view reflects.
+    pub version: u64,
+}
+
+/// What clients see of `account` at `version`.
+pub fn view(id: &str, account: &Account, version: u64) -> AccountView {
+    AccountView {
+        id: id.to_owned(),
+        owner: account.owner.clone(),
+        balance: account.balance,
+        currency: account.currency.clone(),
+        status: account.status,
+        version,
+    }
 }
 
 /// The accounts domain: the aggregate (commands, state, history, state read model) and the

@@ -21,6 +21,13 @@ impl Projection for AccountsByOwner {
     fn indexes(&self) -> &[&'static str] {
         &["owner"]
     }
+    fn document_schema(
+        &self,
+        generator: &mut chronicle_kernel::schemars::SchemaGenerator,
+    ) -> Option<chronicle_kernel::schemars::Schema> {
+        Some(generator.subschema_for::<crate::AccountView>())
+    }
+
     fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String> {
         // The document is the account's view, a superset of its state's fields.
         let mut account = match doc {
@@ -29,6 +36,7 @@ impl Projection for AccountsByOwner {
         };
         let e = <Account as Aggregate>::Event::from_data(&event.event_type, &event.data)?;
         account.evolve(&e);
-        Ok(view(&event.aggregate_id, &account, event.version))
+        serde_json::to_value(view(&event.aggregate_id, &account, event.version))
+            .map_err(|e| e.to_string())
     }
 }

@@ -355,7 +355,8 @@ pub async fn run_kinesis_mapping<H, Fut>(
 }
 
 /// Starts every stream-driven function of `app` as a local mapping: projector, publisher and
-/// snapshotter on the events table's stream, the activity consumer on Kinesis.
+/// snapshotter on the events table's stream, the activity consumer and (when the domain has
+/// reactions) the reactor on Kinesis.
 pub async fn spawn_all(
     app: &App,
     config: MappingConfig,
@@ -397,7 +398,21 @@ pub async fn spawn_all(
             let app = app2.clone();
             async move { chronicle_lambda::activity::consume(&app, &e).await }
         },
-        shutdown,
+        shutdown.clone(),
     )));
+    if !app.chronicle.reactions().is_empty() {
+        let app3 = app.clone();
+        handles.push(tokio::spawn(run_kinesis_mapping(
+            "reactor",
+            app.clients.kinesis.clone(),
+            app.settings.event_stream.clone(),
+            config,
+            move |e| {
+                let app = app3.clone();
+                async move { chronicle_lambda::reactions::react(&app, &e).await }
+            },
+            shutdown,
+        )));
+    }
     Ok(handles)
 }

@@ -1,4 +1,4 @@
-//! `chronicle serve`: the HTTP API and every projector in one process.
+//! `chronicle serve`: the HTTP API, every projector and every reaction in one process.
 
 use crate::StoreArgs;
 use anyhow::Context;
@@ -26,6 +26,12 @@ pub(crate) async fn serve(
         let runner = chronicle
             .runner(p.name())
             .context("a registered projection has no runner")?;
+        runners.push(tokio::spawn(runner.run(stopped.clone())));
+    }
+    for r in chronicle.reactions() {
+        let runner = chronicle
+            .reaction_runner(r.name())
+            .context("a registered reaction has no runner")?;
         runners.push(tokio::spawn(runner.run(stopped.clone())));
     }
     let listener = tokio::net::TcpListener::bind(addr)

@@ -4,7 +4,8 @@
 //! Every route is generic over the registered aggregate types: `/{type}/{id}/commands`,
 //! `/{type}/{id}`, `/{type}/{id}/events` and `/{type}?field=value`; `/audit/events` is the
 //! global audit feed across them (a static route: it wins over `/{type}/{id}`, and the kernel
-//! refuses to register an aggregate type named `audit`).
+//! refuses to register an aggregate type named `audit`); `/openapi.json` describes them all
+//! ([`openapi`]).
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::rejection::PathRejection;
@@ -23,6 +24,8 @@ use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod openapi;
 
 /// Largest accepted request body: a command and its events must fit a DynamoDB item (400 KB).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -51,7 +54,18 @@ pub fn router(chronicle: Chronicle) -> Router {
 
 /// Builds the API with only the given routes (and `/health`); the others answer 404.
 pub fn router_for(chronicle: Chronicle, routes: Routes) -> Router {
-    let mut r = Router::new().route("/health", get(health));
+    // Built once: the registration doesn't change while the router serves.
+    let doc = Arc::new(openapi::document(&chronicle, routes));
+    let mut r = Router::new().route("/health", get(health)).route(
+        "/openapi.json",
+        get(move |RawQuery(raw): RawQuery| {
+            let doc = doc.clone();
+            async move {
+                query_params(raw, &[])?;
+                Ok::<_, ApiError>(Json(doc.as_ref().clone()))
+            }
+        }),
+    );
     if routes != Routes::Commands {
         r = r
             .route("/{aggregate_type}", get(list))
@@ -67,7 +81,8 @@ pub fn router_for(chronicle: Chronicle, routes: Routes) -> Router {
         // which a Lambda invocation can't host.
         r = r
             .route("/admin/projections", get(admin_projections))
-            .route("/admin/projections/{name}/rebuild", post(admin_rebuild));
+            .route("/admin/projections/{name}/rebuild", post(admin_rebuild))
+            .route("/admin/reactions", get(admin_reactions));
     }
     r.fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -182,6 +197,13 @@ async fn admin_projections(
     query_params(raw, &[])?;
     let statuses = chronicle.projection_statuses().await?;
     Ok(Json(json!({ "projections": statuses })).into_response())
+}
+
+/// `GET /admin/reactions`: every reaction's state, checkpoint, lag and refused commands.
+async fn admin_reactions(State(chronicle): State<Chronicle>, RawQuery(raw): RawQuery) -> ApiResult {
+    query_params(raw, &[])?;
+    let statuses = chronicle.reaction_statuses().await?;
+    Ok(Json(json!({ "reactions": statuses })).into_response())
 }
 
 /// `POST /admin/projections/{name}/rebuild`: starts (or resumes) a rebuild in the background;
@@ -551,6 +573,7 @@ fn command_options(headers: &HeaderMap) -> Result<CommandOptions, ApiError> {
         idempotency_key,
         correlation_id: short("x-correlation-id")?,
         causation_id: short("x-causation-id")?,
+        ..CommandOptions::default()
     })
 }
 

@@ -1,6 +1,7 @@
 //! Aggregates as pure decide/evolve functions. No I/O happens in here.
 
 use crate::schema::EventSchema;
+use schemars::JsonSchema;
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
@@ -14,6 +15,10 @@ pub enum Refusal {
 }
 
 pub trait DomainError: std::error::Error + Send + Sync + 'static {
+    /// Every code [`DomainError::code`] can return, for the API's documentation
+    /// (`GET /openapi.json` lists them under the command route's 404 and 422).
+    const CODES: &'static [&'static str] = &[];
+
     /// Stable machine-readable code, e.g. `insufficient_funds`.
     fn code(&self) -> &'static str;
     fn refusal(&self) -> Refusal {
@@ -46,9 +51,18 @@ pub trait Aggregate:
     /// Version of the serialized state; snapshots of another version are ignored.
     const STATE_VERSION: u32;
 
-    type Command: DeserializeOwned + Serialize + Send + Sync + 'static;
+    /// What clients send, as JSON (`POST /{type}/{id}/commands`); its JSON Schema is the
+    /// request body in `GET /openapi.json`.
+    type Command: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static;
     type Event: DomainEvent;
     type Error: DomainError;
+    /// What clients read (`GET /{type}/{id}`); its JSON Schema is the answer's in the OpenAPI
+    /// document.
+    type View: Serialize + JsonSchema;
+
+    /// The `type` tags of commands only the domain's reactions may issue: a client sending one
+    /// gets 400 `invalid_command`, and the OpenAPI document leaves them out.
+    const INTERNAL_COMMANDS: &'static [&'static str] = &[];
 
     /// Every event type with its current schema version and upcasters.
     fn schema() -> EventSchema;
@@ -65,8 +79,8 @@ pub trait Aggregate:
     /// False until the aggregate's creating event has been applied.
     fn exists(&self) -> bool;
 
-    /// The JSON a client sees for this state.
-    fn view(&self, id: &str, version: u64) -> Value;
+    /// What a client sees of this state.
+    fn view(&self, id: &str, version: u64) -> Self::View;
 }
 
 /// Folds events into a state, starting from `state`.

@@ -49,17 +49,29 @@ impl Default for HandlerConfig {
     }
 }
 
-/// Per-command options that come from the transport (HTTP headers).
+/// Per-command options that come from the transport (HTTP headers) or the reaction issuing it.
 #[derive(Clone, Debug, Default)]
 pub struct CommandOptions {
     pub expected_version: Option<u64>,
     pub idempotency_key: Option<String>,
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
+    pub origin: Origin,
+}
+
+/// Who sends a command. Only the domain's reactions may send an aggregate's internal commands
+/// ([`crate::Aggregate::INTERNAL_COMMANDS`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// A client of the API (or the command line).
+    #[default]
+    Client,
+    /// One of the domain's reactions.
+    Reaction,
 }
 
 /// What a command produced; exactly what a repeat with the same idempotency key returns.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CommandResult {
     pub aggregate_id: String,
     pub version: u64,

@@ -16,6 +16,8 @@ use crate::aggregate::Aggregate;
 use crate::command::HandlerConfig;
 use crate::ports::{EventStore, ReadModelStore, SnapshotStore};
 use crate::projection::{state_projection_name, Projection, StateProjection};
+use crate::reaction::{check_name, Reaction, ReactionKind, Typed};
+use crate::schema::EventSchema;
 use crate::service::{AggregateService, Service};
 use std::collections::BTreeSet;
 use std::marker::PhantomData;
@@ -38,6 +40,7 @@ pub(crate) trait AggregateKind: Send + Sync + 'static {
     ) -> Arc<dyn AggregateService>;
     /// The state read model every aggregate type gets.
     fn state_projection(&self) -> Arc<dyn Projection>;
+    fn schema(&self) -> EventSchema;
 }
 
 struct Kind<A>(PhantomData<fn() -> A>);
@@ -60,6 +63,10 @@ impl<A: Aggregate> AggregateKind for Kind<A> {
     fn state_projection(&self) -> Arc<dyn Projection> {
         Arc::new(StateProjection::<A>::default())
     }
+
+    fn schema(&self) -> EventSchema {
+        A::schema()
+    }
 }
 
 /// A projection as registered, and whether it serves `GET /{aggregate_type}?field=value`.
@@ -79,6 +86,7 @@ pub(crate) struct Registered {
 pub struct Domain {
     pub(crate) aggregates: Vec<Arc<dyn AggregateKind>>,
     pub(crate) projections: Vec<Registered>,
+    pub(crate) reactions: Vec<Arc<dyn ReactionKind>>,
 }
 
 impl Domain {
@@ -112,12 +120,25 @@ impl Domain {
         self
     }
 
+    /// Adds a reaction: it gets the events it subscribes to, at least once, and issues commands
+    /// (see [`Reaction`]).
+    pub fn reaction(mut self, reaction: impl Reaction) -> Self {
+        self.reactions.push(Arc::new(Typed::new(reaction)));
+        self
+    }
+
     /// Everything `other` registers, after what this one does: how a binary serves several
     /// domains (`accounts::domain().with(orders::domain())`).
     pub fn with(mut self, other: Domain) -> Self {
         self.aggregates.extend(other.aggregates);
         self.projections.extend(other.projections);
+        self.reactions.extend(other.reactions);
         self
+    }
+
+    /// The registered reactions' names.
+    pub fn reaction_names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.reactions.iter().map(|r| r.name())
     }
 
     /// The registered aggregate types, in registration order.
@@ -168,6 +189,30 @@ impl Domain {
                 return Err(format!("read model `{name}` is registered twice"));
             }
         }
+        for r in &self.reactions {
+            let name = r.name();
+            check_name(name)?;
+            if !names.insert(name.to_owned()) {
+                return Err(format!(
+                    "reaction `{name}`: the name is taken by another reaction or a read model"
+                ));
+            }
+            if r.subscriptions().is_empty() {
+                return Err(format!("reaction `{name}` subscribes to no events"));
+            }
+            for (t, e) in r.subscriptions() {
+                let Some(kind) = self.aggregates.iter().find(|a| a.aggregate_type() == t) else {
+                    return Err(format!(
+                        "reaction `{name}` subscribes to `{t}` events, but no aggregate type `{t}` is registered"
+                    ));
+                };
+                if kind.schema().current_version(e).is_none() {
+                    return Err(format!(
+                        "reaction `{name}` subscribes to `{t}` event `{e}`, which `{t}`'s schema does not declare"
+                    ));
+                }
+            }
+        }
         let mut lists = BTreeSet::new();
         for p in &self.projections {
             let t = p.projection.aggregate_type();
@@ -198,6 +243,7 @@ impl std::fmt::Debug for Domain {
         f.debug_struct("Domain")
             .field("aggregates", &self.aggregate_types().collect::<Vec<_>>())
             .field("read_models", &self.read_model_names())
+            .field("reactions", &self.reaction_names().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -244,6 +290,7 @@ mod tests {
                 type Command = Value;
                 type Event = Happened;
                 type Error = Never;
+                type View = Value;
                 fn schema() -> EventSchema {
                     EventSchema::new().event("Happened", 1)
                 }

@@ -29,7 +29,7 @@ impl fmt::Display for StreamId {
 }
 
 /// Who caused an event and why; every field is optional because callers give what they have.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_id: Option<Uuid>,
@@ -42,7 +42,7 @@ pub struct Metadata {
 }
 
 /// An immutable stored event. These are exactly the fields every event store keeps.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventEnvelope {
     pub event_id: Uuid,
     pub aggregate_type: String,
@@ -55,7 +55,9 @@ pub struct EventEnvelope {
     pub data: Value,
     #[serde(default)]
     pub metadata: Metadata,
+    /// RFC 3339, UTC, microseconds.
     #[serde(with = "rfc3339")]
+    #[schemars(with = "String", extend("format" = "date-time"))]
     pub recorded_at: DateTime<Utc>,
     /// SHA-256 over this envelope and its predecessor's hash (the `chain` module); empty only on
     /// events stored before chains existed.

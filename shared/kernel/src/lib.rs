@@ -15,6 +15,7 @@ pub mod ports;
 pub mod projection;
 pub mod publishing;
 mod raw;
+pub mod reaction;
 pub mod rebuild;
 pub mod replay;
 pub mod schema;
@@ -32,7 +33,7 @@ pub mod archived {
 
 pub use aggregate::{Aggregate, DomainError, DomainEvent, Refusal};
 pub use command::{
-    CommandHandler, CommandOptions, CommandOutcome, CommandResult, HandlerConfig,
+    CommandHandler, CommandOptions, CommandOutcome, CommandResult, HandlerConfig, Origin,
     DEFAULT_IDEMPOTENCY_RETENTION,
 };
 pub use domain::Domain;
@@ -44,8 +45,12 @@ pub use projection::{
     StateProjection,
 };
 pub use publishing::PublishRunner;
+pub use reaction::{Dispatch, Reaction, ReactionRunner};
 pub use schema::{EventSchema, UpcastError};
-pub use service::{AggregateService, Chronicle, ChronicleBuilder, StartRebuildError, StateView};
+pub use schemars;
+pub use service::{
+    AggregateApi, AggregateService, Chronicle, ChronicleBuilder, StartRebuildError, StateView,
+};
 
 /// Aggregate ids: 1 to 128 characters from `[A-Za-z0-9._:-]`, safe as a key everywhere.
 pub fn validate_id(id: &str) -> Result<(), Error> {

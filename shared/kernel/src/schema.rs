@@ -42,6 +42,11 @@ impl EventSchema {
         self
     }
 
+    /// The declared event types.
+    pub fn event_types(&self) -> impl Iterator<Item = &str> + '_ {
+        self.current.keys().map(String::as_str)
+    }
+
     pub fn current_version(&self, event_type: &str) -> Option<u32> {
         self.current.get(event_type).copied()
     }

@@ -3,7 +3,7 @@
 //! handler code.
 
 use crate::aggregate::Aggregate;
-use crate::command::{CommandHandler, CommandOptions, CommandOutcome, HandlerConfig};
+use crate::command::{CommandHandler, CommandOptions, CommandOutcome, HandlerConfig, Origin};
 use crate::domain::Domain;
 use crate::envelope::{EventEnvelope, StreamId};
 use crate::error::Error;
@@ -12,6 +12,8 @@ use crate::ports::{
     SnapshotStore,
 };
 use crate::projection::{state_projection_name, Projection, ProjectionRunner};
+use crate::reaction::runner::ReactionStatus;
+use crate::reaction::{CommandBus, ReactionKind, ReactionRunner};
 use crate::schema::EventSchema;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -44,6 +46,9 @@ pub trait AggregateService: Send + Sync {
     /// Folds the aggregate up to `version` (its latest when `None`) and saves a snapshot of
     /// it; returns the version the snapshot is at, `None` if the aggregate has no events.
     async fn snapshot(&self, id: &str, version: Option<u64>) -> Result<Option<u64>, Error>;
+    /// The JSON Schemas and codes the API's documentation gives for this aggregate type; the
+    /// types they reference land in `generator`'s definitions.
+    fn describe(&self, generator: &mut schemars::SchemaGenerator) -> AggregateApi;
     /// Events in version order; upcast to the current schema unless `raw`.
     async fn history(
         &self,
@@ -51,6 +56,19 @@ pub trait AggregateService: Send + Sync {
         range: ReadRange,
         raw: bool,
     ) -> Result<Vec<EventEnvelope>, Error>;
+}
+
+/// What the API's documentation says of an aggregate type ([`AggregateService::describe`]).
+#[derive(Clone, Debug)]
+pub struct AggregateApi {
+    /// The commands clients may send (internal ones left out), inline.
+    pub command: schemars::Schema,
+    /// What `GET /{type}/{id}` answers.
+    pub view: schemars::Schema,
+    /// The domain's refusal codes ([`crate::DomainError::CODES`]).
+    pub refusals: &'static [&'static str],
+    /// Commands only reactions send ([`Aggregate::INTERNAL_COMMANDS`]).
+    pub internal: &'static [&'static str],
 }
 
 /// An aggregate type's service on the stores of a registry.
@@ -91,6 +109,9 @@ impl<A: Aggregate> AggregateService for Service<A> {
         command: &[u8],
         opts: CommandOptions,
     ) -> Result<CommandOutcome, Error> {
+        if !A::INTERNAL_COMMANDS.is_empty() && opts.origin == Origin::Client {
+            refuse_internal::<A>(command)?;
+        }
         // Straight into the typed command (not through a `Value`), so a repeated key is an
         // error rather than last-one-wins.
         let command: A::Command =
@@ -130,7 +151,7 @@ impl<A: Aggregate> AggregateService for Service<A> {
         }
         Ok(StateView {
             version: at,
-            body: state.view(id, at),
+            body: view_json(&state, id, at)?,
         })
     }
 
@@ -142,14 +163,32 @@ impl<A: Aggregate> AggregateService for Service<A> {
             .ok_or_else(|| not_found(A::TYPE, id))?;
         let state: A = serde_json::from_value(doc.body)
             .map_err(|e| Error::Decode(format!("read model {}: {e}", self.state_model)))?;
+        // Events that don't create it (a rejected first command recorded as an event) leave
+        // a document of an aggregate that doesn't exist yet.
+        if !state.exists() {
+            return Err(not_found(A::TYPE, id));
+        }
         Ok(StateView {
             version: doc.version,
-            body: state.view(id, doc.version),
+            body: view_json(&state, id, doc.version)?,
         })
     }
 
     async fn snapshot(&self, id: &str, version: Option<u64>) -> Result<Option<u64>, Error> {
         self.handler.snapshot(id, version).await
+    }
+
+    fn describe(&self, generator: &mut schemars::SchemaGenerator) -> AggregateApi {
+        let mut command = <A::Command as schemars::JsonSchema>::json_schema(generator);
+        if !A::INTERNAL_COMMANDS.is_empty() {
+            drop_variants(&mut command, A::INTERNAL_COMMANDS);
+        }
+        AggregateApi {
+            command,
+            view: generator.subschema_for::<A::View>(),
+            refusals: <A::Error as crate::DomainError>::CODES,
+            internal: A::INTERNAL_COMMANDS,
+        }
     }
 
     async fn history(
@@ -170,6 +209,51 @@ impl<A: Aggregate> AggregateService for Service<A> {
     }
 }
 
+/// Leaves out of a tagged enum's schema (`oneOf`/`anyOf` of objects whose `type` property is a
+/// constant) the variants whose tag is in `tags`.
+fn drop_variants(schema: &mut schemars::Schema, tags: &[&str]) {
+    let tag_of = |v: &Value| -> Option<String> {
+        let t = v.pointer("/properties/type")?;
+        t.get("const")
+            .or_else(|| t.pointer("/enum/0"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    for key in ["oneOf", "anyOf"] {
+        if let Some(Value::Array(variants)) = schema.get_mut(key) {
+            variants.retain(|v| tag_of(v).is_none_or(|t| !tags.contains(&t.as_str())));
+        }
+    }
+}
+
+fn view_json<A: Aggregate>(state: &A, id: &str, version: u64) -> Result<Value, Error> {
+    serde_json::to_value(state.view(id, version))
+        .map_err(|e| Error::Decode(format!("view of {}/{id}: {e}", A::TYPE)))
+}
+
+/// 400 for a client's command whose `type` is one of the aggregate's internal commands.
+fn refuse_internal<A: Aggregate>(body: &[u8]) -> Result<(), Error> {
+    #[derive(serde::Deserialize)]
+    struct Tagged<'a> {
+        #[serde(rename = "type", borrow)]
+        tag: Option<std::borrow::Cow<'a, str>>,
+    }
+    // Anything that doesn't parse here fails the typed parse after, with its own message.
+    let Ok(Tagged { tag: Some(tag) }) = serde_json::from_slice::<Tagged>(body) else {
+        return Ok(());
+    };
+    if A::INTERNAL_COMMANDS.contains(&tag.as_ref()) {
+        return Err(Error::invalid(
+            "invalid_command",
+            format!(
+                "`{tag}` is issued by the {} domain's own reactions, not by clients",
+                A::TYPE
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn not_found(aggregate_type: &str, id: &str) -> Error {
     Error::not_found("not_found", format!("{aggregate_type}/{id} does not exist"))
 }
@@ -180,6 +264,7 @@ pub struct Chronicle {
     aggregates: BTreeMap<&'static str, Arc<dyn AggregateService>>,
     projections: Vec<Arc<dyn Projection>>,
     lists: BTreeMap<String, Arc<dyn Projection>>,
+    reactions: Vec<Arc<dyn ReactionKind>>,
     read_models: Arc<dyn ReadModelStore>,
     /// The ordered feed projections follow. `None` where something else drives them
     /// (DynamoDB Streams on AWS): then there are no in-process runners.
@@ -255,6 +340,7 @@ impl Chronicle {
                 aggregates: BTreeMap::new(),
                 projections: Vec::new(),
                 lists: BTreeMap::new(),
+                reactions: Vec::new(),
                 read_models,
                 feed: None,
                 events: events.clone(),
@@ -282,6 +368,41 @@ impl Chronicle {
         &self.projections
     }
 
+    pub fn reactions(&self) -> &[Arc<dyn ReactionKind>] {
+        &self.reactions
+    }
+
+    /// A runner for the named reaction, following the feed with its own checkpoint and
+    /// issuing its commands through this registry; `None` for an unknown reaction or a
+    /// registry without a feed.
+    pub fn reaction_runner(&self, reaction: &str) -> Option<ReactionRunner> {
+        let r = self.reactions.iter().find(|r| r.name() == reaction)?;
+        let registry = self.clone();
+        Some(ReactionRunner::new(
+            self.feed.clone()?,
+            self.read_models.clone(),
+            Arc::new(self.clone()),
+            r.clone(),
+            Arc::new(move |e| registry.upcast(e)),
+        ))
+    }
+
+    /// Every reaction's state, checkpoint, lag and refused commands.
+    pub async fn reaction_statuses(&self) -> Result<Vec<ReactionStatus>, Error> {
+        let mut out = Vec::with_capacity(self.reactions.len());
+        for r in &self.reactions {
+            out.push(
+                crate::reaction::runner::reaction_status(
+                    self.read_models.as_ref(),
+                    self.feed.as_deref(),
+                    r.as_ref(),
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
     pub fn read_models(&self) -> &Arc<dyn ReadModelStore> {
         &self.read_models
     }
@@ -293,6 +414,11 @@ impl Chronicle {
     /// The event store every registered aggregate type writes to.
     pub fn events(&self) -> &Arc<dyn EventLog> {
         &self.events
+    }
+
+    /// The list read model of `aggregate_type` (`GET /{type}?field=...`), if it has one.
+    pub fn list_projection(&self, aggregate_type: &str) -> Option<&Arc<dyn Projection>> {
+        self.lists.get(aggregate_type)
     }
 
     /// The projections that read `aggregate_type`'s events.
@@ -539,6 +665,26 @@ impl Chronicle {
 
 pub use crate::domain::RESERVED_AGGREGATE_TYPES;
 
+#[async_trait]
+impl CommandBus for Chronicle {
+    async fn dispatch(
+        &self,
+        aggregate_type: &str,
+        id: &str,
+        command: &[u8],
+        opts: CommandOptions,
+    ) -> Result<CommandOutcome, Error> {
+        let svc = self.aggregates.get(aggregate_type).ok_or_else(|| {
+            Error::not_found(
+                "unknown_aggregate_type",
+                format!("no aggregate type `{aggregate_type}`"),
+            )
+        })?;
+        crate::validate_id(id)?;
+        svc.execute(id, command, opts).await
+    }
+}
+
 /// Builds a [`Chronicle`]: the stores first ([`Chronicle::builder`]), then the domain.
 pub struct ChronicleBuilder {
     events: Arc<dyn EventStore>,
@@ -602,6 +748,7 @@ impl ChronicleBuilder {
             }
             inner.projections.push(p.projection.clone());
         }
+        inner.reactions = self.domain.reactions.clone();
         inner
     }
 }

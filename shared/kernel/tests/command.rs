@@ -27,7 +27,7 @@ struct Counter {
     value: i64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type")]
 enum CounterCommand {
     Create,
@@ -106,6 +106,7 @@ impl Aggregate for Counter {
     type Command = CounterCommand;
     type Event = CounterEvent;
     type Error = CounterError;
+    type View = Value;
 
     fn schema() -> EventSchema {
         EventSchema::new()
@@ -623,7 +624,7 @@ async fn a_command_appends_its_events_with_versions_and_metadata() {
         correlation_id: Some("corr-7".into()),
         causation_id: Some("cause-3".into()),
         idempotency_key: Some("burst-1".into()),
-        expected_version: None,
+        ..CommandOptions::default()
     };
     let burst = f
         .run_with("c1", CounterCommand::Burst { n: 3 }, opts)

@@ -10,6 +10,7 @@
 //!   same axum router as the local server.
 //! - [`streams`]: the DynamoDB Streams handlers: projector, publisher, snapshotter.
 //! - [`activity`]: a Kinesis consumer keeping an activity-feed read model.
+//! - [`reactions`]: the reactor, the domain's reactions fed from Kinesis.
 //! - [`archiver`]: the scheduled archiver (older events to S3 segments, hot copies to expire).
 //! - [`records`]: stream records as the SDKs return them, converted into the records Lambda
 //!   delivers (what the CLI's pollers and the tests hand the handlers).
@@ -18,6 +19,7 @@ pub mod activity;
 pub mod archiver;
 mod error;
 pub mod http;
+pub mod reactions;
 pub mod records;
 pub mod streams;
 
@@ -214,6 +216,17 @@ pub async fn run_activity(domain: Domain) -> Result<(), Error> {
         domain,
         |app, e: aws_lambda_events::kinesis::KinesisEvent| async move {
             activity::consume(&app, &e).await
+        },
+    )
+    .await
+}
+
+/// The reactor function (Kinesis): the domain's reactions.
+pub async fn run_reactor(domain: Domain) -> Result<(), Error> {
+    run_handler(
+        domain,
+        |app, e: aws_lambda_events::kinesis::KinesisEvent| async move {
+            reactions::react(&app, &e).await
         },
     )
     .await

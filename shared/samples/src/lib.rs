@@ -4,7 +4,7 @@
 
 use chronicle_kernel::Domain;
 
-/// Every sample domain: accounts.
+/// Every sample domain: accounts, then orders and inventory with their fulfilment reaction.
 pub fn domain() -> Domain {
-    chronicle_accounts::domain()
+    chronicle_accounts::domain().with(chronicle_orders::domain())
 }

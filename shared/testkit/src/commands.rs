@@ -17,7 +17,7 @@ pub struct Tally {
     total: i64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Add {
     pub by: i64,
 }
@@ -65,6 +65,7 @@ impl Aggregate for Tally {
     type Command = Add;
     type Event = Added;
     type Error = Never;
+    type View = Value;
 
     fn schema() -> EventSchema {
         EventSchema::new().event(ADDED, 1)

@@ -16,7 +16,9 @@
 //! - [`publisher_contract`] checks [`Publisher`] against what its consumer side reads back;
 //! - [`archive_contract`] checks [`Archive`];
 //! - [`archived_reads_contract`] checks reads through an [`ArchivedEventStore`] while the hot
-//!   store loses the events the archiver copied.
+//!   store loses the events the archiver copied;
+//! - [`given`] and [`given_reaction`] (`given.rs`) are no suite: they run a domain's own
+//!   given/when/then tests of its aggregates and reactions.
 //!
 //! The checks each suite runs are public too, so an adapter's tests can run one alone.
 //!
@@ -42,6 +44,7 @@ mod commands;
 mod events;
 mod feed;
 mod fixtures;
+mod given;
 mod publisher;
 mod read_models;
 mod snapshots;
@@ -64,6 +67,10 @@ pub use feed::{
 pub use fixtures::{
     event, events, expired_idempotency_record, idempotency_record, new_stream, request, rich_event,
     unique,
+};
+pub use given::{
+    envelope, envelope_of, given, given_reaction, Given, GivenReaction, NotAccepted, Then,
+    ThenReaction,
 };
 pub use publisher::publisher_contract;
 pub use read_models::{

@@ -19,6 +19,14 @@ pub trait Projection: Send + Sync + 'static {
         &[]
     }
     fn apply(&self, doc: Option<&Value>, event: &EventEnvelope) -> Result<Value, String>;
+    /// The JSON Schema of a document, for the API's documentation of `GET /{type}?field=...`
+    /// (e.g. `generator.subschema_for::<MyView>()`); `None`: any JSON object.
+    fn document_schema(
+        &self,
+        _generator: &mut schemars::SchemaGenerator,
+    ) -> Option<schemars::Schema> {
+        None
+    }
 }
 
 /// The generic read model every aggregate type gets: its state, folded by `evolve`.
