@@ -7,6 +7,8 @@
   projector, publisher and snapshotter (three events of one account, one stored as Deposited
   v1, and an idempotency record the handlers skip);
 - events/kinesis/batch.json: a Kinesis batch as the activity consumer receives it;
+- events/kinesis/orders-batch.json: a Kinesis batch as the reactor receives it: one published
+  `orders` OrderPlaced (order ord-2, of the skus the apigw payloads restock);
 - events/eventbridge/schedule.json: the EventBridge scheduled event that starts the archiver
   (the archiver does not read it).
 
@@ -148,6 +150,21 @@ case("audit-bad-cursor", "query", 400, "invalid_query", audit(DAY + "&after=zz")
 case("audit-unknown-param", "query", 400, "invalid_query", audit(DAY + "&event_type=Deposited"))
 case("audit-on-command-function", "command", 404, "route_not_found", audit(DAY))
 
+# The orders sample (appended too). No reaction runs where these are replayed alone (the
+# reactor is fed by Kinesis): ord-1 stays placed, the stock unreserved.
+# events/kinesis/orders-batch.json orders ord-2 of the skus restocked here.
+inventory_cmd = lambda sku, body: request("POST", f"/inventory/{sku}/commands", body=body)
+order_cmd = lambda i, body: request("POST", f"/orders/{i}/commands", body=body)
+case("restock", "command", 200, None, inventory_cmd("sku-1", {"type": "Restock", "quantity": 10}))
+case("restock-other", "command", 200, None, inventory_cmd("sku-2", {"type": "Restock", "quantity": 5}))
+case("place", "command", 200, None, order_cmd("ord-1", {"type": "Place", "customer": "c-1", "lines": [{"sku": "sku-1", "quantity": 2}, {"sku": "sku-2", "quantity": 1}]}))
+case("place-no-lines", "command", 400, "invalid_command", order_cmd("ord-bad", {"type": "Place", "customer": "c-1", "lines": []}))
+# Confirming is the fulfilment reaction's command, refused to clients.
+case("client-confirm", "command", 400, "invalid_command", order_cmd("ord-1", {"type": "Confirm"}))
+case("order-state", "query", 200, None, get("/orders/ord-1", "consistent=true"))
+case("inventory-state", "query", 200, None, get("/inventory/sku-1", "consistent=true"))
+case("openapi", "query", 200, None, request("GET", "/openapi.json", route="GET /openapi.json"))
+
 
 STREAM_ARN = f"arn:aws:dynamodb:us-east-1:{ACCOUNT}:table/chronicle-events/stream/2026-11-26T00:00:00.000"
 ACCT = "acc-stream-1"
@@ -250,6 +267,41 @@ def kinesis_batch():
     return {"Records": records}
 
 
+# The published OrderPlaced of ord-2 (3 of sku-1, 1 of sku-2), as the publisher puts it on
+# Kinesis: the envelope, keyed by the order's id.
+ORDER_PLACED = {
+    "event_id": "019ac0de-0000-7000-8000-000000000201",
+    "aggregate_type": "orders",
+    "aggregate_id": "ord-2",
+    "version": 1,
+    "event_type": "OrderPlaced",
+    "schema_version": 1,
+    "data": {"customer": "c-2", "lines": [{"sku": "sku-1", "quantity": 3}, {"sku": "sku-2", "quantity": 1}]},
+    "metadata": {"command_id": "019ac0de-0000-7000-9000-000000000201"},
+    "recorded_at": "2026-11-26T12:00:10.000000Z",
+}
+
+
+def orders_batch():
+    e = ORDER_PLACED
+    return {"Records": [{
+        "kinesis": {
+            "kinesisSchemaVersion": "1.0",
+            "partitionKey": e["aggregate_id"],
+            "sequenceNumber": "49590000000000000000000000000000000000000000000000010",
+            "data": base64.b64encode(json.dumps(e).encode()).decode(),
+            "approximateArrivalTimestamp": 1795694410.5,
+        },
+        "eventSource": "aws:kinesis",
+        "eventVersion": "1.0",
+        "eventID": "shardId-000000000000:495910",
+        "eventName": "aws:kinesis:record",
+        "invokeIdentityArn": f"arn:aws:iam::{ACCOUNT}:role/chronicle-reactor",
+        "awsRegion": "us-east-1",
+        "eventSourceARN": f"arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/chronicle-events",
+    }]}
+
+
 def schedule_event():
     return {
         "version": "0",
@@ -274,6 +326,7 @@ def write(path, value):
 def main():
     write("events/dynamodb/stream-batch.json", dynamodb_batch())
     write("events/kinesis/batch.json", kinesis_batch())
+    write("events/kinesis/orders-batch.json", orders_batch())
     write("events/eventbridge/schedule.json", schedule_event())
     for f in os.listdir(OUT):
         if f.endswith(".json"):

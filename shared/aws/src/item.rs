@@ -248,11 +248,11 @@ mod tests {
             at("2026-11-26T17:00:00Z")
         );
         // Fixed values: a changed hash would hide every stored event from the feed.
-        assert_eq!(shard_of("accounts#acc-1"), shard_of("accounts#acc-1"));
+        assert_eq!(shard_of("widgets#w-1"), shard_of("widgets#w-1"));
         assert_eq!(shard_of(""), 0x811c_9dc5 % TIME_SHARDS);
         assert_eq!(shard_of("a"), 0xe40c_292c % TIME_SHARDS);
         let shards: std::collections::HashSet<u32> = (0..200)
-            .map(|i| shard_of(&format!("accounts#acc-{i}")))
+            .map(|i| shard_of(&format!("widgets#w-{i}")))
             .collect();
         assert_eq!(
             shards.len(),

@@ -185,7 +185,7 @@ mod tests {
     fn ev(id: &str, version: u64) -> EventEnvelope {
         EventEnvelope {
             event_id: uuid::Uuid::new_v4(),
-            aggregate_type: "accounts".into(),
+            aggregate_type: "widgets".into(),
             aggregate_id: id.into(),
             version,
             event_type: "Deposited".into(),

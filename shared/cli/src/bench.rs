@@ -42,6 +42,19 @@ pub(crate) struct BenchArgs {
     /// every account's version checked, without the replay, verify and archive phases.
     #[arg(long, conflicts_with = "replay_only")]
     append_only: bool,
+    /// Measure the reaction path instead (the orders sample): orders placed, each reserved
+    /// line by line and confirmed by the fulfilment reaction; latency from placed to confirmed.
+    #[arg(long, conflicts_with_all = ["replay_only", "append_only"])]
+    reactions: bool,
+    /// With --reactions: orders to place.
+    #[arg(long, default_value_t = 2_000, requires = "reactions")]
+    orders: usize,
+    /// With --reactions: lines per order (each a reservation on its own sku).
+    #[arg(long, default_value_t = 3, requires = "reactions")]
+    order_lines: usize,
+    /// With --reactions: clients placing orders at once, each waiting for its answer.
+    #[arg(long, default_value_t = 4, requires = "reactions")]
+    placers: usize,
 }
 
 /// Streams verified at once: enough to keep both cores and the reader pool busy.
@@ -119,6 +132,15 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
         snapshot_every: args.snapshot_every,
         backend: crate::Backend::Embedded,
     };
+    if args.reactions {
+        let bench = crate::bench_reactions::ReactionBench {
+            orders: args.orders,
+            lines: args.order_lines,
+            placers: args.placers,
+            json: args.json,
+        };
+        return crate::bench_reactions::run(bench, &store_args).await;
+    }
     let total_events = (args.accounts * args.events_per_account) as u64;
     let (hist, append_secs, append_peak, append_cpu) = if args.replay_only {
         (Histogram::<u64>::new(3)?, 0.0, 0, 0.0)

@@ -16,6 +16,7 @@
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod bench;
+mod bench_reactions;
 mod inspect;
 pub mod mappings;
 mod serve;

@@ -506,11 +506,21 @@ async fn list(
         }
         None => DEFAULT_PAGE,
     };
+    let Some(list) = chronicle.list_projection(&aggregate_type) else {
+        return Err(Error::not_found(
+            "no_list_model",
+            format!("{aggregate_type} has no list read model"),
+        )
+        .into());
+    };
+    let fields = list.indexes();
     let [(field, value)] = params.as_slice() else {
         return Err(ApiError::bad_request(
             "invalid_query",
             format!(
-                "list {aggregate_type} by exactly one field, e.g. /{aggregate_type}?owner=alice"
+                "list {aggregate_type} by exactly one field ({}), e.g. /{aggregate_type}?{}=...",
+                fields.join(" or "),
+                fields.first().unwrap_or(&"field")
             ),
         ));
     };

@@ -46,7 +46,7 @@ pub trait DomainEvent: Sized + Clone + Send + Sync + 'static {
 pub trait Aggregate:
     Default + Clone + Send + Sync + Serialize + DeserializeOwned + 'static
 {
-    /// The aggregate type, also the first segment of its HTTP routes (`/accounts/...`).
+    /// The aggregate type, also the first segment of its HTTP routes (`/{TYPE}/...`).
     const TYPE: &'static str;
     /// Version of the serialized state; snapshots of another version are ignored.
     const STATE_VERSION: u32;

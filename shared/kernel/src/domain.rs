@@ -360,8 +360,8 @@ mod tests {
             "Chronicle's own",
         );
         refused(
-            things().projection(ByName("orders_x", "orders", false)),
-            "no aggregate type `orders`",
+            things().projection(ByName("gadgets_x", "gadgets", false)),
+            "no aggregate type `gadgets`",
         );
         refused(
             things()

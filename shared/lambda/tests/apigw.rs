@@ -68,10 +68,17 @@ async fn audit(app: &App, query: &str) -> Value {
 
 async fn observe(app: &App) -> Vec<Vec<EventEnvelope>> {
     let mut all = Vec::new();
-    for id in ["acc-1", "acc-closed", "ghost"] {
+    for (t, id) in [
+        ("accounts", "acc-1"),
+        ("accounts", "acc-closed"),
+        ("accounts", "ghost"),
+        ("orders", "ord-1"),
+        ("orders", "ord-bad"),
+        ("inventory", "sku-1"),
+    ] {
         all.push(
             app.events
-                .read_stream(&StreamId::new("accounts", id), ReadRange::all())
+                .read_stream(&StreamId::new(t, id), ReadRange::all())
                 .await
                 .expect("read"),
         );

@@ -468,7 +468,7 @@ pub(super) mod tests {
         let mut out: Vec<EventEnvelope> = (1..=n)
             .map(|v| EventEnvelope {
                 event_id: uuid::Uuid::now_v7(),
-                aggregate_type: "accounts".into(),
+                aggregate_type: "widgets".into(),
                 aggregate_id: id.into(),
                 version: v,
                 event_type: "Deposited".into(),
@@ -484,7 +484,7 @@ pub(super) mod tests {
     }
 
     pub(in crate::archive) fn segment(frames: &[(&[EventEnvelope], &str)]) -> Vec<u8> {
-        let mut b = SegmentBuilder::new("accounts");
+        let mut b = SegmentBuilder::new("widgets");
         for (events, prev) in frames {
             b.add_frame(events, prev).unwrap();
         }
@@ -500,7 +500,7 @@ pub(super) mod tests {
         assert_eq!(index.events, 8);
         let f = &index.frames[1];
         let raw = unpack_frame("s", f, frame_bytes("s", &bytes, f).unwrap()).unwrap();
-        let stream = StreamId::new("accounts", "b");
+        let stream = StreamId::new("widgets", "b");
         let back: Vec<EventEnvelope> = frame_records("s", f, &raw)
             .unwrap()
             .iter()
@@ -513,7 +513,7 @@ pub(super) mod tests {
     fn a_frame_of_gapped_events_is_refused() {
         let mut a = events("a", 3);
         a.remove(1);
-        assert!(SegmentBuilder::new("accounts")
+        assert!(SegmentBuilder::new("widgets")
             .add_frame(&a, GENESIS)
             .is_err());
     }

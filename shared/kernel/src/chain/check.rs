@@ -179,7 +179,7 @@ mod tests {
     fn event(version: u64, amount: i64) -> EventEnvelope {
         EventEnvelope {
             event_id: Uuid::now_v7(),
-            aggregate_type: "accounts".into(),
+            aggregate_type: "widgets".into(),
             aggregate_id: "a1".into(),
             version,
             event_type: "Deposited".into(),
@@ -214,7 +214,7 @@ mod tests {
     }
 
     fn check(events: &[EventEnvelope]) -> Result<u64, ChainBreak> {
-        let mut c = ChainCheck::new(StreamId::new("accounts", "a1"));
+        let mut c = ChainCheck::new(StreamId::new("widgets", "a1"));
         for e in events {
             c.next_envelope(e);
         }

@@ -207,19 +207,19 @@ mod tests {
 
     #[test]
     fn keys_are_stable_distinct_and_short() {
-        let k = idempotency_key("fulfil", "orders/o-1", 1, 0);
-        assert_eq!(k, idempotency_key("fulfil", "orders/o-1", 1, 0));
+        let k = idempotency_key("fulfil", "widgets/w-1", 1, 0);
+        assert_eq!(k, idempotency_key("fulfil", "widgets/w-1", 1, 0));
         assert!(
             k.starts_with("fulfil:") && k.len() == "fulfil:".len() + 64,
             "{k}"
         );
         for other in [
-            idempotency_key("fulfil", "orders/o-1", 1, 1),
-            idempotency_key("fulfil", "orders/o-1", 2, 0),
-            idempotency_key("fulfil", "orders/o-2", 1, 0),
-            idempotency_key("other", "orders/o-1", 1, 0),
+            idempotency_key("fulfil", "widgets/w-1", 1, 1),
+            idempotency_key("fulfil", "widgets/w-1", 2, 0),
+            idempotency_key("fulfil", "widgets/w-2", 1, 0),
+            idempotency_key("other", "widgets/w-1", 1, 0),
             // The separator keeps (name, stream) pairs apart.
-            idempotency_key("fulfilo", "rders/o-1", 1, 0),
+            idempotency_key("fulfilw", "idgets/w-1", 1, 0),
         ] {
             assert_ne!(k, other);
         }

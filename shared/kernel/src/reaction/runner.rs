@@ -1,6 +1,8 @@
-//! The local runner: one reaction fed from the store's ordered feed, in feed order, each event
-//! through [`ReactionStep`], with the reaction's own checkpoint (the feed position it has
-//! handled up to) and its status (failing event, refused commands) for operators.
+//! The local runner: one reaction fed from the store's ordered feed, each event through
+//! [`ReactionStep`], with the reaction's own checkpoint (the feed position it has handled up to)
+//! and its status (failing event, refused commands) for operators. Within a batch, events of one
+//! process instance (or, without state, of one stream) are handled in feed order, different
+//! instances at once.
 
 use super::step::{ReactionError, ReactionStep, Refused};
 use super::{CommandBus, ReactionKind};
@@ -8,9 +10,14 @@ use crate::admin::{FailedEvent, Failure, Lag};
 use crate::envelope::{now, EventEnvelope};
 use crate::error::{Error, StoreError};
 use crate::ports::{DocWrite, EventFeed, ModelRef, ReadModelStore};
+use futures::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Process instances (or streams) handled at once within a batch.
+const CONCURRENCY: usize = 32;
 
 /// The reserved read model holding reactions' status documents.
 pub const STATUS_MODEL: &str = "_reactions";
@@ -89,45 +96,95 @@ impl ReactionRunner {
             read_models: self.read_models.as_ref(),
             commands: self.commands.as_ref(),
         };
-        let mut done = Step {
-            read: batch.len(),
-            handled: 0,
-            position: after,
+        let read = batch.len();
+        let Some(last) = batch.last().map(|fe| fe.position) else {
+            return Ok(Step {
+                read,
+                handled: 0,
+                position: after,
+            });
         };
+        // Each event's predecessor in the batch: where the checkpoint stays if it fails.
+        let mut before: HashMap<u64, u64> = HashMap::with_capacity(batch.len());
+        let mut prev = after;
+        // The subscribed events by instance (or stream, for a reaction without state), each
+        // group in feed order: groups are handled at once, so their commands share the store's
+        // group commits; events of one instance wait for each other.
+        let mut groups: Vec<Vec<(u64, Result<EventEnvelope, ReactionError>)>> = Vec::new();
+        let mut group_of: HashMap<String, usize> = HashMap::new();
         for fe in batch {
+            before.insert(fe.position, prev);
+            prev = fe.position;
             // Upcasting keeps the event's type: only subscribed events pay for it.
-            if self.reaction.wants(&fe.event) {
-                let (stream, version) = (fe.event.stream().to_string(), fe.event.version);
-                let outcome = match (self.upcast)(fe.event) {
-                    Ok(event) => step.handle(&event).await,
-                    Err(e) => Err(ReactionError::Event {
-                        reaction: self.name().to_owned(),
-                        stream,
-                        version,
-                        reason: e.to_string(),
-                    }),
-                };
-                match outcome {
-                    Ok(handled) => {
-                        done.handled += 1;
-                        for r in handled.refused {
-                            self.record_refusal(r).await;
+            if !self.reaction.wants(&fe.event) {
+                continue;
+            }
+            let (stream, version) = (fe.event.stream().to_string(), fe.event.version);
+            let event = (self.upcast)(fe.event).map_err(|e| ReactionError::Event {
+                reaction: self.name().to_owned(),
+                stream: stream.clone(),
+                version,
+                reason: e.to_string(),
+            });
+            let key = match &event {
+                Ok(e) => self
+                    .reaction
+                    .instance(e)
+                    .map_or_else(|| format!("stream {stream}"), |i| format!("instance {i}")),
+                Err(_) => format!("stream {stream}"),
+            };
+            let g = *group_of.entry(key).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push((fe.position, event));
+        }
+        let step = &step;
+        let outcomes: Vec<(usize, Option<(u64, ReactionError)>)> = stream::iter(groups)
+            .map(|group| async move {
+                let mut handled = 0;
+                for (position, event) in group {
+                    let outcome = match event {
+                        Ok(event) => step.handle(&event).await,
+                        Err(e) => Err(e),
+                    };
+                    match outcome {
+                        Ok(h) => {
+                            handled += 1;
+                            for r in h.refused {
+                                self.record_refusal(r).await;
+                            }
                         }
-                    }
-                    Err(e) => {
-                        self.save_checkpoint(after, done.position)
-                            .await
-                            .map_err(|e| (None, e))?;
-                        return Err((Some(fe.position), e));
+                        Err(e) => return (handled, Some((position, e))),
                     }
                 }
-            }
-            done.position = fe.position;
-        }
-        self.save_checkpoint(after, done.position)
+                (handled, None)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let handled = outcomes.iter().map(|(n, _)| n).sum();
+        // The earliest failure holds the checkpoint before it; what other groups handled
+        // past it is handled again later, which changes nothing.
+        let failed = outcomes
+            .into_iter()
+            .filter_map(|(_, f)| f)
+            .min_by_key(|(position, _)| *position);
+        let position = match &failed {
+            Some((at, _)) => before.get(at).copied().unwrap_or(after),
+            None => last,
+        };
+        self.save_checkpoint(after, position)
             .await
             .map_err(|e| (None, e))?;
-        Ok(done)
+        match failed {
+            Some((at, e)) => Err((Some(at), e)),
+            None => Ok(Step {
+                read,
+                handled,
+                position,
+            }),
+        }
     }
 
     async fn save_checkpoint(&self, before: u64, position: u64) -> Result<(), ReactionError> {

@@ -255,60 +255,97 @@ impl ReactionStep<'_> {
         Ok(applied == 1)
     }
 
-    /// Sends each command in order; a refusal is an answer, anything else stops the step.
+    /// Sends the commands: each target's in the order given, different targets at once (so
+    /// they share the store's group commits). A refusal is an answer; anything else fails the
+    /// step (the commands that went out are answered from their keys on the retry).
     async fn send(
         &self,
         event: &EventEnvelope,
         pending: &[Pending],
     ) -> Result<Handled, ReactionError> {
-        let mut handled = Handled::default();
+        let mut by_target: Vec<Vec<&Pending>> = Vec::new();
+        let mut index: BTreeMap<(&str, &str), usize> = BTreeMap::new();
         for p in pending {
-            let d = &p.dispatch;
-            let body = serde_json::to_vec(&d.command)
-                .map_err(|e| self.event_error(event, e.to_string()))?;
-            let opts = CommandOptions {
-                idempotency_key: Some(p.key.clone()),
-                correlation_id: Some(correlation_of(event)),
-                causation_id: Some(event.event_id.to_string()),
-                origin: Origin::Reaction,
-                ..CommandOptions::default()
-            };
-            match self
-                .commands
-                .dispatch(&d.aggregate_type, &d.aggregate_id, &body, opts)
-                .await
-            {
-                Ok(_) => handled.dispatched += 1,
-                Err(
-                    e @ (Error::Rejected { .. }
-                    | Error::NotFound { .. }
-                    | Error::InvalidInput { .. }
-                    | Error::IdempotencyKeyReused { .. }),
-                ) => {
-                    let refused = Refused {
-                        target: format!("{}/{}", d.aggregate_type, d.aggregate_id),
-                        command: d.command.get("type").and_then(Value::as_str).map_or_else(
-                            || d.command.to_string().chars().take(200).collect(),
-                            str::to_owned,
-                        ),
-                        code: e.code().to_owned(),
-                        message: e.to_string(),
-                        event: p.event.clone(),
-                    };
-                    tracing::warn!(
-                        reaction = self.reaction.name(),
-                        target = %refused.target,
-                        command = %refused.command,
-                        code = %refused.code,
-                        message = %refused.message,
-                        "a reaction's command was refused; not retried"
-                    );
-                    handled.refused.push(refused);
+            let target = (
+                p.dispatch.aggregate_type.as_str(),
+                p.dispatch.aggregate_id.as_str(),
+            );
+            let i = *index.entry(target).or_insert_with(|| {
+                by_target.push(Vec::new());
+                by_target.len() - 1
+            });
+            by_target[i].push(p);
+        }
+        let sent = futures::future::join_all(by_target.into_iter().map(|commands| async move {
+            let mut handled = Handled::default();
+            for p in commands {
+                match self.send_one(event, p).await? {
+                    None => handled.dispatched += 1,
+                    Some(refused) => handled.refused.push(refused),
                 }
-                Err(e) => return Err(self.retry(event, e)),
             }
+            Ok::<_, ReactionError>(handled)
+        }))
+        .await;
+        let mut handled = Handled::default();
+        for h in sent {
+            let h = h?;
+            handled.dispatched += h.dispatched;
+            handled.refused.extend(h.refused);
         }
         Ok(handled)
+    }
+
+    /// One command; `Some` when its target refused it.
+    async fn send_one(
+        &self,
+        event: &EventEnvelope,
+        p: &Pending,
+    ) -> Result<Option<Refused>, ReactionError> {
+        let d = &p.dispatch;
+        let body =
+            serde_json::to_vec(&d.command).map_err(|e| self.event_error(event, e.to_string()))?;
+        let opts = CommandOptions {
+            idempotency_key: Some(p.key.clone()),
+            correlation_id: Some(correlation_of(event)),
+            causation_id: Some(event.event_id.to_string()),
+            origin: Origin::Reaction,
+            ..CommandOptions::default()
+        };
+        match self
+            .commands
+            .dispatch(&d.aggregate_type, &d.aggregate_id, &body, opts)
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(
+                e @ (Error::Rejected { .. }
+                | Error::NotFound { .. }
+                | Error::InvalidInput { .. }
+                | Error::IdempotencyKeyReused { .. }),
+            ) => {
+                let refused = Refused {
+                    target: format!("{}/{}", d.aggregate_type, d.aggregate_id),
+                    command: d.command.get("type").and_then(Value::as_str).map_or_else(
+                        || d.command.to_string().chars().take(200).collect(),
+                        str::to_owned,
+                    ),
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                    event: p.event.clone(),
+                };
+                tracing::warn!(
+                    reaction = self.reaction.name(),
+                    target = %refused.target,
+                    command = %refused.command,
+                    code = %refused.code,
+                    message = %refused.message,
+                    "a reaction's command was refused; not retried"
+                );
+                Ok(Some(refused))
+            }
+            Err(e) => Err(self.retry(event, e)),
+        }
     }
 
     fn event_error(&self, event: &EventEnvelope, reason: String) -> ReactionError {

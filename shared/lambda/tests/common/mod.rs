@@ -9,13 +9,14 @@ use chronicle_kernel::{CommandOptions, CommandOutcome, Error};
 use chronicle_lambda::{records, App};
 use serde_json::{json, Value};
 
+/// An app serving the sample domains, as the function binaries do, on fresh resources.
 pub async fn app(test: &str, snapshot_every: u64) -> Option<(AwsTestEnv, App)> {
     let mut env = AwsTestEnv::create(test).await?;
     env.settings.snapshot_every = snapshot_every;
     let app = App::new(
         env.clients.clone(),
         env.settings.clone(),
-        chronicle_accounts::domain(),
+        chronicle_samples::domain(),
     );
     Some((env, app))
 }
