@@ -298,7 +298,22 @@ async fn bad_orders_and_internal_commands_are_refused_and_store_nothing() {
         (
             "a negative quantity",
             json!({"type": "Place", "customer": "c", "lines": [{"sku": "sku-a", "quantity": -1}]}),
-            "",
+            "lines[0].quantity",
+        ),
+        (
+            "a quantity that is no number",
+            json!({"type": "Place", "customer": "c", "lines": [{"sku": "sku-a", "quantity": "x"}]}),
+            "lines[0].quantity",
+        ),
+        (
+            "a customer that is no string",
+            json!({"type": "Place", "customer": 5, "lines": [{"sku": "sku-a", "quantity": 1}]}),
+            "customer",
+        ),
+        (
+            "a line without its quantity",
+            json!({"type": "Place", "customer": "c", "lines": [{"sku": "sku-a"}]}),
+            "quantity",
         ),
         ("a client's Confirm", json!({"type": "Confirm"}), "Confirm"),
         (

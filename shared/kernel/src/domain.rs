@@ -41,6 +41,9 @@ pub(crate) trait AggregateKind: Send + Sync + 'static {
     /// The state read model every aggregate type gets.
     fn state_projection(&self) -> Arc<dyn Projection>;
     fn schema(&self) -> EventSchema;
+    /// `INTERNAL_COMMANDS` that name no variant of the command type (when its schema is a
+    /// tagged enum; otherwise nothing can be checked).
+    fn unknown_internal_commands(&self) -> Vec<&'static str>;
 }
 
 struct Kind<A>(PhantomData<fn() -> A>);
@@ -66,6 +69,22 @@ impl<A: Aggregate> AggregateKind for Kind<A> {
 
     fn schema(&self) -> EventSchema {
         A::schema()
+    }
+
+    fn unknown_internal_commands(&self) -> Vec<&'static str> {
+        if A::INTERNAL_COMMANDS.is_empty() {
+            return Vec::new();
+        }
+        let schema = schemars::SchemaGenerator::default().into_root_schema_for::<A::Command>();
+        let tags = crate::service::command_tags(schema.as_value());
+        if tags.is_empty() {
+            return Vec::new();
+        }
+        A::INTERNAL_COMMANDS
+            .iter()
+            .filter(|t| !tags.iter().any(|k| k == *t))
+            .copied()
+            .collect()
     }
 }
 
@@ -176,6 +195,11 @@ impl Domain {
             }
             if !types.insert(t) {
                 return Err(format!("aggregate type `{t}` is registered twice"));
+            }
+            if let Some(tag) = a.unknown_internal_commands().first() {
+                return Err(format!(
+                    "aggregate type `{t}`: internal command `{tag}` is no command type of it (INTERNAL_COMMANDS names the `type` tags)"
+                ));
             }
         }
         let mut names = BTreeSet::new();
@@ -307,6 +331,46 @@ mod tests {
             }
         };
     }
+    // Only their types are used: the check reads the command type's schema.
+    #[allow(dead_code)]
+    #[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
+    #[serde(tag = "type")]
+    enum Tagged {
+        Go {},
+        Stop {},
+    }
+
+    macro_rules! tagged {
+        ($name:ident, $type:expr, $internal:expr) => {
+            #[allow(dead_code)]
+            #[derive(Clone, Default, Serialize, Deserialize)]
+            struct $name;
+            impl Aggregate for $name {
+                const TYPE: &'static str = $type;
+                const STATE_VERSION: u32 = 1;
+                const INTERNAL_COMMANDS: &'static [&'static str] = $internal;
+                type Command = Tagged;
+                type Event = Happened;
+                type Error = Never;
+                type View = Value;
+                fn schema() -> EventSchema {
+                    EventSchema::new().event("Happened", 1)
+                }
+                fn decide(&self, _: &Tagged) -> Result<Vec<Happened>, Never> {
+                    Ok(vec![Happened])
+                }
+                fn evolve(&mut self, _: &Happened) {}
+                fn exists(&self) -> bool {
+                    true
+                }
+                fn view(&self, _: &str, _: u64) -> Value {
+                    Value::Null
+                }
+            }
+        };
+    }
+    tagged!(Stops, "stops", &["Stop"]);
+    tagged!(Typo, "typos", &["Stpo"]);
     thing!(Things, "things");
     thing!(Audit, "audit");
     thing!(OpenApi, "openapi.json");
