@@ -15,7 +15,9 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+#[cfg(feature = "bench")]
 mod bench;
+#[cfg(feature = "bench")]
 mod bench_reactions;
 mod inspect;
 pub mod mappings;
@@ -188,7 +190,9 @@ enum Command {
         /// (`GET /admin/projections` lists them).
         projection: String,
     },
-    /// Measure append throughput and latency, replay time and peak memory.
+    /// Measure append throughput and latency, replay time and peak memory (on the accounts
+    /// sample), or the reaction path (`--reactions`, on the orders sample).
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
 }
 
@@ -409,6 +413,7 @@ fn run(cli: Cli, domain: &Domain) -> anyhow::Result<()> {
             Command::Rebuild { store, projection } => {
                 inspect::rebuild(domain, &store, &projection).await
             }
+            #[cfg(feature = "bench")]
             Command::Bench(args) => bench::run(args).await,
         }
     })
