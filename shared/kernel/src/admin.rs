@@ -247,6 +247,24 @@ pub struct ProjectionStatus {
     pub failure: Option<Failure>,
 }
 
+/// How far a follower of `feed` checkpointed at `at` trails it, and the feed's head.
+pub async fn feed_lag(feed: &dyn EventFeed, at: u64) -> Result<(u64, Lag), StoreError> {
+    let head = feed.feed_head().await?;
+    let seconds = match feed.read_feed(at, 1).await?.first() {
+        Some(next) => (now() - next.event.recorded_at)
+            .to_std()
+            .map_or(0.0, |d| d.as_secs_f64()),
+        None => 0.0,
+    };
+    Ok((
+        head,
+        Lag {
+            events: head.saturating_sub(at),
+            seconds,
+        },
+    ))
+}
+
 /// The status of one projection.
 pub async fn projection_status(
     store: &dyn ReadModelStore,
@@ -262,18 +280,9 @@ pub async fn projection_status(
         let at = store
             .checkpoint(&ModelRef::generation(name, active))
             .await?;
-        let head = feed.feed_head().await?;
-        let seconds = match feed.read_feed(at, 1).await?.first() {
-            Some(next) => (now() - next.event.recorded_at)
-                .to_std()
-                .map_or(0.0, |d| d.as_secs_f64()),
-            None => 0.0,
-        };
+        let (head, behind) = feed_lag(feed, at).await?;
         checkpoint = Some(at);
-        lag = Some(Lag {
-            events: head.saturating_sub(at),
-            seconds,
-        });
+        lag = Some(behind);
         if let Some(r) = rebuild.as_mut() {
             if r.state == RebuildState::Rebuilding {
                 // Fresher than the heartbeat: read the new generation's checkpoint now.

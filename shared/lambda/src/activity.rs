@@ -5,10 +5,10 @@
 
 use crate::App;
 use aws_lambda_events::kinesis::KinesisEvent;
-use aws_lambda_events::streams::{KinesisBatchItemFailure, KinesisEventResponse};
+use aws_lambda_events::streams::KinesisEventResponse;
 use chronicle_kernel::{DocWrite, EventEnvelope, ModelRef, ReadModelStore};
 use serde_json::json;
-use std::collections::HashSet;
+use tracing::Instrument;
 
 /// The read model's name.
 pub const ACTIVITY_FEED: &str = "activity_feed";
@@ -33,57 +33,37 @@ pub async fn consume_into<R: ReadModelStore + ?Sized>(
     event: &KinesisEvent,
 ) -> KinesisEventResponse {
     let model = ModelRef::active(ACTIVITY_FEED);
-    let mut stopped: HashSet<&str> = HashSet::new();
-    let mut first_failed: Option<usize> = None;
-    for (i, r) in event.records.iter().enumerate() {
-        let partition = r.kinesis.partition_key.as_str();
-        if stopped.contains(partition) {
-            continue; // this aggregate resumes from its failed record on the retry
+    crate::kinesis::by_partition(event, "activity", |i| {
+        let (model, data) = (&model, &event.records[i].kinesis.data.0);
+        async move {
+            let e: EventEnvelope = serde_json::from_slice(data)
+                .map_err(|e| format!("not an event envelope: {e}"))?;
+            let write = DocWrite {
+                key: entry_key(&e),
+                // Every entry is written once: version 1 against absent.
+                version: 1,
+                index: vec![(
+                    "aggregate".into(),
+                    aggregate_key(&e.aggregate_type, &e.aggregate_id),
+                )],
+                body: json!({
+                    "aggregate_type": e.aggregate_type,
+                    "aggregate_id": e.aggregate_id,
+                    "version": e.version,
+                    "event_type": e.event_type,
+                    "schema_version": e.schema_version,
+                    "recorded_at": chronicle_kernel::envelope::format_timestamp(&e.recorded_at),
+                    "data": e.data,
+                }),
+            };
+            let span = tracing::info_span!("record", aggregate_type = %e.aggregate_type, aggregate_id = %e.aggregate_id, version = e.version);
+            store
+                .apply(model, vec![write], None)
+                .instrument(span)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
-        let parsed: Result<EventEnvelope, String> =
-            serde_json::from_slice(&r.kinesis.data.0).map_err(|e| e.to_string());
-        let result = match parsed {
-            Ok(e) => {
-                let span = tracing::info_span!("record", aggregate_type = %e.aggregate_type, aggregate_id = %e.aggregate_id, version = e.version);
-                let _g = span.enter();
-                let write = DocWrite {
-                    key: entry_key(&e),
-                    // Every entry is written once: version 1 against absent.
-                    version: 1,
-                    index: vec![(
-                        "aggregate".into(),
-                        aggregate_key(&e.aggregate_type, &e.aggregate_id),
-                    )],
-                    body: json!({
-                        "aggregate_type": e.aggregate_type,
-                        "aggregate_id": e.aggregate_id,
-                        "version": e.version,
-                        "event_type": e.event_type,
-                        "schema_version": e.schema_version,
-                        "recorded_at": chronicle_kernel::envelope::format_timestamp(&e.recorded_at),
-                        "data": e.data,
-                    }),
-                };
-                drop(_g);
-                store
-                    .apply(&model, vec![write], None)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-            Err(reason) => Err(format!("not an event envelope: {reason}")),
-        };
-        if let Err(reason) = result {
-            tracing::error!(sequence_number = %r.kinesis.sequence_number, %reason, "activity record failed; stopping this aggregate here");
-            stopped.insert(partition);
-            first_failed.get_or_insert(i);
-        }
-    }
-    let mut out = KinesisEventResponse::default();
-    if let Some(i) = first_failed {
-        let mut f = KinesisBatchItemFailure::default();
-        f.item_identifier = Some(event.records[i].kinesis.sequence_number.clone());
-        out.batch_item_failures.push(f);
-    }
-    out
+    })
+    .await
 }

@@ -19,6 +19,7 @@ pub mod activity;
 pub mod archiver;
 mod error;
 pub mod http;
+pub mod kinesis;
 pub mod reactions;
 pub mod records;
 pub mod streams;

@@ -10,11 +10,10 @@
 
 use crate::App;
 use aws_lambda_events::kinesis::KinesisEvent;
-use aws_lambda_events::streams::{KinesisBatchItemFailure, KinesisEventResponse};
+use aws_lambda_events::streams::KinesisEventResponse;
 use chronicle_kernel::reaction::runner::record_refusal;
 use chronicle_kernel::reaction::{CommandBus, ReactionStep};
 use chronicle_kernel::{Chronicle, EventEnvelope, ReadModelStore};
-use std::collections::HashSet;
 
 /// The reactor on the app's registry and read-model table ([`react_with`]).
 pub async fn react(app: &App, event: &KinesisEvent) -> KinesisEventResponse {
@@ -29,26 +28,15 @@ pub async fn react_with(
     commands: &dyn CommandBus,
     event: &KinesisEvent,
 ) -> KinesisEventResponse {
-    let mut stopped: HashSet<&str> = HashSet::new();
-    let mut first_failed: Option<usize> = None;
-    for (i, r) in event.records.iter().enumerate() {
-        let partition = r.kinesis.partition_key.as_str();
-        if stopped.contains(partition) {
-            continue; // this aggregate resumes from its failed record on the retry
-        }
-        if let Err(reason) = handle(chronicle, read_models, commands, &r.kinesis.data.0).await {
-            tracing::error!(sequence_number = %r.kinesis.sequence_number, %reason, "reaction record failed; stopping this aggregate here");
-            stopped.insert(partition);
-            first_failed.get_or_insert(i);
-        }
-    }
-    let mut out = KinesisEventResponse::default();
-    if let Some(i) = first_failed {
-        let mut f = KinesisBatchItemFailure::default();
-        f.item_identifier = Some(event.records[i].kinesis.sequence_number.clone());
-        out.batch_item_failures.push(f);
-    }
-    out
+    crate::kinesis::by_partition(event, "reaction", |i| {
+        handle(
+            chronicle,
+            read_models,
+            commands,
+            &event.records[i].kinesis.data.0,
+        )
+    })
+    .await
 }
 
 /// One record through every reaction that wants it.

@@ -165,7 +165,13 @@ async fn http_functions_answer_api_gateway_v2_payloads() {
     // The audit feed, asked for the time its events were recorded in (the payloads name a
     // fixed day): every stored event (acc-1's three, acc-closed's two) in recorded order, the
     // same through pages of two, following `next` as a client would.
-    let mut stored: Vec<EventEnvelope> = observe(&app).await.into_iter().flatten().collect();
+    // (The orders payloads come after these in the manifest: recorded later, out of the range.)
+    let mut stored: Vec<EventEnvelope> = observe(&app)
+        .await
+        .into_iter()
+        .flatten()
+        .filter(|e| e.aggregate_type == "accounts")
+        .collect();
     stored.sort_by(chronicle_kernel::recorded_order);
     assert_eq!(stored.len(), 5);
     let range = format!(

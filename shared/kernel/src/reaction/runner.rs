@@ -6,7 +6,7 @@
 
 use super::step::{ReactionError, ReactionStep, Refused};
 use super::{CommandBus, ReactionKind};
-use crate::admin::{FailedEvent, Failure, Lag};
+use crate::admin::{feed_lag, FailedEvent, Failure, Lag};
 use crate::envelope::{now, EventEnvelope};
 use crate::error::{Error, StoreError};
 use crate::ports::{DocWrite, EventFeed, ModelRef, ReadModelStore};
@@ -388,18 +388,8 @@ pub async fn reaction_status(
     let (mut checkpoint, mut lag) = (None, None);
     if let Some(feed) = feed {
         let at = store.checkpoint(&ModelRef::active(name)).await?;
-        let head = feed.feed_head().await?;
-        let seconds = match feed.read_feed(at, 1).await?.first() {
-            Some(next) => (now() - next.event.recorded_at)
-                .to_std()
-                .map_or(0.0, |d| d.as_secs_f64()),
-            None => 0.0,
-        };
         checkpoint = Some(at);
-        lag = Some(Lag {
-            events: head.saturating_sub(at),
-            seconds,
-        });
+        lag = Some(feed_lag(feed, at).await?.1);
     }
     Ok(ReactionStatus {
         name: name.to_owned(),
