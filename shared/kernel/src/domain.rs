@@ -6,9 +6,9 @@
 //! ```ignore
 //! pub fn domain() -> Domain {
 //!     Domain::new()
-//!         .aggregate::<Order>()
-//!         .list(OrdersByCustomer)
-//!         .reaction(Fulfilment)
+//!         .aggregate::<Shipment>()
+//!         .list(ShipmentsByCarrier)
+//!         .reaction(Dispatching)
 //! }
 //! ```
 
@@ -147,7 +147,7 @@ impl Domain {
     }
 
     /// Everything `other` registers, after what this one does: how a binary serves several
-    /// domains (`accounts::domain().with(orders::domain())`).
+    /// domains (`billing::domain().with(shipping::domain())`).
     pub fn with(mut self, other: Domain) -> Self {
         self.aggregates.extend(other.aggregates);
         self.projections.extend(other.projections);

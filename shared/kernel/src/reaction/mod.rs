@@ -1,8 +1,8 @@
 //! Reactions: the side effects of events. A reaction subscribes to event types and answers each
 //! event with commands to other aggregates, issued at least once, each with an idempotency key
 //! derived from the triggering event, so a redelivered event never doubles an effect. A reaction
-//! that runs a workflow keeps a state per process instance (a process manager): an order's
-//! fulfilment, say, across the order's and the inventory's events.
+//! that runs a workflow keeps a state per process instance (a process manager): a shipment's
+//! dispatch, say, across the shipment's and the warehouses' events.
 //!
 //! [`step`] handles one event (load the instance, decide, record the decision, issue its
 //! commands); [`runner`] feeds a reaction from the embedded store's ordered feed with its own
@@ -227,7 +227,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        assert!(check_name("order_fulfilment").is_ok());
+        assert!(check_name("shipment_dispatch").is_ok());
         for bad in ["", "_x", "a b", "a/b", &"x".repeat(65)] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
