@@ -22,6 +22,16 @@ fn service<'a>(
     })
 }
 
+/// The event-type column's width: the longest type shown, at least the heading's.
+fn type_width(events: &[chronicle_kernel::EventEnvelope]) -> usize {
+    events
+        .iter()
+        .map(|e| e.event_type.len())
+        .max()
+        .unwrap_or(0)
+        .max("EVENT TYPE".len())
+}
+
 pub(crate) async fn history(
     domain: &Domain,
     args: &StoreArgs,
@@ -57,13 +67,14 @@ pub(crate) async fn history(
         println!("{}", serde_json::to_string_pretty(&events)?);
         return Ok(());
     }
+    let types = type_width(&events);
     println!(
-        "{:>7}  {:<27}  {:<16}  {:>6}  DATA",
+        "{:>7}  {:<27}  {:<types$}  {:>6}  DATA",
         "VERSION", "RECORDED AT", "EVENT TYPE", "SCHEMA"
     );
     for e in &events {
         println!(
-            "{:>7}  {:<27}  {:<16}  {:>6}  {}",
+            "{:>7}  {:<27}  {:<types$}  {:>6}  {}",
             e.version,
             chronicle_kernel::envelope::format_timestamp(&e.recorded_at),
             e.event_type,
@@ -140,13 +151,14 @@ pub(crate) async fn audit(
         .map(|e| format!("{}/{}", e.aggregate_type, e.aggregate_id))
         .collect();
     let width = streams.iter().map(String::len).max().unwrap_or(0).max(9);
+    let types = type_width(&events);
     println!(
-        "{:<27}  {:<width$}  {:>7}  {:<16}  {:>6}  DATA",
+        "{:<27}  {:<width$}  {:>7}  {:<types$}  {:>6}  DATA",
         "RECORDED AT", "AGGREGATE", "VERSION", "EVENT TYPE", "SCHEMA"
     );
     for (e, stream) in events.iter().zip(&streams) {
         println!(
-            "{:<27}  {:<width$}  {:>7}  {:<16}  {:>6}  {}",
+            "{:<27}  {:<width$}  {:>7}  {:<types$}  {:>6}  {}",
             format_timestamp(&e.recorded_at),
             stream,
             e.version,
