@@ -9,7 +9,7 @@ use chronicle_embedded::EmbeddedStore;
 use chronicle_kernel::reaction::{CommandBus, ReactionRunner, ReactionStep};
 use chronicle_kernel::{
     Chronicle, CommandOptions, CommandOutcome, Doc, DocWrite, Error, EventFeed, HandlerConfig,
-    ModelRef, ReadModelStore, ReadRange, StoreError, StreamId,
+    ModelRef, OutboundError, ReadModelStore, ReadRange, StoreError, StreamId,
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,6 +91,18 @@ impl CommandBus for FaultyBus {
     ) -> Result<CommandOutcome, Error> {
         self.budget.spend()?;
         self.inner.dispatch(aggregate_type, id, command, opts).await
+    }
+
+    async fn call(
+        &self,
+        port: &str,
+        key: &str,
+        payload: &Value,
+    ) -> Option<Result<(), OutboundError>> {
+        if let Err(e) = self.budget.spend() {
+            return Some(Err(OutboundError::Failed(e.to_string())));
+        }
+        self.inner.call(port, key, payload).await
     }
 }
 

@@ -14,7 +14,7 @@
 
 use crate::aggregate::Aggregate;
 use crate::command::HandlerConfig;
-use crate::ports::{EventStore, ReadModelStore, SnapshotStore};
+use crate::ports::{EventStore, Outbound, ReadModelStore, SnapshotStore};
 use crate::projection::{state_projection_name, Projection, StateProjection};
 use crate::reaction::{check_name, Reaction, ReactionKind, Typed};
 use crate::schema::EventSchema;
@@ -106,6 +106,7 @@ pub struct Domain {
     pub(crate) aggregates: Vec<Arc<dyn AggregateKind>>,
     pub(crate) projections: Vec<Registered>,
     pub(crate) reactions: Vec<Arc<dyn ReactionKind>>,
+    pub(crate) outbound: Vec<(String, Arc<dyn Outbound>)>,
 }
 
 impl Domain {
@@ -146,12 +147,20 @@ impl Domain {
         self
     }
 
+    /// Registers `port` as the outside service reactions call as `name`
+    /// ([`crate::Dispatch::call`]).
+    pub fn outbound(mut self, name: &str, port: impl Outbound) -> Self {
+        self.outbound.push((name.to_owned(), Arc::new(port)));
+        self
+    }
+
     /// Everything `other` registers, after what this one does: how a binary serves several
     /// domains (`billing::domain().with(shipping::domain())`).
     pub fn with(mut self, other: Domain) -> Self {
         self.aggregates.extend(other.aggregates);
         self.projections.extend(other.projections);
         self.reactions.extend(other.reactions);
+        self.outbound.extend(other.outbound);
         self
     }
 
@@ -235,6 +244,13 @@ impl Domain {
                         "reaction `{name}` subscribes to `{t}` event `{e}`, which `{t}`'s schema does not declare"
                     ));
                 }
+            }
+        }
+        let mut ports = BTreeSet::new();
+        for (name, _) in &self.outbound {
+            check_name(name).map_err(|e| format!("outbound port: {e}"))?;
+            if !ports.insert(name.as_str()) {
+                return Err(format!("outbound port `{name}` is registered twice"));
             }
         }
         let mut lists = BTreeSet::new();

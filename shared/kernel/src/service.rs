@@ -8,8 +8,8 @@ use crate::domain::Domain;
 use crate::envelope::{EventEnvelope, StreamId};
 use crate::error::Error;
 use crate::ports::{
-    BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, ModelRef, ReadModelStore, ReadRange,
-    SnapshotStore,
+    BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, ModelRef, Outbound, OutboundError,
+    ReadModelStore, ReadRange, SnapshotStore,
 };
 use crate::projection::{state_projection_name, Projection, ProjectionRunner};
 use crate::reaction::runner::ReactionStatus;
@@ -402,6 +402,8 @@ pub struct Chronicle {
     projections: Vec<Arc<dyn Projection>>,
     lists: BTreeMap<String, Arc<dyn Projection>>,
     reactions: Vec<Arc<dyn ReactionKind>>,
+    /// The domain's outbound ports, by name.
+    outbound: BTreeMap<String, Arc<dyn Outbound>>,
     read_models: Arc<dyn ReadModelStore>,
     /// The ordered feed projections follow. `None` where something else drives them
     /// (DynamoDB Streams on AWS): then there are no in-process runners.
@@ -478,6 +480,7 @@ impl Chronicle {
                 projections: Vec::new(),
                 lists: BTreeMap::new(),
                 reactions: Vec::new(),
+                outbound: BTreeMap::new(),
                 read_models,
                 feed: None,
                 events: events.clone(),
@@ -820,6 +823,16 @@ impl CommandBus for Chronicle {
         crate::validate_id(id)?;
         svc.execute(id, command, opts).await
     }
+
+    async fn call(
+        &self,
+        port: &str,
+        key: &str,
+        payload: &Value,
+    ) -> Option<Result<(), OutboundError>> {
+        let adapter = self.outbound.get(port)?;
+        Some(adapter.call(key, payload).await)
+    }
 }
 
 /// Builds a [`Chronicle`]: the stores first ([`Chronicle::builder`]), then the domain.
@@ -886,6 +899,7 @@ impl ChronicleBuilder {
             inner.projections.push(p.projection.clone());
         }
         inner.reactions = self.domain.reactions.clone();
+        inner.outbound = self.domain.outbound.iter().cloned().collect();
         inner
     }
 }

@@ -1242,8 +1242,20 @@ fn deliver(events: &[EventEnvelope], order: &[usize]) -> (Vec<Dispatch>, Fulfilm
     (out, state)
 }
 
+/// A dispatch's (aggregate type, aggregate id, command): the reaction only sends commands.
+fn parts(d: &Dispatch) -> (&str, &str, &Value) {
+    match d {
+        Dispatch::Command {
+            aggregate_type,
+            aggregate_id,
+            command,
+        } => (aggregate_type, aggregate_id, command),
+        Dispatch::Call { port, .. } => panic!("the fulfilment calls no port, not {port}"),
+    }
+}
+
 fn command_type(d: &Dispatch) -> &str {
-    d.command["type"].as_str().expect("a tagged command")
+    parts(d).2["type"].as_str().expect("a tagged command")
 }
 
 #[test]
@@ -1282,7 +1294,7 @@ fn every_delivery_order_of_a_fully_reserved_order_confirms_it_once() {
         let reserves: BTreeSet<&str> = out
             .iter()
             .filter(|d| command_type(d) == "Reserve")
-            .map(|d| d.aggregate_id.as_str())
+            .map(|d| parts(d).1)
             .collect();
         let expected: BTreeSet<&str> = ["sku-a", "sku-b", "sku-c"]
             .into_iter()
@@ -1319,7 +1331,7 @@ fn every_delivery_order_of_a_refused_order_rejects_it_and_releases_every_reserva
         let released: BTreeSet<&str> = out
             .iter()
             .filter(|d| command_type(d) == "Release")
-            .map(|d| d.aggregate_id.as_str())
+            .map(|d| parts(d).1)
             .collect();
         assert_eq!(
             released,
@@ -1386,19 +1398,19 @@ struct World {
 
 impl World {
     fn run(&mut self, d: &Dispatch) {
-        match d.aggregate_type.as_str() {
+        match parts(d).0 {
             "inventory" => {
                 let command: InventoryCommand =
-                    serde_json::from_value(d.command.clone()).expect("an inventory command");
+                    serde_json::from_value(parts(d).2.clone()).expect("an inventory command");
                 Inventory::validate(&command).expect("valid");
-                let (state, version) = self.inventories.entry(d.aggregate_id.clone()).or_default();
+                let (state, version) = self.inventories.entry(parts(d).1.to_owned()).or_default();
                 let events = state
                     .decide(&command)
                     .unwrap_or_else(|e| panic!("{d:?}: {e}"));
                 for e in events {
                     match &e {
                         InventoryEvent::Restocked { quantity } => {
-                            *self.restocked.entry(d.aggregate_id.clone()).or_default() += quantity
+                            *self.restocked.entry(parts(d).1.to_owned()).or_default() += quantity
                         }
                         InventoryEvent::Reserved { order, quantity } => {
                             assert!(state.available >= *quantity, "reserved more than available");
@@ -1411,23 +1423,18 @@ impl World {
                     }
                     state.evolve(&e);
                     *version += 1;
-                    self.events.push(inv(&d.aggregate_id, *version, &e));
+                    self.events.push(inv(parts(d).1, *version, &e));
                 }
                 // Every unit is accounted for at every step: none lost, none made up.
-                let total = self.restocked.get(&d.aggregate_id).copied().unwrap_or(0);
-                assert_eq!(
-                    state.available + state.reserved,
-                    total,
-                    "{}",
-                    d.aggregate_id
-                );
+                let total = self.restocked.get(parts(d).1).copied().unwrap_or(0);
+                assert_eq!(state.available + state.reserved, total, "{}", parts(d).1);
                 assert_eq!(state.reserved, state.reservations.values().sum::<u64>());
             }
             "orders" => {
                 let command: OrderCommand =
-                    serde_json::from_value(d.command.clone()).expect("an order command");
+                    serde_json::from_value(parts(d).2.clone()).expect("an order command");
                 Order::validate(&command).unwrap_or_else(|m| panic!("{d:?}: {m}"));
-                let (state, version) = self.orders.entry(d.aggregate_id.clone()).or_default();
+                let (state, version) = self.orders.entry(parts(d).1.to_owned()).or_default();
                 // The reaction never asks an order for what it would refuse.
                 let events = state
                     .decide(&command)
@@ -1435,7 +1442,7 @@ impl World {
                 for e in events {
                     state.evolve(&e);
                     *version += 1;
-                    self.events.push(ord(&d.aggregate_id, *version, &e));
+                    self.events.push(ord(parts(d).1, *version, &e));
                 }
             }
             other => panic!("a command to {other}"),

@@ -17,12 +17,14 @@
 //! | [`SnapshotStore`] | latest, save | yes | S3 |
 //! | [`ReadModelStore`] | active_generation, get, find, apply, checkpoint, activate, drop_generation | yes | yes |
 //! | [`Publisher`] | publish | JSON lines | Kinesis |
+//! | [`Outbound`] | call | the domain's adapters (a reaction's calls out) | same |
 //!
 //! [`EventLog`] bundles the first three: what the registry holds.
 
 mod copies;
 mod events;
 mod feed;
+mod outbound;
 mod publisher;
 mod read_models;
 mod snapshots;
@@ -35,6 +37,7 @@ pub use events::{
     RecordedFeed, RecordedPage, StreamListing, StreamPage,
 };
 pub use feed::{BulkReplay, EventFeed, FeedEvent};
+pub use outbound::{Outbound, OutboundError};
 pub use publisher::Publisher;
 pub use read_models::{Doc, DocWrite, ModelRef, ReadModelStore};
 pub use snapshots::{Snapshot, SnapshotStore};

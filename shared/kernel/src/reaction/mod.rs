@@ -1,6 +1,7 @@
 //! Reactions: the side effects of events. A reaction subscribes to event types and answers each
-//! event with commands to other aggregates, issued at least once, each with an idempotency key
-//! derived from the triggering event, so a redelivered event never doubles an effect. A reaction
+//! event with commands to other aggregates or calls out through the domain's ports
+//! ([`crate::ports::Outbound`]), issued at least once, each with an idempotency key derived from
+//! the triggering event, so a redelivered event never doubles an effect. A reaction
 //! that runs a workflow keeps a state per process instance (a process manager): a shipment's
 //! dispatch, say, across the shipment's and the warehouses' events.
 //!
@@ -20,6 +21,7 @@ use crate::aggregate::{Aggregate, DomainEvent};
 use crate::command::{CommandOptions, CommandOutcome};
 use crate::envelope::EventEnvelope;
 use crate::error::Error;
+use crate::ports::OutboundError;
 use async_trait::async_trait;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::Value;
@@ -28,12 +30,18 @@ use sha2::{Digest, Sha256};
 pub use runner::ReactionRunner;
 pub use step::{Handled, ReactionError, ReactionStep, Refused};
 
-/// A command a reaction issues: to which aggregate, and the command as its JSON.
+/// What a reaction decides to do about an event.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Dispatch {
-    pub aggregate_type: String,
-    pub aggregate_id: String,
-    pub command: Value,
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Dispatch {
+    /// A command to an aggregate, as its JSON.
+    Command {
+        aggregate_type: String,
+        aggregate_id: String,
+        command: Value,
+    },
+    /// A call out through the port the domain registered under `port` ([`Outbound`]).
+    Call { port: String, payload: Value },
 }
 
 impl Dispatch {
@@ -42,10 +50,34 @@ impl Dispatch {
     /// # Panics
     /// If the command does not serialize to JSON (a derived `Serialize` always does).
     pub fn to<A: Aggregate>(id: impl Into<String>, command: &A::Command) -> Self {
-        Self {
+        Self::Command {
             aggregate_type: A::TYPE.to_owned(),
             aggregate_id: id.into(),
             command: serde_json::to_value(command).expect("commands serialize to JSON"),
+        }
+    }
+
+    /// A call of the port registered as `port`, with `payload`.
+    ///
+    /// # Panics
+    /// If the payload does not serialize to JSON (a derived `Serialize` always does).
+    pub fn call(port: impl Into<String>, payload: &impl Serialize) -> Self {
+        Self::Call {
+            port: port.into(),
+            payload: serde_json::to_value(payload).expect("payloads serialize to JSON"),
+        }
+    }
+
+    /// What it acts on: `type/id` of a command's aggregate, `port/name` of a call. Dispatches
+    /// to one target go out in the order given.
+    pub fn target(&self) -> String {
+        match self {
+            Dispatch::Command {
+                aggregate_type,
+                aggregate_id,
+                ..
+            } => format!("{aggregate_type}/{aggregate_id}"),
+            Dispatch::Call { port, .. } => format!("port/{port}"),
         }
     }
 }
@@ -157,7 +189,8 @@ impl<R: Reaction> ReactionKind for Typed<R> {
     }
 }
 
-/// Where a reaction's commands go: the registry's aggregate services, in-process.
+/// Where a reaction's decisions go: the registry's aggregate services, in-process, and the
+/// domain's outbound ports.
 #[async_trait]
 pub trait CommandBus: Send + Sync {
     /// Runs `command` (its JSON) on `aggregate_type`/`id`, as the HTTP API does.
@@ -168,6 +201,14 @@ pub trait CommandBus: Send + Sync {
         command: &[u8],
         opts: CommandOptions,
     ) -> Result<CommandOutcome, Error>;
+
+    /// Calls the port registered as `port`; `None` when no port has that name.
+    async fn call(
+        &self,
+        port: &str,
+        key: &str,
+        payload: &Value,
+    ) -> Option<Result<(), OutboundError>>;
 }
 
 /// The idempotency key of the `index`th command `reaction` issued for the event at `version` of
@@ -184,7 +225,7 @@ pub fn idempotency_key(reaction: &str, stream: &str, version: u64, index: usize)
     format!("{reaction}:{}", hex::encode(h.finalize()))
 }
 
-/// Reaction names: 1 to 64 characters from `[A-Za-z0-9_-]`, not starting with `_`.
+/// Reaction and port names: 1 to 64 characters from `[A-Za-z0-9_-]`, not starting with `_`.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -196,7 +237,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "reaction name {name:?}: 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-', not starting with '_'"
+            "name {name:?}: 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-', not starting with '_'"
         ))
     }
 }

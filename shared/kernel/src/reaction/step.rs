@@ -11,7 +11,7 @@ use super::{idempotency_key, CommandBus, Dispatch, ReactionKind};
 use crate::command::{CommandOptions, Origin};
 use crate::envelope::EventEnvelope;
 use crate::error::{Error, StoreError};
-use crate::ports::{DocWrite, ModelRef, ReadModelStore};
+use crate::ports::{DocWrite, ModelRef, OutboundError, ReadModelStore};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -264,13 +264,9 @@ impl ReactionStep<'_> {
         pending: &[Pending],
     ) -> Result<Handled, ReactionError> {
         let mut by_target: Vec<Vec<&Pending>> = Vec::new();
-        let mut index: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        let mut index: BTreeMap<String, usize> = BTreeMap::new();
         for p in pending {
-            let target = (
-                p.dispatch.aggregate_type.as_str(),
-                p.dispatch.aggregate_id.as_str(),
-            );
-            let i = *index.entry(target).or_insert_with(|| {
+            let i = *index.entry(p.dispatch.target()).or_insert_with(|| {
                 by_target.push(Vec::new());
                 by_target.len() - 1
             });
@@ -296,56 +292,87 @@ impl ReactionStep<'_> {
         Ok(handled)
     }
 
-    /// One command; `Some` when its target refused it.
+    /// One command or call; `Some` when its target refused it.
     async fn send_one(
         &self,
         event: &EventEnvelope,
         p: &Pending,
     ) -> Result<Option<Refused>, ReactionError> {
-        let d = &p.dispatch;
-        let body =
-            serde_json::to_vec(&d.command).map_err(|e| self.event_error(event, e.to_string()))?;
-        let opts = CommandOptions {
-            idempotency_key: Some(p.key.clone()),
-            correlation_id: Some(correlation_of(event)),
-            causation_id: Some(event.event_id.to_string()),
-            origin: Origin::Reaction,
-            ..CommandOptions::default()
+        let refusal = |what: String, code: &str, message: String| Refused {
+            target: p.dispatch.target(),
+            command: what,
+            code: code.to_owned(),
+            message,
+            event: p.event.clone(),
         };
-        match self
-            .commands
-            .dispatch(&d.aggregate_type, &d.aggregate_id, &body, opts)
-            .await
-        {
-            Ok(_) => Ok(None),
-            Err(
-                e @ (Error::Rejected { .. }
-                | Error::NotFound { .. }
-                | Error::InvalidInput { .. }
-                | Error::IdempotencyKeyReused { .. }),
-            ) => {
-                let refused = Refused {
-                    target: format!("{}/{}", d.aggregate_type, d.aggregate_id),
-                    command: d.command.get("type").and_then(Value::as_str).map_or_else(
-                        || d.command.to_string().chars().take(200).collect(),
-                        str::to_owned,
-                    ),
-                    code: e.code().to_owned(),
-                    message: e.to_string(),
-                    event: p.event.clone(),
+        let refused = match &p.dispatch {
+            Dispatch::Command {
+                aggregate_type,
+                aggregate_id,
+                command,
+            } => {
+                let body = serde_json::to_vec(command)
+                    .map_err(|e| self.event_error(event, e.to_string()))?;
+                let opts = CommandOptions {
+                    idempotency_key: Some(p.key.clone()),
+                    correlation_id: Some(correlation_of(event)),
+                    causation_id: Some(event.event_id.to_string()),
+                    origin: Origin::Reaction,
+                    ..CommandOptions::default()
                 };
-                tracing::warn!(
-                    reaction = self.reaction.name(),
-                    target = %refused.target,
-                    command = %refused.command,
-                    code = %refused.code,
-                    message = %refused.message,
-                    "a reaction's command was refused; not retried"
-                );
-                Ok(Some(refused))
+                match self
+                    .commands
+                    .dispatch(aggregate_type, aggregate_id, &body, opts)
+                    .await
+                {
+                    Ok(_) => return Ok(None),
+                    Err(
+                        e @ (Error::Rejected { .. }
+                        | Error::NotFound { .. }
+                        | Error::InvalidInput { .. }
+                        | Error::IdempotencyKeyReused { .. }),
+                    ) => {
+                        let what = command.get("type").and_then(Value::as_str).map_or_else(
+                            || command.to_string().chars().take(200).collect(),
+                            str::to_owned,
+                        );
+                        refusal(what, e.code(), e.to_string())
+                    }
+                    Err(e) => return Err(self.retry(event, e)),
+                }
             }
-            Err(e) => Err(self.retry(event, e)),
-        }
+            Dispatch::Call { port, payload } => {
+                match self.commands.call(port, &p.key, payload).await {
+                    Some(Ok(())) => return Ok(None),
+                    Some(Err(OutboundError::Refused(why))) => {
+                        refusal(format!("call {port}"), "call_refused", why)
+                    }
+                    Some(Err(OutboundError::Failed(why))) => {
+                        return Err(self.retry(
+                            event,
+                            Error::Store(StoreError::Unavailable(format!("port `{port}`: {why}"))),
+                        ))
+                    }
+                    // A registration the deployment lacks: stuck here (and said so) until it
+                    // is fixed, rather than calls lost.
+                    None => {
+                        return Err(self.event_error(
+                            event,
+                            format!("no outbound port `{port}` is registered"),
+                        ))
+                    }
+                }
+            }
+        };
+        tracing::warn!(
+            reaction = self.reaction.name(),
+            target = %refused.target,
+            command = %refused.command,
+            code = %refused.code,
+            message = %refused.message,
+            "a reaction's command was refused; not retried"
+        );
+        Ok(Some(refused))
     }
 
     fn event_error(&self, event: &EventEnvelope, reason: String) -> ReactionError {
