@@ -26,6 +26,7 @@ async fn store_with_fixture() -> (tempfile::TempDir, Arc<EmbeddedStore>, Chronic
             events,
             idempotency: None,
             stored: Vec::new(),
+            expected_known: false,
         })
         .await
         .expect("the fixture appends as stored");
@@ -145,6 +146,7 @@ async fn the_audit_feed_upcasts_and_names_what_it_cannot() {
             events: vec![ledger.clone()],
             idempotency: None,
             stored: Vec::new(),
+            expected_known: false,
         })
         .await
         .expect("append");

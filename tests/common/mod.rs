@@ -370,6 +370,7 @@ pub async fn store_v1_fixture(dir: &std::path::Path) -> Vec<Value> {
             events,
             idempotency: None,
             stored: Vec::new(),
+            expected_known: false,
         })
         .await
         .expect("the fixture appends as stored");

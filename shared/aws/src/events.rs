@@ -1,7 +1,11 @@
-//! The event store on DynamoDB: one item per event keyed by (stream, version); a command's
-//! events and its idempotency record go in one `TransactWriteItems`, each guarded by
-//! `attribute_not_exists` (an idempotency record may also replace an expired one), so a
-//! command is stored whole or not at all.
+//! The event store on DynamoDB: one item per event keyed by (stream, version), each guarded by
+//! `attribute_not_exists`, so a version is stored once. A single event after a version the
+//! caller knows is one conditional `PutItem` (the fewest write units: 1 per KB, and the time
+//! index's); several events are one `TransactWriteItems`, stored whole or not at all. A
+//! command's idempotency record is a claim written first (its own conditional `PutItem`, which
+//! may also replace an expired record), naming the command's events: a reader of the key
+//! finishes storing them or, when another command took their version, discards the claim, so a
+//! key answers exactly the command that was stored under it.
 
 use crate::backend;
 use crate::item::{self, EventItem, IdempotencyItem, PK, SK};
@@ -97,40 +101,6 @@ impl DynamoEventStore {
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(#pk)")
             .expression_attribute_names("#pk", PK)
-            .build()
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        Ok(TransactWriteItem::builder().put(put).build())
-    }
-
-    /// The put of an idempotency record: onto a free key, or over a record that has expired by
-    /// the new one's recorded time (TTL deletes lazily, up to days later), by its expiry or,
-    /// stored before records expired, by the default retention after its recorded time.
-    fn put_idempotency(&self, r: &IdempotencyRecord) -> Result<TransactWriteItem, StoreError> {
-        // Whole seconds: an expiry E has passed at time t iff E <= floor(t).
-        let now = r.recorded_at.timestamp();
-        let legacy_cutoff = DateTime::from_timestamp(
-            now.saturating_sub(
-                i64::try_from(chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION.as_secs())
-                    .unwrap_or(i64::MAX),
-            ),
-            0,
-        )
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(Self::to_item(&IdempotencyItem::from_record(r))?))
-            .condition_expression(
-                "attribute_not_exists(#pk) OR #exp <= :now \
-                 OR (attribute_not_exists(#exp) AND #rec <= :legacy)",
-            )
-            .expression_attribute_names("#pk", PK)
-            .expression_attribute_names("#exp", item::EXPIRES_AT)
-            .expression_attribute_names("#rec", item::RECORDED_AT)
-            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
-            .expression_attribute_values(
-                ":legacy",
-                AttributeValue::S(format_timestamp(&legacy_cutoff)),
-            )
             .build()
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         Ok(TransactWriteItem::builder().put(put).build())
@@ -307,66 +277,106 @@ impl DynamoEventStore {
     }
 }
 
-#[async_trait]
-impl EventStore for DynamoEventStore {
-    async fn append(&self, request: &AppendRequest) -> Result<(), AppendError> {
-        Self::check_request(request)?;
-        let stream = item::stream_key(&request.stream);
-        let mut actions = Vec::with_capacity(request.events.len() + 2);
+impl DynamoEventStore {
+    /// The events of `request`, each guarded by `attribute_not_exists` on its (stream, version):
+    /// one `PutItem` for a single event whose predecessor the caller knows exists (1 write unit,
+    /// and the time index's one), else one `TransactWriteItems` (twice the units per item) with
+    /// the check that the expected version exists unless the caller knows it.
+    async fn put_events(&self, request: &AppendRequest) -> Result<(), PutFailed> {
+        let first = &request.events[0];
+        let checks_expected = request.expected_version > 0 && !request.expected_known;
+        if request.events.len() == 1 && !checks_expected {
+            let item =
+                Self::to_item(&EventItem::from_envelope(first)).map_err(PutFailed::refused)?;
+            let sent = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .send()
+                .await;
+            let err = match sent {
+                Ok(_) => return Ok(()),
+                Err(e) => e,
+            };
+            if err
+                .as_service_error()
+                .is_some_and(|e| e.is_conditional_check_failed_exception())
+            {
+                // Taken: by this very put, if an SDK retry met its own first attempt.
+                if outcome::committed(&self.client, &self.table, first)
+                    .await
+                    .map_err(PutFailed::unknown)?
+                {
+                    return Ok(());
+                }
+                return Err(PutFailed::refused(self.conflict(request).await));
+            }
+            let refused = refused_by_service(&err);
+            // The answer may be lost, not the write: look before failing.
+            return outcome::unless_committed(
+                &self.client,
+                &self.table,
+                first,
+                backend("PutItem", err),
+            )
+            .await
+            .map_err(|e| PutFailed {
+                error: e.into(),
+                nothing_stored: refused,
+            });
+        }
+        let mut actions = Vec::with_capacity(request.events.len() + 1);
         // Without this check an append at a stale-high expected version would leave a gap.
-        let checks_expected = request.expected_version > 0;
         if checks_expected {
             let check = ConditionCheck::builder()
                 .table_name(&self.table)
-                .set_key(Some(key(&stream, request.expected_version)))
+                .set_key(Some(key(
+                    &item::stream_key(&request.stream),
+                    request.expected_version,
+                )))
                 .condition_expression("attribute_exists(#pk)")
                 .expression_attribute_names("#pk", PK)
                 .build()
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                .map_err(|e| PutFailed::refused(StoreError::Invalid(e.to_string())))?;
             actions.push(TransactWriteItem::builder().condition_check(check).build());
         }
         for e in &request.events {
-            actions.push(self.put(Self::to_item(&EventItem::from_envelope(e))?)?);
-        }
-        let idempotency_at = request.idempotency.as_ref().map(|_| actions.len());
-        if let Some(r) = &request.idempotency {
-            actions.push(self.put_idempotency(r)?);
+            let item = Self::to_item(&EventItem::from_envelope(e)).map_err(PutFailed::refused)?;
+            actions.push(self.put(item).map_err(PutFailed::refused)?);
         }
         // The first event id names this attempt: an SDK retry of a transaction that did
         // commit (a timeout) is then answered as a success instead of a conflict.
-        let token = request.events[0].event_id.to_string();
         let sent = self
             .client
             .transact_write_items()
             .set_transact_items(Some(actions))
-            .client_request_token(token)
+            .client_request_token(first.event_id.to_string())
             .send()
             .await;
         let err = match sent {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
-        let service = err.as_service_error();
-        match service {
+        match err.as_service_error() {
             Some(TransactWriteItemsError::TransactionCanceledException(ex)) => {
                 let codes: Vec<&str> = ex
                     .cancellation_reasons()
                     .iter()
                     .map(|r| r.code().unwrap_or("None"))
                     .collect();
-                let failed = |i: usize| codes.get(i) == Some(&"ConditionalCheckFailed");
-                // Our own first event (or key) already there: an earlier attempt whose answer
-                // was lost may have stored it (see `outcome`).
-                let ours =
-                    failed(usize::from(checks_expected)) || idempotency_at.is_some_and(failed);
-                if ours && outcome::committed(&self.client, &self.table, &request.events[0]).await?
+                // Our own first event already there: an earlier attempt whose answer was lost
+                // may have stored it (see `outcome`).
+                let first_failed =
+                    codes.get(usize::from(checks_expected)) == Some(&"ConditionalCheckFailed");
+                if first_failed
+                    && outcome::committed(&self.client, &self.table, first)
+                        .await
+                        .map_err(PutFailed::unknown)?
                 {
                     return Ok(());
-                }
-                if let (Some(i), Some(r)) = (idempotency_at, &request.idempotency) {
-                    if failed(i) {
-                        return Err(AppendError::DuplicateIdempotencyKey(r.key.clone()));
-                    }
                 }
                 // A failed guard, or another transaction on the same items right now: both
                 // mean someone else is writing this stream.
@@ -374,31 +384,342 @@ impl EventStore for DynamoEventStore {
                     .iter()
                     .any(|c| *c == "ConditionalCheckFailed" || *c == "TransactionConflict")
                 {
-                    let actual = self.stream_version(&request.stream).await?;
-                    return Err(AppendError::Conflict {
-                        stream: request.stream.to_string(),
-                        expected: request.expected_version,
-                        actual,
-                    });
+                    return Err(PutFailed::refused(self.conflict(request).await));
                 }
                 let why = format!(
                     "transaction cancelled on {}: reasons {codes:?}",
                     request.stream
                 );
+                // A cancelled transaction wrote nothing.
                 if codes.iter().any(|c| crate::THROTTLING_CODES.contains(c)) {
-                    return Err(StoreError::Unavailable(why).into());
+                    return Err(PutFailed::refused(StoreError::Unavailable(why)));
                 }
-                Err(StoreError::Backend(why).into())
+                Err(PutFailed::refused(StoreError::Backend(why)))
             }
-            // The answer may be lost, not the transaction: look before failing.
-            _ => outcome::unless_committed(
-                &self.client,
-                &self.table,
-                &request.events[0],
-                backend("TransactWriteItems", err),
-            )
+            _ => {
+                let refused = refused_by_service(&err);
+                outcome::unless_committed(
+                    &self.client,
+                    &self.table,
+                    first,
+                    backend("TransactWriteItems", err),
+                )
+                .await
+                .map_err(|e| PutFailed {
+                    error: e.into(),
+                    nothing_stored: refused,
+                })
+            }
+        }
+    }
+
+    /// The conflict `request` ran into, with the stream's version now.
+    async fn conflict(&self, request: &AppendRequest) -> AppendError {
+        match self.stream_version(&request.stream).await {
+            Ok(actual) => AppendError::Conflict {
+                stream: request.stream.to_string(),
+                expected: request.expected_version,
+                actual,
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Takes the record's key for the command whose first event is `first`: a conditional
+    /// `PutItem` onto a free or expired key. A key already holding this command's claim (an
+    /// SDK retry met its own first attempt) is ours; any other is a duplicate.
+    async fn claim(
+        &self,
+        record: &IdempotencyRecord,
+        first: &EventEnvelope,
+    ) -> Result<(), AppendError> {
+        let sent = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(Self::to_item(&IdempotencyItem::claiming(
+                record, first,
+            ))?))
+            .condition_expression(IDEMPOTENCY_CONDITION)
+            .set_expression_attribute_names(Some(idempotency_names()))
+            .set_expression_attribute_values(Some(idempotency_values(record)))
+            .send()
+            .await;
+        let err = match sent {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let taken = err
+            .as_service_error()
+            .is_some_and(|e| e.is_conditional_check_failed_exception());
+        // Taken, or the answer lost: the record says whose it is.
+        match self.read_record(&record.key).await {
+            Ok(Some((_, Some(claim)))) if claim.id == first.event_id.to_string() => Ok(()),
+            Ok(_) if taken => Err(AppendError::DuplicateIdempotencyKey(record.key.clone())),
+            Ok(_) | Err(_) => Err(backend("PutItem (idempotency record)", err).into()),
+        }
+    }
+
+    /// Gives up the claim of `record` for the command whose first event is `first` (its events
+    /// can't be stored): the key is free again for a new attempt. Best effort: a claim left
+    /// behind is discarded by the next reader of the key ([`Self::resolve`]).
+    async fn release(&self, record: &IdempotencyRecord, first: &EventEnvelope) {
+        if let Err(e) = self.delete_claim(&record.key, first).await {
+            tracing::warn!(key = %record.key, error = %e, "an idempotency claim was left behind; its next reader discards it");
+        }
+    }
+
+    /// Deletes the record under `key` if it still claims the command whose first event is
+    /// `first`.
+    async fn delete_claim(&self, key: &str, first: &EventEnvelope) -> Result<(), StoreError> {
+        self.delete_claim_of(key, &first.event_id.to_string()).await
+    }
+
+    /// Deletes the record under `key` if it still claims the command whose first event has
+    /// the id `claim_id`.
+    async fn delete_claim_of(&self, key: &str, claim_id: &str) -> Result<(), StoreError> {
+        let sent = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(self::key(&item::idempotency_key(key), 0)))
+            .condition_expression("#claim = :id")
+            .expression_attribute_names("#claim", item::CLAIM_ID)
+            .expression_attribute_values(":id", AttributeValue::S(claim_id.to_owned()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            // Already gone, or someone else's claim now: nothing of ours to delete.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(backend("DeleteItem (idempotency claim)", e)),
+        }
+    }
+
+    /// The record under `key` as stored, live or not, and the claim it makes.
+    async fn read_record(
+        &self,
+        key: &str,
+    ) -> Result<Option<(IdempotencyRecord, Option<Claim>)>, StoreError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .set_key(Some(self::key(&item::idempotency_key(key), 0)))
+            .send()
             .await
-            .map_err(AppendError::from),
+            .map_err(|e| backend("GetItem", e))?;
+        let Some(it) = got.item else { return Ok(None) };
+        let rec: IdempotencyItem = serde_dynamo::from_item(it)
+            .map_err(|e| StoreError::Corrupt(format!("idempotency record {key}: {e}")))?;
+        let claim = match (&rec.claim_id, rec.claim_version) {
+            (Some(id), Some(version)) => Some(Claim {
+                id: id.clone(),
+                version,
+            }),
+            _ => None,
+        };
+        Ok(Some((rec.into_record()?, claim)))
+    }
+
+    /// A live record that claims its key for events that may not be stored (its writer crashed,
+    /// or its answer is on its way): finishes storing them, or discards the record when another
+    /// command took their version (they can never be stored then). `None`: the key is free.
+    async fn resolve(
+        &self,
+        record: IdempotencyRecord,
+        claim: Option<Claim>,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        // Written with its events in one transaction: stored whenever the record is.
+        let Some(claim) = claim else {
+            return Ok(Some(record));
+        };
+        let at = EventAt {
+            stream: record.stream.clone(),
+            version: claim.version,
+        };
+        for _ in 0..3 {
+            match self.stored_id(&at).await? {
+                Some(id) if id == claim.id => return Ok(Some(record)),
+                Some(_) => {
+                    self.delete_claim_of(&record.key, &claim.id).await?;
+                    return Ok(None);
+                }
+                None => {}
+            }
+            // Not there yet: store them as the claim's response has them (their chain links to
+            // the event before, which is still the same: their version is free).
+            let events: Vec<EventEnvelope> = record
+                .response
+                .get("events")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .filter(|e: &Vec<EventEnvelope>| {
+                    e.first().is_some_and(|f| {
+                        f.event_id.to_string() == claim.id && f.version == claim.version
+                    })
+                })
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "idempotency record {}: its response does not hold the events it claims",
+                        record.key
+                    ))
+                })?;
+            let request = AppendRequest {
+                stream: record.stream.clone(),
+                expected_version: claim.version - 1,
+                events,
+                idempotency: None,
+                stored: Vec::new(),
+                expected_known: true,
+            };
+            match self.put_events(&request).await.map_err(|f| f.error) {
+                Ok(()) => return Ok(Some(record)),
+                // Someone stored something there meanwhile: look again whose it is.
+                Err(AppendError::Conflict { .. }) => continue,
+                Err(AppendError::Store(e)) => return Err(e),
+                Err(AppendError::DuplicateIdempotencyKey(k)) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "storing the events claimed under key {k}"
+                    )))
+                }
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "idempotency record {}: its events' version keeps changing hands",
+            record.key
+        )))
+    }
+
+    /// The id of the event stored at a stream's version, if any.
+    async fn stored_id(&self, at: &EventAt) -> Result<Option<String>, StoreError> {
+        let got = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .set_key(Some(key(&item::stream_key(&at.stream), at.version)))
+            .projection_expression("event_id")
+            .send()
+            .await
+            .map_err(|e| backend("GetItem", e))?;
+        Ok(got
+            .item
+            .as_ref()
+            .and_then(|it| it.get("event_id"))
+            .and_then(|v| v.as_s().ok())
+            .cloned())
+    }
+}
+
+/// An append of events that failed, and whether it is known that nothing of it was stored
+/// (the service refused it, or another command holds the version) or not (no answer).
+struct PutFailed {
+    error: AppendError,
+    nothing_stored: bool,
+}
+
+impl PutFailed {
+    fn refused(error: impl Into<AppendError>) -> Self {
+        Self {
+            error: error.into(),
+            nothing_stored: true,
+        }
+    }
+
+    fn unknown(error: impl Into<AppendError>) -> Self {
+        Self {
+            error: error.into(),
+            nothing_stored: false,
+        }
+    }
+}
+
+/// Whether the service answered a request and refused it (a 4xx: throttled, invalid), so it
+/// applied none of it; a 5xx or no answer leaves that unknown.
+fn refused_by_service<E>(
+    err: &aws_sdk_dynamodb::error::SdkError<E, aws_smithy_runtime_api::http::Response>,
+) -> bool {
+    matches!(err, aws_sdk_dynamodb::error::SdkError::ServiceError(ctx) if ctx.raw().status().is_client_error())
+}
+
+/// What a claim names: the first event of the command it holds the key for.
+struct Claim {
+    id: String,
+    version: u64,
+}
+
+struct EventAt {
+    stream: StreamId,
+    version: u64,
+}
+
+/// An idempotency record's put goes onto a free key, or over a record that has expired by the
+/// new one's recorded time (TTL deletes lazily, up to days later), by its expiry or, stored
+/// before records expired, by the default retention after its recorded time.
+const IDEMPOTENCY_CONDITION: &str =
+    "attribute_not_exists(#pk) OR #exp <= :now OR (attribute_not_exists(#exp) AND #rec <= :legacy)";
+
+fn idempotency_names() -> HashMap<String, String> {
+    HashMap::from([
+        ("#pk".to_owned(), PK.to_owned()),
+        ("#exp".to_owned(), item::EXPIRES_AT.to_owned()),
+        ("#rec".to_owned(), item::RECORDED_AT.to_owned()),
+    ])
+}
+
+fn idempotency_values(r: &IdempotencyRecord) -> HashMap<String, AttributeValue> {
+    // Whole seconds: an expiry E has passed at time t iff E <= floor(t).
+    let now = r.recorded_at.timestamp();
+    let legacy_cutoff = DateTime::from_timestamp(
+        now.saturating_sub(
+            i64::try_from(chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION.as_secs())
+                .unwrap_or(i64::MAX),
+        ),
+        0,
+    )
+    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    HashMap::from([
+        (":now".to_owned(), AttributeValue::N(now.to_string())),
+        (
+            ":legacy".to_owned(),
+            AttributeValue::S(format_timestamp(&legacy_cutoff)),
+        ),
+    ])
+}
+
+#[async_trait]
+impl EventStore for DynamoEventStore {
+    async fn append(&self, request: &AppendRequest) -> Result<(), AppendError> {
+        Self::check_request(request)?;
+        // The key first, alone: a claim that names the command's events. Written before them,
+        // so a crash between the two leaves a record the next reader completes or discards
+        // (`idempotency_record`), never events whose key anyone could use again.
+        if let Some(record) = &request.idempotency {
+            self.claim(record, &request.events[0]).await?;
+        }
+        match self.put_events(request).await {
+            Ok(()) => Ok(()),
+            // Another command took the version (a conflict), or the service refused the write:
+            // this claim's events are not stored, and can't be by this attempt.
+            Err(PutFailed {
+                error,
+                nothing_stored: true,
+            }) => {
+                if let Some(record) = &request.idempotency {
+                    self.release(record, &request.events[0]).await;
+                }
+                Err(error)
+            }
+            // Not known whether stored (no answer): the claim stays for the retry to resolve,
+            // as it would after a crash.
+            Err(PutFailed { error, .. }) => Err(error),
         }
     }
 
@@ -482,21 +803,11 @@ impl EventStore for DynamoEventStore {
     }
 
     async fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let got = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .consistent_read(true)
-            .set_key(Some(self::key(&item::idempotency_key(key), 0)))
-            .send()
-            .await
-            .map_err(|e| backend("GetItem", e))?;
-        let Some(it) = got.item else { return Ok(None) };
-        let rec: IdempotencyItem = serde_dynamo::from_item(it)
-            .map_err(|e| StoreError::Corrupt(format!("idempotency record {key}: {e}")))?;
         // TTL deletes some time after the expiry: until then the item is there but counts not.
-        let rec = rec.into_record()?;
-        Ok(rec.is_live(Utc::now()).then_some(rec))
+        match self.read_record(key).await? {
+            Some((rec, claim)) if rec.is_live(Utc::now()) => self.resolve(rec, claim).await,
+            _ => Ok(None),
+        }
     }
 }
 

@@ -160,7 +160,17 @@ pub struct IdempotencyItem {
     /// count until the default retention after `recorded_at` ([`legacy_expiry`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<i64>,
+    /// The id and version of the first event of the command this record claims the key for
+    /// (written before the events; see `events.rs`). Absent on records written in one
+    /// transaction with their events, which are stored whenever the record is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_version: Option<u64>,
 }
+
+/// The attribute holding a claim's first event id.
+pub const CLAIM_ID: &str = "claim_id";
 
 /// The expiry of a record stored without one: the kernel's default retention after it was
 /// recorded, as the embedded store fills in for its old rows.
@@ -169,8 +179,19 @@ pub fn legacy_expiry(recorded_at: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 impl IdempotencyItem {
+    /// The record as a claim for the command whose first event is `first`.
+    pub fn claiming(r: &IdempotencyRecord, first: &EventEnvelope) -> Self {
+        Self {
+            claim_id: Some(first.event_id.to_string()),
+            claim_version: Some(first.version),
+            ..Self::from_record(r)
+        }
+    }
+
     pub fn from_record(r: &IdempotencyRecord) -> Self {
         Self {
+            claim_id: None,
+            claim_version: None,
             stream: idempotency_key(&r.key),
             version: 0,
             key: r.key.clone(),

@@ -214,6 +214,229 @@ async fn appends_under_throttling_and_lost_answers_store_once_or_not_at_all() {
     env.remove().await;
 }
 
+/// A single event after a known version is one conditional `PutItem`, and a command's key a
+/// claim written before it: lost answers, throttling and a writer that dies between the claim
+/// and the event, with the same outcome as the transactions above (stored once or not at
+/// all; the key answering exactly the stored command).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_events_and_their_claims_under_faults() {
+    const TEST: &str = "single events under faults";
+    let Some(env) = AwsTestEnv::create(TEST).await else {
+        return;
+    };
+    let table = env.settings.events_table.clone();
+    let clean = DynamoEventStore::new(env.clients.dynamodb.clone(), &table);
+    let store_with = |faults: &Arc<Faults>| {
+        DynamoEventStore::new(faults.clients(&env.clients.sdk).dynamodb, &table)
+    };
+    // A stream at version 1, then one event after it, as the kernel appends (known version).
+    let fresh = |key: Option<&str>| {
+        let stream = kit::new_stream();
+        let first = kit::request(&stream, 0, kit::events(&stream, 0, 1));
+        let mut r = kit::request(&stream, 1, kit::events(&stream, 1, 1));
+        r.expected_known = true;
+        // The response as the kernel records it: the command's result, holding its events.
+        let result = chronicle_kernel::CommandResult {
+            aggregate_id: stream.aggregate_id.clone(),
+            version: 2,
+            events: r.events.clone(),
+        };
+        r.idempotency = key.map(|k| chronicle_kernel::IdempotencyRecord {
+            response: serde_json::to_value(&result).expect("JSON"),
+            ..kit::idempotency_record(&kit::unique(k), &stream)
+        });
+        (first, r)
+    };
+    let events = || Matcher::dynamodb_containing(&["PutItem"], "\"event_id\":{");
+    let claims = || Matcher::dynamodb_containing(&["PutItem"], "\"claim_id\":{");
+
+    // Answers lost after the write: on the event, on the claim, on both; the SDK's retry meets
+    // its own write, which the store recognises.
+    for (case, rules) in [
+        (
+            "the event's answer lost (500)",
+            vec![Rule::new(
+                "event 500",
+                events(),
+                Fault::LoseAnswer500,
+                Schedule::First(1),
+            )],
+        ),
+        (
+            "the event's answer lost (timeout)",
+            vec![Rule::new(
+                "event timeout",
+                events(),
+                Fault::LoseAnswerTimeout,
+                Schedule::First(1),
+            )],
+        ),
+        (
+            "the claim's answer lost",
+            vec![Rule::new(
+                "claim 500",
+                claims(),
+                Fault::LoseAnswer500,
+                Schedule::First(1),
+            )],
+        ),
+        (
+            "every answer lost",
+            vec![
+                Rule::new(
+                    "claim 500 x3",
+                    claims(),
+                    Fault::LoseAnswer500,
+                    Schedule::First(3),
+                ),
+                Rule::new(
+                    "event 500 x3",
+                    events(),
+                    Fault::LoseAnswer500,
+                    Schedule::First(3),
+                ),
+            ],
+        ),
+    ] {
+        for key in [None, Some("lost")] {
+            // Without a key there is no claim to lose an answer of.
+            let rules: Vec<Rule> = rules
+                .iter()
+                .filter(|r| key.is_some() || !r.label.starts_with("claim"))
+                .cloned()
+                .collect();
+            if rules.is_empty() {
+                continue;
+            }
+            let faults = Faults::new(rules);
+            let (first, request) = fresh(key);
+            clean.append(&first).await.expect("the first event");
+            assert_eq!(store_with(&faults).append(&request).await, Ok(()), "{case}");
+            let want: Vec<_> = [first.clone(), request.clone()]
+                .iter()
+                .flat_map(|r| r.events.iter().map(|e| e.event_id))
+                .collect();
+            let got = clean
+                .read_stream(&request.stream, ReadRange::all())
+                .await
+                .expect("read");
+            assert_eq!(
+                got.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+                want,
+                "{case}"
+            );
+            if let Some(r) = &request.idempotency {
+                assert_eq!(
+                    clean.idempotency_record(&r.key).await.expect("read"),
+                    Some(r.clone()),
+                    "{case}"
+                );
+            }
+            report(TEST, case, &faults);
+        }
+    }
+
+    // Throttled past the SDK's retries: nothing stored, the key free, and the retry stores it.
+    for (case, matcher) in [
+        ("the event throttled", events()),
+        ("the claim throttled", claims()),
+    ] {
+        let faults = Faults::new(vec![Rule::new(
+            "throttled x3",
+            matcher,
+            Fault::THROTTLING,
+            Schedule::First(3),
+        )]);
+        let (first, request) = fresh(Some("throttled"));
+        clean.append(&first).await.expect("the first event");
+        match store_with(&faults).append(&request).await {
+            Err(AppendError::Store(StoreError::Unavailable(_))) => {}
+            other => panic!("{case}: expected Unavailable, got {other:?}"),
+        }
+        assert_eq!(
+            clean
+                .stream_version(&request.stream)
+                .await
+                .expect("version"),
+            1,
+            "{case}: nothing stored"
+        );
+        let key = &request.idempotency.as_ref().expect("a key").key;
+        assert_eq!(
+            clean.idempotency_record(key).await.expect("read"),
+            None,
+            "{case}"
+        );
+        assert_eq!(clean.append(&request).await, Ok(()), "{case}: the retry");
+        report(TEST, case, &faults);
+    }
+
+    // The writer dies between its claim and its event (the event's put never lands, and no
+    // answer says so): the next reader of the key stores the claimed event, once.
+    let faults = Faults::new(vec![Rule::new(
+        "event refused with 500 x3",
+        events(),
+        Fault::Refuse {
+            status: 500,
+            code: "InternalServerError",
+        },
+        Schedule::First(3),
+    )]);
+    let (first, request) = fresh(Some("died"));
+    clean.append(&first).await.expect("the first event");
+    assert!(
+        store_with(&faults).append(&request).await.is_err(),
+        "the writer saw no answer"
+    );
+    let key = &request.idempotency.as_ref().expect("a key").key;
+    assert_eq!(
+        clean.idempotency_record(key).await.expect("read"),
+        request.idempotency.clone(),
+        "the key answers the claimed command"
+    );
+    stored_once(
+        &clean,
+        &AppendRequest {
+            events: [first.events.clone(), request.events.clone()].concat(),
+            ..request.clone()
+        },
+        "completed by the reader",
+    )
+    .await;
+    report(TEST, "died between claim and event", &faults);
+
+    // Died the same way, but another command took the version meanwhile: the claim can never
+    // be stored, so its reader discards it and the key is free.
+    let faults = Faults::new(vec![Rule::new(
+        "event refused with 500 x3 (then taken)",
+        events(),
+        Fault::Refuse {
+            status: 500,
+            code: "InternalServerError",
+        },
+        Schedule::First(3),
+    )]);
+    let (first, request) = fresh(Some("taken"));
+    clean.append(&first).await.expect("the first event");
+    assert!(store_with(&faults).append(&request).await.is_err());
+    let mut theirs = kit::request(&request.stream, 1, kit::events(&request.stream, 1, 1));
+    theirs.expected_known = true;
+    clean.append(&theirs).await.expect("another command");
+    let key = &request.idempotency.as_ref().expect("a key").key;
+    assert_eq!(clean.idempotency_record(key).await.expect("read"), None);
+    stored_once(
+        &clean,
+        &AppendRequest {
+            events: [first.events.clone(), theirs.events.clone()].concat(),
+            ..request.clone()
+        },
+        "the claim discarded",
+    )
+    .await;
+    report(TEST, "died, then the version taken", &faults);
+    env.remove().await;
+}
+
 /// The events as consumed from the stream, in arrival order.
 fn consumed(records: &[Record]) -> Vec<EventEnvelope> {
     records

@@ -17,6 +17,7 @@ async fn append_chain(store: &EmbeddedStore, stream: &StreamId, n: usize) -> Vec
             events: events.clone(),
             idempotency: None,
             stored: Vec::new(),
+            expected_known: false,
         })
         .await
         .expect("append");

@@ -106,6 +106,7 @@ async fn data_survives_close_and_reopen() {
                 events: evs.clone(),
                 idempotency: Some(record.clone()),
                 stored: Vec::new(),
+                expected_known: false,
             })
             .await
             .unwrap();

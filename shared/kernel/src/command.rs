@@ -464,6 +464,8 @@ impl<A: Aggregate, E: EventStore + ?Sized, S: SnapshotStore + ?Sized> CommandHan
                 events: std::mem::take(&mut result.events),
                 idempotency,
                 stored,
+                // `version` came from the store: a load, or this handler's own last append.
+                expected_known: true,
             };
             match self.events.append(&request).await {
                 Ok(()) => {

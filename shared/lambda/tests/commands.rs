@@ -130,6 +130,7 @@ async fn an_idempotent_retry_after_a_timeout_appends_nothing() {
         events: original.result.events.clone(),
         idempotency: Some(record),
         stored: Vec::new(),
+        expected_known: false,
     };
     assert_eq!(other.events.append(&again).await, Ok(()));
     assert_eq!(

@@ -93,6 +93,7 @@ impl Embedded {
                     events,
                     idempotency: None,
                     stored: Vec::new(),
+                    expected_known: false,
                 })
                 .await
                 .expect("seeding the embedded store");

@@ -104,13 +104,15 @@ async fn commands_answer_2xx_once_per_stored_command_or_503_with_retry_after() {
         return;
     };
     let events_table = env.settings.events_table.clone();
-    let tx = || Matcher::dynamodb_on(&events_table, &["TransactWriteItems"]);
+    // A command's single event is one conditional PutItem (its key's claim another).
+    let tx = || Matcher::dynamodb_containing(&["PutItem"], "\"event_id\":{");
+    let claim = || Matcher::dynamodb_containing(&["PutItem"], "\"claim_id\":{");
     let snapshots_get = Matcher::s3("GET", &[&format!("/{}/", env.settings.snapshot_bucket)]);
     let faults = Faults::new(vec![
         // Past the SDK's 3 attempts: the first append, the first idempotency lookup and the
         // first snapshot read fail as 503s.
         Rule::new(
-            "TransactWriteItems ProvisionedThroughputExceededException x3 (past the SDK)",
+            "event PutItem ProvisionedThroughputExceededException x3 (past the SDK)",
             tx(),
             Fault::PROVISIONED_THROUGHPUT,
             Schedule::First(3),
@@ -129,7 +131,7 @@ async fn commands_answer_2xx_once_per_stored_command_or_503_with_retry_after() {
         ),
         // Now and then: the SDK's retry hides these ...
         Rule::new(
-            "TransactWriteItems ThrottlingException",
+            "event PutItem ThrottlingException",
             tx(),
             Fault::THROTTLING,
             Schedule::Every { k: 5, times: 3 },
@@ -154,22 +156,28 @@ async fn commands_answer_2xx_once_per_stored_command_or_503_with_retry_after() {
         ),
         // ... and these commit, then lose their answer.
         Rule::new(
-            "TransactWriteItems committed, answer lost (500)",
+            "event PutItem stored, answer lost (500)",
             tx(),
             Fault::LoseAnswer500,
             Schedule::Every { k: 4, times: 3 },
         ),
         Rule::new(
-            "TransactWriteItems committed, answer lost (timeout)",
+            "event PutItem stored, answer lost (timeout)",
             tx(),
             Fault::LoseAnswerTimeout,
             Schedule::Every { k: 5, times: 2 },
         ),
         Rule::new(
-            "TransactWriteItems committed, no answer (attempt timeout)",
+            "event PutItem stored, no answer (attempt timeout)",
             tx(),
             Fault::LoseAnswerHang,
             Schedule::Every { k: 6, times: 1 },
+        ),
+        Rule::new(
+            "claim PutItem stored, answer lost (500)",
+            claim(),
+            Fault::LoseAnswer500,
+            Schedule::Every { k: 2, times: 2 },
         ),
     ]);
     let app = faulty_app(&env, &faults);

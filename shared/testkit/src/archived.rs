@@ -47,6 +47,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         events: all[..10].to_vec(),
         idempotency: None,
         stored: Vec::new(),
+        expected_known: false,
     };
     ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
     let mut snap = snapshot(&s, 8, 1, "archive");
@@ -80,6 +81,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         events: all[10..].to_vec(),
         idempotency: None,
         stored: Vec::new(),
+        expected_known: false,
     };
     ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
     let aged = ArchiverOptions::new(ArchivePolicy::older_than(chrono::Duration::zero()));
@@ -149,6 +151,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         events: events(&s, 3, 1),
         idempotency: None,
         stored: Vec::new(),
+        expected_known: false,
     };
     assert!(
         matches!(
@@ -168,6 +171,7 @@ pub async fn archived_reads_contract<S, N, F, Fut>(
         events: hot_copy.clone(),
         idempotency: None,
         stored: Vec::new(),
+        expected_known: false,
     };
     ok(store.append(&req).await.map_err(|e| format!("{e}")), CTX);
     let foreign = sealed_events(&other, 3);

@@ -112,6 +112,7 @@ pub fn request(
         events,
         idempotency: None,
         stored: Vec::new(),
+        expected_known: false,
     }
 }
 

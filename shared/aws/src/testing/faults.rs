@@ -28,10 +28,12 @@ use std::sync::{Arc, Mutex};
 /// Which requests a rule is about.
 #[derive(Clone, Debug)]
 pub enum Matcher {
-    /// DynamoDB operations (`PutItem`, `TransactWriteItems`, ...), on one table if given.
+    /// DynamoDB operations (`PutItem`, `TransactWriteItems`, ...), on one table if given,
+    /// whose request body contains `body` if given (e.g. `"event_id":{` for event items).
     DynamoDb {
         ops: Vec<&'static str>,
         table: Option<String>,
+        body: Option<String>,
     },
     /// Kinesis operations (`PutRecords`, ...).
     Kinesis { ops: Vec<&'static str> },
@@ -48,6 +50,7 @@ impl Matcher {
         Self::DynamoDb {
             ops: ops.to_vec(),
             table: None,
+            body: None,
         }
     }
 
@@ -55,6 +58,16 @@ impl Matcher {
         Self::DynamoDb {
             ops: ops.to_vec(),
             table: Some(table.to_owned()),
+            body: None,
+        }
+    }
+
+    /// DynamoDB operations whose request body contains `needle`.
+    pub fn dynamodb_containing(ops: &[&'static str], needle: &str) -> Self {
+        Self::DynamoDb {
+            ops: ops.to_vec(),
+            table: None,
+            body: Some(needle.to_owned()),
         }
     }
 
@@ -79,15 +92,18 @@ impl Matcher {
                 .map(|(_, op)| op)
         };
         match self {
-            Self::DynamoDb { ops, table } => {
+            Self::DynamoDb { ops, table, body } => {
+                let has = |needle: &str| {
+                    r.body()
+                        .bytes()
+                        .and_then(|b| std::str::from_utf8(b).ok())
+                        .is_some_and(|text| text.contains(needle))
+                };
                 op("DynamoDB_20120810").is_some_and(|o| ops.contains(&o))
-                    && table.as_ref().is_none_or(|t| {
-                        let needle = format!("\"TableName\":\"{t}\"");
-                        r.body()
-                            .bytes()
-                            .and_then(|b| std::str::from_utf8(b).ok())
-                            .is_some_and(|body| body.contains(&needle))
-                    })
+                    && table
+                        .as_ref()
+                        .is_none_or(|t| has(&format!("\"TableName\":\"{t}\"")))
+                    && body.as_ref().is_none_or(|b| has(b))
             }
             Self::Kinesis { ops } => op("Kinesis_20131202").is_some_and(|o| ops.contains(&o)),
             Self::S3 {

@@ -70,6 +70,11 @@ pub struct AppendRequest {
     /// Each event's stored text as sealed ([`crate::chain::hash::seal_stored`]), which a store may
     /// write instead of rendering the envelopes again; empty when the caller has none.
     pub stored: Vec<crate::chain::hash::StoredText>,
+    /// The caller read or wrote `expected_version` of this stream, so that version exists and a
+    /// store may skip checking it: appending after a version that does not exist would leave a
+    /// gap, and a store that can't check it in the same write (DynamoDB's is a transaction) saves
+    /// the check when the caller knows. False: the store checks.
+    pub expected_known: bool,
 }
 
 /// Which part of a stream to read; versions are inclusive.
