@@ -10,6 +10,7 @@ mod archive;
 mod config;
 mod events;
 pub mod item;
+pub mod metering;
 mod outcome;
 mod publisher;
 mod read_models;

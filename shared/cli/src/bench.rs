@@ -55,6 +55,14 @@ pub(crate) struct BenchArgs {
     /// With --reactions: clients placing orders at once, each waiting for its answer.
     #[arg(long, default_value_t = 4, requires = "reactions")]
     placers: usize,
+    /// `aws`: count the DynamoDB request units commands and stream batches cost, on fresh
+    /// resources at the endpoint the AWS_* settings name (moto, DynamoDB Local, an account).
+    #[arg(long, value_enum, default_value_t = crate::Backend::Embedded,
+          conflicts_with_all = ["replay_only", "append_only", "reactions", "data_dir"])]
+    backend: crate::Backend,
+    /// With --backend aws: commands per phase.
+    #[arg(long, default_value_t = 200)]
+    commands: usize,
 }
 
 /// Streams verified at once: enough to keep both cores and the reader pool busy.
@@ -109,6 +117,13 @@ fn reset_peak_rss() {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.backend == crate::Backend::Aws {
+        let bench = crate::bench_aws::AwsBench {
+            commands: args.commands,
+            json: args.json,
+        };
+        return crate::bench_aws::run(bench).await;
+    }
     if args.accounts == 0 || args.events_per_account == 0 || args.writers == 0 {
         bail!("--accounts, --events-per-account and --writers must be at least 1");
     }

@@ -18,6 +18,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[cfg(feature = "bench")]
 mod bench;
 #[cfg(feature = "bench")]
+mod bench_aws;
+#[cfg(feature = "bench")]
 mod bench_reactions;
 mod inspect;
 pub mod mappings;

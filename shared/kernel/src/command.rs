@@ -325,14 +325,20 @@ impl<A: Aggregate, E: EventStore + ?Sized, S: SnapshotStore + ?Sized> CommandHan
             None => None,
         };
         let stripe = &self.stripes[stripe_of(id)];
-        let _turn = stripe.lock().await;
+        let (_turn, waited) = match stripe.try_lock() {
+            Ok(turn) => (turn, false),
+            Err(_) => (stripe.lock().await, true),
+        };
         let (Some(key), Some(fp)) = (&opts.idempotency_key, &fingerprint) else {
             return self.run(id, &command, &opts, None).await;
         };
         // A twin with the same key may have finished while this one waited for its turn: its
-        // answer is the answer, not a decision on the state it left behind.
-        if let Some(done) = Box::pin(self.replay_idempotent(key, fp)).await? {
-            return Ok(done);
+        // answer is the answer, not a decision on the state it left behind. (One that finished
+        // without this one waiting is found by the append: the store refuses its key.)
+        if waited {
+            if let Some(done) = Box::pin(self.replay_idempotent(key, fp)).await? {
+                return Ok(done);
+            }
         }
         match self.run(id, &command, &opts, Some(fp)).await {
             // The same for a twin in another process, which the turn doesn't order.
