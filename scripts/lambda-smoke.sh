@@ -88,7 +88,7 @@ invoke query events/apigw/07-history.json "r['statusCode'] == 200 and len($(body
 invoke query events/apigw/00-health.json "r['statusCode'] == 200"
 invoke projector events/dynamodb/stream-batch.json "r['batchItemFailures'] == []"
 invoke publisher events/dynamodb/stream-batch.json "r['batchItemFailures'] == []"
-invoke snapshotter events/dynamodb/stream-batch.json "r['batchItemFailures'] == []"
+invoke snapshotter events/kinesis/batch.json "r['batchItemFailures'] == []"
 invoke activity events/kinesis/batch.json "r['batchItemFailures'] == []"
 # The projector's read model, through the query function.
 "$PY" - "$WORK/projected.json" <<'PYEOF'

@@ -340,7 +340,7 @@ STREAM_CONSUMERS = {
     # binary: (event type, source)
     "projector": ("DynamoDB", ("EventsTable", "StreamArn")),
     "publisher": ("DynamoDB", ("EventsTable", "StreamArn")),
-    "snapshotter": ("DynamoDB", ("EventsTable", "StreamArn")),
+    "snapshotter": ("Kinesis", ("EventStream", "Arn")),
     "activity": ("Kinesis", ("EventStream", "Arn")),
     "reactor": ("Kinesis", ("EventStream", "Arn")),
 }
@@ -350,6 +350,19 @@ def failure_queue(binary):
     events = FUNCTIONS[function_for(binary)]["Properties"]["Events"]
     (event,) = [e for e in events.values() if e["Type"] in ("DynamoDB", "Kinesis")]
     return getatt(event["Properties"]["DestinationConfig"]["OnFailure"]["Destination"])[0]
+
+
+def test_the_table_stream_has_at_most_two_readers():
+    # AWS: "No more than two processes at most should be reading from the same streams shard at
+    # the same time"; more are throttled. Everything else reads the Kinesis stream.
+    readers = [
+        name
+        for name, fn in FUNCTIONS.items()
+        for e in fn["Properties"].get("Events", {}).values()
+        if e["Type"] == "DynamoDB" and getatt(e["Properties"]["Stream"]) == ("EventsTable", "StreamArn")
+    ]
+    assert len(readers) <= 2, f"the events table's stream has {len(readers)} readers: {readers}"
+    assert sorted(binary_of(FUNCTIONS[n]) for n in readers) == ["projector", "publisher"], readers
 
 
 def test_event_source_mappings():
@@ -441,8 +454,11 @@ EXPECTED_GRANTS = {
         (["dynamodb:Query", "dynamodb:GetItem"], [EVENTS]),
         (["s3:GetObject", "s3:PutObject"], [SNAPSHOT_OBJECTS]),
         (["s3:ListBucket"], [SNAPSHOT_BUCKET]),
+        (["kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:DescribeStream",
+          "kinesis:DescribeStreamSummary", "kinesis:ListShards"], [STREAM]),
+        (["kinesis:ListStreams"], ["*"]),
         (["sqs:SendMessage"], ["SnapshotterFailureQueue.Arn"]),
-    ) | STREAM_READ,
+    ),
     "activity": grants(
         (["dynamodb:GetItem", "dynamodb:PutItem"], [READ]),
         (["kinesis:GetRecords", "kinesis:GetShardIterator", "kinesis:DescribeStream",

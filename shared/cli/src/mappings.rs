@@ -354,27 +354,25 @@ pub async fn run_kinesis_mapping<H, Fut>(
     }
 }
 
-/// Starts every stream-driven function of `app` as a local mapping: projector, publisher and
-/// snapshotter on the events table's stream, the activity consumer and (when the domain has
-/// reactions) the reactor on Kinesis.
+/// Starts every stream-driven function of `app` as a local mapping: projector and publisher on
+/// the events table's stream (its two readers), the snapshotter, the activity consumer and
+/// (when the domain has reactions) the reactor on Kinesis.
 pub async fn spawn_all(
     app: &App,
     config: MappingConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
     let arn = table_stream_arn(&app.clients.dynamodb, &app.settings.events_table).await?;
-    let streams = aws_sdk_dynamodbstreams::Client::new(&app.clients.sdk);
+    let streams = chronicle_lambda::records::streams_client(&app.clients.sdk);
     let mut handles = Vec::new();
     type DynHandler = fn(App, Event) -> futures::future::BoxFuture<'static, DynamoDbEventResponse>;
-    let mappings: [(&'static str, DynHandler); 3] = [
+    // Two readers of the table's stream, as on AWS; the rest read Kinesis.
+    let mappings: [(&'static str, DynHandler); 2] = [
         ("projector", |app, e| {
             Box::pin(async move { chronicle_lambda::streams::project(&app, &e).await })
         }),
         ("publisher", |app, e| {
             Box::pin(async move { chronicle_lambda::streams::publish(&app, &e).await })
-        }),
-        ("snapshotter", |app, e| {
-            Box::pin(async move { chronicle_lambda::streams::snapshot(&app, &e).await })
         }),
     ];
     for (name, handler) in mappings {
@@ -388,6 +386,18 @@ pub async fn spawn_all(
             shutdown.clone(),
         )));
     }
+    let app1 = app.clone();
+    handles.push(tokio::spawn(run_kinesis_mapping(
+        "snapshotter",
+        app.clients.kinesis.clone(),
+        app.settings.event_stream.clone(),
+        config,
+        move |e| {
+            let app = app1.clone();
+            async move { chronicle_lambda::streams::snapshot_kinesis(&app, &e).await }
+        },
+        shutdown.clone(),
+    )));
     let app2 = app.clone();
     handles.push(tokio::spawn(run_kinesis_mapping(
         "activity",

@@ -8,7 +8,8 @@
 //!
 //! - [`http`]: the command and query functions (API Gateway HTTP API, payload v2), serving the
 //!   same axum router as the local server.
-//! - [`streams`]: the DynamoDB Streams handlers: projector, publisher, snapshotter.
+//! - [`streams`]: the stream handlers: projector and publisher (DynamoDB Streams), snapshotter
+//!   (Kinesis).
 //! - [`activity`]: a Kinesis consumer keeping an activity-feed read model.
 //! - [`reactions`]: the reactor, the domain's reactions fed from Kinesis.
 //! - [`archiver`]: the scheduled archiver (older events to S3 segments, hot copies to expire).
@@ -203,11 +204,14 @@ pub async fn run_publisher(domain: Domain) -> Result<(), Error> {
     .await
 }
 
-/// The snapshotter function (DynamoDB Streams to S3).
+/// The snapshotter function (Kinesis to S3: the events table's stream keeps two readers).
 pub async fn run_snapshotter(domain: Domain) -> Result<(), Error> {
-    run_handler(domain, |app, e: aws_lambda_events::dynamodb::Event| async move {
-        streams::snapshot(&app, &e).await
-    })
+    run_handler(
+        domain,
+        |app, e: aws_lambda_events::kinesis::KinesisEvent| async move {
+            streams::snapshot_kinesis(&app, &e).await
+        },
+    )
     .await
 }
 

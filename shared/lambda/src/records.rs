@@ -7,6 +7,17 @@ use aws_lambda_events::dynamodb::EventRecord;
 use aws_lambda_events::encodings::SecondTimestamp;
 use aws_lambda_events::kinesis::KinesisEventRecord;
 
+/// A DynamoDB Streams client with `sdk`'s settings (its endpoint is
+/// `AWS_ENDPOINT_URL_DYNAMODB_STREAMS` when set, else `AWS_ENDPOINT_URL`) for reading a table's
+/// stream: `GetRecords` answers go through [`chronicle_aws::stream_records`], so records
+/// holding an empty map decode on every engine (DynamoDB Local drops that map's type tag).
+pub fn streams_client(sdk: &aws_config::SdkConfig) -> aws_sdk_dynamodbstreams::Client {
+    let config = aws_sdk_dynamodbstreams::config::Builder::from(sdk)
+        .http_client(chronicle_aws::stream_records::http_client(sdk))
+        .build();
+    aws_sdk_dynamodbstreams::Client::from_conf(config)
+}
+
 /// Converts a DynamoDB Streams record as the SDK returns it into the record Lambda delivers.
 pub fn lambda_record(r: aws_sdk_dynamodbstreams::types::Record, stream_arn: &str) -> EventRecord {
     let mut out = EventRecord::default();

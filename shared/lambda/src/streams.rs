@@ -1,12 +1,17 @@
-//! The DynamoDB Streams handlers. Each takes a batch as Lambda delivers it and answers with
-//! `ReportBatchItemFailures`: the sequence number of the first record it could not handle.
+//! The stream handlers: the projector and the publisher on the events table's DynamoDB stream
+//! (its two readers), the snapshotter on Kinesis (or on the table stream, [`snapshot`]). Each
+//! takes a batch as Lambda delivers it and answers with `ReportBatchItemFailures`: the sequence
+//! number of the first record it could not handle.
 //! Lambda then retries from that record, so everything here is idempotent; records of an
 //! aggregate after its failed one are not handled in this invocation, so each aggregate's
 //! events are handled in order. Other aggregates' records are handled regardless.
 
 use crate::App;
 use aws_lambda_events::dynamodb::{Event, EventRecord};
-use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use aws_lambda_events::kinesis::KinesisEvent;
+use aws_lambda_events::streams::{
+    DynamoDbBatchItemFailure, DynamoDbEventResponse, KinesisBatchItemFailure, KinesisEventResponse,
+};
 use chronicle_aws::item::{self, StoredItem};
 use chronicle_kernel::projection::StreamStep;
 use chronicle_kernel::publishing::publish_batch;
@@ -277,6 +282,50 @@ pub async fn snapshot_with(
         .collect();
     let failed = gather(batch.unreadable_from, work.into_iter()).await;
     response(&event.records, failed)
+}
+
+/// The snapshotter on Kinesis, where the function is fed from ([`snapshot_kinesis_with`] the
+/// app's registry): the events table's stream keeps its two readers for the projector and the
+/// publisher.
+pub async fn snapshot_kinesis(app: &App, event: &KinesisEvent) -> KinesisEventResponse {
+    snapshot_kinesis_with(&app.chronicle, app.settings.snapshot_every, event).await
+}
+
+/// [`snapshot_with`] for a Kinesis batch (published envelopes): records grouped by partition
+/// (the aggregate), the first record that fails reported by its sequence number.
+pub async fn snapshot_kinesis_with(
+    chronicle: &Chronicle,
+    every: u64,
+    event: &KinesisEvent,
+) -> KinesisEventResponse {
+    let mut by_partition: BTreeMap<&str, Vec<Decoded>> = BTreeMap::new();
+    for (index, r) in event.records.iter().enumerate() {
+        let decoded = serde_json::from_slice::<EventEnvelope>(&r.kinesis.data.0)
+            .map_err(|e| format!("not an event envelope: {e}"));
+        by_partition
+            .entry(r.kinesis.partition_key.as_str())
+            .or_default()
+            .push(Decoded {
+                index,
+                event: decoded,
+            });
+    }
+    let failed = if every == 0 {
+        None
+    } else {
+        let work: Vec<_> = by_partition
+            .values()
+            .map(|r| snapshot_stream(chronicle, every, r))
+            .collect();
+        gather(None, work.into_iter()).await
+    };
+    let mut out = KinesisEventResponse::default();
+    if let Some(i) = failed {
+        let mut f = KinesisBatchItemFailure::default();
+        f.item_identifier = Some(event.records[i].kinesis.sequence_number.clone());
+        out.batch_item_failures.push(f);
+    }
+    out
 }
 
 async fn snapshot_stream(chronicle: &Chronicle, every: u64, records: &[Decoded]) -> Option<usize> {

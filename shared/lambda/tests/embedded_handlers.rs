@@ -794,3 +794,51 @@ async fn reactor_reserves_the_sample_orders_batch_once() {
         assert_eq!(e.stock("sku-2").await, (4, 1));
     }
 }
+
+/// The snapshotter as the function runs it, fed from Kinesis: the published events of the
+/// stream batch's aggregate, the state at the last version that crosses the interval.
+#[tokio::test]
+async fn snapshotter_on_kinesis_snapshots_when_the_published_events_cross_the_interval() {
+    let e = embedded();
+    let batch = stream_batch();
+    let stream = StreamId::new("accounts", ID);
+    e.seed(&batch).await;
+    let stored = e
+        .store
+        .read_stream(&stream, ReadRange::all())
+        .await
+        .expect("read");
+    let published: Vec<EventEnvelope> = stored
+        .into_iter()
+        .map(|ev| e.chronicle.upcast(ev).expect("upcast"))
+        .collect();
+    let mut shard = Shard::new();
+    let r = streams::snapshot_kinesis_with(&e.chronicle, 2, &shard.batch(&published)).await;
+    assert!(kinesis_failures(&r).is_empty(), "{r:?}");
+    let snap = e
+        .store
+        .latest(&stream, None)
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(snap.version, 3);
+    assert_eq!(snap.state["balance"], json!(200), "{}", snap.state);
+
+    // A record that is not an envelope: reported, and its partition not snapshotted past it.
+    let fresh = embedded();
+    fresh.seed(&batch).await;
+    let mut shard = Shard::new();
+    let mut records: Vec<KinesisEventRecord> =
+        published.iter().map(|ev| shard.published(ev)).collect();
+    let bad = shard.record(ID, b"{\"half\": ".to_vec());
+    let bad_seq = bad.kinesis.sequence_number.clone();
+    records.insert(1, bad);
+    let r = streams::snapshot_kinesis_with(&fresh.chronicle, 2, &batch_of(records)).await;
+    assert_eq!(kinesis_failures(&r), vec![bad_seq], "{r:?}");
+    assert!(fresh
+        .store
+        .latest(&stream, None)
+        .await
+        .expect("read")
+        .is_none());
+}

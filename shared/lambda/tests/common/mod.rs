@@ -55,7 +55,7 @@ pub async fn stream_records(app: &App) -> Vec<EventRecord> {
     let arn = records::table_stream_arn(&app.clients.dynamodb, &app.settings.events_table)
         .await
         .expect("the events table has a stream");
-    let streams = aws_sdk_dynamodbstreams::Client::new(&app.clients.sdk);
+    let streams = records::streams_client(&app.clients.sdk);
     let desc = streams
         .describe_stream()
         .stream_arn(&arn)
