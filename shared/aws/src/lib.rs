@@ -16,6 +16,7 @@ mod publisher;
 mod read_models;
 pub mod setup;
 mod snapshots;
+pub mod stream_records;
 pub mod testing;
 
 pub use archive::S3Archive;

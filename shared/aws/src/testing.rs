@@ -10,10 +10,14 @@ pub mod faults;
 
 pub const ENABLE_VAR: &str = "CHRONICLE_AWS_TESTS";
 
-/// Resources created for one test, removed by [`AwsTestEnv::remove`].
+/// Resources created for one test, removed by [`AwsTestEnv::remove`], or when it is dropped
+/// without (a test that failed half-way): left behind, they cost money on a real account and,
+/// on DynamoDB Local, slow every later test down (its TTL sweeps and index builds share 10
+/// threads across all tables, and each table with TTL on keeps one busy).
 pub struct AwsTestEnv {
     pub clients: Clients,
     pub settings: Settings,
+    removed: bool,
 }
 
 /// Whether the AWS suite is switched on.
@@ -52,7 +56,11 @@ impl AwsTestEnv {
             snapshot_every: 100,
             idempotency_retention: chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION,
         };
-        Some(Self { clients, settings })
+        Some(Self {
+            clients,
+            settings,
+            removed: false,
+        })
     }
 
     /// The same settings as environment variables, for a child process.
@@ -72,9 +80,44 @@ impl AwsTestEnv {
         ]
     }
 
-    pub async fn remove(self) {
+    pub async fn remove(mut self) {
+        self.removed = true;
         if let Err(e) = setup::remove(&self.clients, &self.settings).await {
             panic!("removing test resources failed: {e}");
+        }
+    }
+}
+
+impl Drop for AwsTestEnv {
+    /// Removes what [`AwsTestEnv::remove`] was not called for, best effort and bounded: a
+    /// failing test still fails with its own message. On a thread of its own, with clients of
+    /// its own, since the test's runtime may be the one unwinding.
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        let settings = self.settings.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let clients = Clients::from_env().await;
+                tokio::time::timeout(
+                    std::time::Duration::from_secs(60),
+                    setup::remove(&clients, &settings),
+                )
+                .await
+                .map_err(|_| "timed out".to_owned())?
+                .map_err(|e| e.to_string())
+            })
+        });
+        let prefix = self.settings.events_table.trim_end_matches("-events");
+        match cleanup.join() {
+            Ok(Ok(())) => eprintln!("removed the test resources {prefix}-* left behind"),
+            Ok(Err(e)) => eprintln!("could not remove the test resources {prefix}-*: {e}"),
+            Err(_) => eprintln!("could not remove the test resources {prefix}-*"),
         }
     }
 }

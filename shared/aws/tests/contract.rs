@@ -18,7 +18,10 @@ async fn dynamodb_event_store_passes_the_event_store_contract() {
 }
 
 /// The kernel's handler on DynamoDB (and S3 snapshots): repeats inside the retention, a free
-/// key after it, with TTL not having deleted anything yet (moto never runs it).
+/// key after it, whether TTL has deleted the expired record yet or not. "DynamoDB typically
+/// deletes expired items within two days of expiration [...] Items that have expired and not
+/// been deleted will still show up in reads" (API reference, `UpdateTimeToLive`); moto never
+/// deletes them, DynamoDB Local within seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_with_idempotency_keys_on_dynamodb_pass_the_retention_contract() {
     let Some(env) = AwsTestEnv::create("command idempotency contract").await else {

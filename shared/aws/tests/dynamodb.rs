@@ -1,6 +1,7 @@
 //! What only the DynamoDB event store promises beyond the contract: reads past DynamoDB's
 //! 1 MB page, the audit feed's time index (its layout, its bounded pages, and being added
-//! to a table made before it), and expiring archived hot copies through the table's TTL.
+//! to a table made before it), and expiring archived hot copies through the table's TTL; and
+//! that a failed test's resources do not outlive it.
 
 use aws_sdk_dynamodb::types::{AttributeValue, TimeToLiveStatus};
 use chronicle_aws::item::{self, TIME_BUCKET, TIME_INDEX, TIME_KEY};
@@ -522,6 +523,7 @@ async fn archiver_marks_what_an_interrupted_run_left() {
         .await
         .expect("archiver");
     assert_eq!((third.events_archived, third.events_expiring), (0, 0));
+    env.remove().await;
 }
 
 /// The idempotency item carries the table's TTL attribute (its expiry in epoch seconds); items
@@ -624,4 +626,57 @@ async fn idempotency_items_expire_through_the_ttl_attribute() {
         "{it:?}"
     );
     env.remove().await;
+}
+
+/// A test that fails half-way leaves nothing behind: its environment, dropped without
+/// `remove`, removes what it made. Leftovers cost money on an account and, on DynamoDB Local,
+/// slow down every later test (each table with TTL on keeps one of the 10 threads its TTL
+/// sweeps and index builds share busy: an index added by `aws-setup` then stays CREATING).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_test_leaves_no_resources_behind() {
+    if !chronicle_aws::testing::enabled() {
+        eprintln!("skipped a failed test's cleanup: the AWS suite is off");
+        return;
+    }
+    let (names_tx, names_rx) = tokio::sync::oneshot::channel();
+    let failed = tokio::spawn(async move {
+        let env = AwsTestEnv::create("left behind").await.expect("on");
+        let _ = names_tx.send((env.clients.clone(), env.settings.clone()));
+        // A failure, without the panic message a real one prints.
+        std::panic::resume_unwind(Box::new("a failure half-way"));
+    })
+    .await;
+    assert!(failed.is_err_and(|e| e.is_panic()));
+    let (clients, settings) = names_rx.await.expect("the names");
+    for table in [&settings.events_table, &settings.read_table] {
+        let got = clients
+            .dynamodb
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await;
+        // Gone, or on its way out (DynamoDB takes a moment to delete a table).
+        let gone = match &got {
+            Ok(out) => {
+                out.table().and_then(|t| t.table_status())
+                    == Some(&aws_sdk_dynamodb::types::TableStatus::Deleting)
+            }
+            Err(e) => e
+                .as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()),
+        };
+        assert!(gone, "table {table} is left: {got:?}");
+    }
+    for bucket in [&settings.snapshot_bucket, &settings.archive_bucket] {
+        assert!(
+            clients
+                .s3
+                .head_bucket()
+                .bucket(bucket)
+                .send()
+                .await
+                .is_err(),
+            "bucket {bucket} is left"
+        );
+    }
 }
