@@ -260,23 +260,137 @@ pub(crate) async fn verify(
         for b in &report.breaks {
             println!("BROKEN  {b}");
         }
+        for p in &report.anchor_log {
+            println!("ANCHORS {p}");
+        }
         println!(
-            "{} of {} streams verified ({} events) in {:.2?}",
+            "{} of {} streams verified ({} events) in {:.2?}{}",
             report.streams - report.breaks.len() as u64,
             report.streams,
             report.events,
-            started.elapsed()
+            started.elapsed(),
+            report
+                .anchor
+                .map(|a| format!("; held to anchor #{a}"))
+                .unwrap_or_default()
         );
     }
-    if report.breaks.is_empty() {
-        Ok(())
-    } else {
-        Err(anyhow!(
-            "{} stream(s) fail verification; the first: {}",
-            report.breaks.len(),
-            report.breaks[0]
-        ))
+    if let Some(b) = report.breaks.first() {
+        return Err(anyhow!(
+            "{} stream(s) fail verification; the first: {b}",
+            report.breaks.len()
+        ));
     }
+    if let Some(p) = report.anchor_log.first() {
+        return Err(anyhow!("the anchor log is broken: {p}"));
+    }
+    Ok(())
+}
+
+/// `chronicle anchor`: anchors every stream's head now, and sends the anchor where asked.
+pub(crate) async fn anchor(
+    domain: &Domain,
+    args: &StoreArgs,
+    copy_to: Option<&std::path::Path>,
+    exec: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (store, chronicle) = crate::open_reader(domain, args).await?;
+    // One anchor at a time per data directory: two at once would both take the next number.
+    let _turn = match args.backend {
+        crate::Backend::Embedded => {
+            let dir = crate::anchor_dir(args);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let lock = std::fs::File::create(dir.join("anchor.lock"))?;
+            lock.lock().context("waiting for another anchor")?;
+            Some(lock)
+        }
+        crate::Backend::Aws => None,
+    };
+    let started = std::time::Instant::now();
+    let anchor = chronicle
+        .anchor()
+        .await?
+        .context("this store has no anchor log")?;
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(store) = store {
+        store.close();
+    }
+    let line = serde_json::to_string(&anchor)?;
+    if let Some(path) = copy_to {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        f.write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("appending the anchor to {}", path.display()))?;
+    }
+    if let Some(cmd) = exec {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting `{cmd}`"))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(line.as_bytes())?;
+        }
+        let status = child.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "`{cmd}` failed ({status}): the anchor is kept in the log"
+        );
+    }
+    if json {
+        println!("{line}");
+    } else {
+        println!(
+            "anchor #{}: {} streams ({} events), root {} in {secs:.2} s",
+            anchor.sequence, anchor.streams, anchor.events, anchor.root
+        );
+    }
+    Ok(())
+}
+
+/// `chronicle proof TYPE ID`: the stream's inclusion proof under the latest anchor, as JSON.
+pub(crate) async fn proof(
+    domain: &Domain,
+    args: &StoreArgs,
+    (aggregate_type, id): (String, String),
+) -> anyhow::Result<()> {
+    validate_id(&id)?;
+    let (store, chronicle) = crate::open_reader(domain, args).await?;
+    let stream = chronicle_kernel::StreamId::new(&aggregate_type, &id);
+    let proof = chronicle.anchor_proof(&stream).await?;
+    if let Some(store) = store {
+        store.close();
+    }
+    let proof = proof.with_context(|| format!("no anchor holds {stream}"))?;
+    println!("{}", serde_json::to_string_pretty(&proof)?);
+    Ok(())
+}
+
+/// `chronicle proof --check FILE`: whether a proof holds, with nothing but the proof.
+pub(crate) fn check_proof(file: &std::path::Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let proof: chronicle_kernel::anchor::Proof =
+        serde_json::from_str(&text).context("not a proof `chronicle proof` printed")?;
+    proof.check().map_err(|e| anyhow!("the proof fails: {e}"))?;
+    println!(
+        "{}/{} v{} {} is under anchor #{} (root {}, {})",
+        proof.head.aggregate_type,
+        proof.head.aggregate_id,
+        proof.head.version,
+        proof.head.hash,
+        proof.anchor.sequence,
+        proof.anchor.root,
+        chronicle_kernel::envelope::format_timestamp(&proof.anchor.anchored_at)
+    );
+    Ok(())
 }
 
 pub(crate) async fn rebuild(

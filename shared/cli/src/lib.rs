@@ -160,6 +160,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Anchor every stream's head: a Merkle root over (type, id, version, hash) of each, linked
+    /// to the anchor before, appended to `anchors/log.jsonl` in the data directory (fsynced) or,
+    /// on AWS, written to the archive bucket under Object Lock and to Kinesis. `verify --all`
+    /// then holds the store to it.
+    Anchor {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Also append the new anchor (one JSON line) to this file: keep it where the store's
+        /// writers can't reach (another disk, a mounted share).
+        #[arg(long)]
+        copy_to: Option<PathBuf>,
+        /// Also run this command (through `sh -c`) with the new anchor as JSON on its stdin:
+        /// mail it, post it, commit it to a repository of anchors.
+        #[arg(long)]
+        exec: Option<String>,
+        /// A JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one stream's inclusion proof under the latest anchor (JSON), or check a proof
+    /// without any store.
+    Proof {
+        #[command(flatten)]
+        store: StoreArgs,
+        #[arg(required_unless_present = "check", requires = "id")]
+        aggregate_type: Option<String>,
+        #[arg(required_unless_present = "check")]
+        id: Option<String>,
+        /// Check the proof in this file (what `proof TYPE ID` printed); exit 1 if it fails.
+        #[arg(long, conflicts_with_all = ["aggregate_type", "id"])]
+        check: Option<PathBuf>,
+    },
     /// Copy older events into compressed, immutable archive segments (`archive/` in the data
     /// directory, or the archive bucket on AWS); reads, verify and replay use both.
     Archive {
@@ -266,11 +298,22 @@ pub(crate) fn open_with(
         config,
     )
     .domain(domain.clone())
-    // The one-pass check of every chain, and the archive's segments held to the store.
+    // The one-pass check of every chain, the archive's segments held to the store, and the
+    // store held to its anchors.
     .bulk_verify(events.clone())
-    .copies(events)
+    .copies(events.clone())
+    .anchors(
+        store.clone(),
+        events,
+        Arc::new(chronicle_embedded::DirAnchorLog::new(anchor_dir(args))),
+    )
     .build();
     Ok((store, chronicle))
+}
+
+/// The embedded anchor log's directory: `anchors/` in the data directory.
+pub(crate) fn anchor_dir(args: &StoreArgs) -> PathBuf {
+    args.data_dir.join("anchors")
 }
 
 /// The embedded archive's directory: `archive/` in the data directory.
@@ -412,6 +455,24 @@ fn run(cli: Cli, domain: &Domain) -> anyhow::Result<()> {
                 };
                 inspect::archive(domain, &store, &opts, json).await
             }
+            Command::Anchor {
+                store,
+                copy_to,
+                exec,
+                json,
+            } => inspect::anchor(domain, &store, copy_to.as_deref(), exec.as_deref(), json).await,
+            Command::Proof {
+                store,
+                aggregate_type,
+                id,
+                check,
+            } => match check {
+                Some(file) => inspect::check_proof(&file),
+                None => {
+                    let stream = aggregate_type.zip(id).context("a stream to prove")?;
+                    inspect::proof(domain, &store, stream).await
+                }
+            },
             Command::Rebuild { store, projection } => {
                 inspect::rebuild(domain, &store, &projection).await
             }

@@ -12,8 +12,10 @@
 //! data directory and owns the readers, `schema.rs` holds the tables and the upgrades of older
 //! directories (what `setup.rs` creates on AWS), `writer.rs` is the one writer thread,
 //! `heads.rs` the stream tables, `idempotency.rs` the records and their pruning, `lock.rs` one
-//! writing process per directory, and `verify.rs` the whole-store chain check.
+//! writing process per directory, `verify.rs` the whole-store chain check and `anchors.rs` the
+//! heads listing and the anchor log's files.
 
+mod anchors;
 mod archive;
 mod events;
 mod feed;
@@ -28,6 +30,7 @@ mod store;
 mod verify;
 mod writer;
 
+pub use anchors::{DirAnchorLog, ANCHOR_LOG};
 pub use archive::DirArchive;
 pub use idempotency::{PRUNE_BATCH, PRUNE_EVERY};
 pub use lock::{locked_by, Holder, LOCK_FILE};

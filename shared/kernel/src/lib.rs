@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod aggregate;
+pub mod anchor;
 pub mod archive;
 pub mod audit;
 mod cache;

@@ -8,8 +8,8 @@ use crate::domain::Domain;
 use crate::envelope::{EventEnvelope, StreamId};
 use crate::error::Error;
 use crate::ports::{
-    BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, ModelRef, Outbound, OutboundError,
-    ReadModelStore, ReadRange, SnapshotStore,
+    AnchorLog, BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, ModelRef, Outbound,
+    OutboundError, ReadModelStore, ReadRange, SnapshotStore, StoredHashes, StreamHeads,
 };
 use crate::projection::{state_projection_name, Projection, ProjectionRunner};
 use crate::reaction::runner::ReactionStatus;
@@ -414,6 +414,8 @@ pub struct Chronicle {
     bulk_verify: Option<Arc<dyn BulkVerify>>,
     /// Copies of events kept beside the store (an archive), checked with it.
     copies: Option<Arc<dyn CopyAudit>>,
+    /// Where the store's heads are anchored, and how to read them ([`ChronicleBuilder::anchors`]).
+    anchors: Option<Anchoring>,
     snapshots: Arc<dyn SnapshotStore>,
     /// Projections this process is rebuilding in the background (admin route).
     rebuilding: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
@@ -428,6 +430,28 @@ pub enum StartRebuildError {
     Running(String),
     #[error("rebuilds replay the store's ordered feed, which this backend does not have (on AWS, projections follow the DynamoDB stream)")]
     NoFeed,
+}
+
+/// Where a registry's store is anchored: its heads, its stored hashes, the anchor log.
+#[derive(Clone)]
+struct Anchoring {
+    heads: Arc<dyn StreamHeads>,
+    hashes: Arc<dyn StoredHashes>,
+    log: Arc<dyn AnchorLog>,
+}
+
+/// Adds `more` breaks to `breaks`, keeping for each stream the lower version.
+fn merge_breaks(breaks: &mut Vec<crate::chain::ChainBreak>, more: Vec<crate::chain::ChainBreak>) {
+    for b in more {
+        match breaks
+            .iter_mut()
+            .find(|a| (&a.aggregate_type, &a.aggregate_id) == (&b.aggregate_type, &b.aggregate_id))
+        {
+            Some(a) if b.version < a.version => *a = b,
+            Some(_) => {}
+            None => breaks.push(b),
+        }
+    }
 }
 
 /// Takes a projection off the rebuilding set however its task ends.
@@ -486,6 +510,7 @@ impl Chronicle {
                 events: events.clone(),
                 bulk_verify: None,
                 copies: None,
+                anchors: None,
                 snapshots: snapshots.clone(),
                 rebuilding: Default::default(),
             },
@@ -752,10 +777,44 @@ impl Chronicle {
                 None => report.breaks.push(b),
             }
         }
+        if let Some(a) = &self.anchors {
+            let anchored =
+                crate::anchor::check(a.log.as_ref(), a.heads.as_ref(), a.hashes.as_ref()).await?;
+            report.anchor = anchored.anchor.as_ref().map(|x| x.sequence);
+            report.anchor_log = anchored.log_problems;
+            merge_breaks(&mut report.breaks, anchored.breaks);
+        }
         report.breaks.sort_by(|a, b| {
             (&a.aggregate_type, &a.aggregate_id).cmp(&(&b.aggregate_type, &b.aggregate_id))
         });
         Ok(report)
+    }
+
+    /// Anchors every stream's head now ([`crate::anchor::take`]); `None` where no anchor log
+    /// is configured.
+    pub async fn anchor(&self) -> Result<Option<crate::anchor::Anchor>, Error> {
+        let Some(a) = &self.anchors else {
+            return Ok(None);
+        };
+        Ok(Some(
+            crate::anchor::take(a.heads.as_ref(), a.log.as_ref()).await?,
+        ))
+    }
+
+    /// One stream's inclusion proof under the latest anchor ([`crate::anchor::proof`]).
+    pub async fn anchor_proof(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Option<crate::anchor::Proof>, Error> {
+        let Some(a) = &self.anchors else {
+            return Ok(None);
+        };
+        Ok(crate::anchor::proof(a.log.as_ref(), stream).await?)
+    }
+
+    /// Whether an anchor log is configured.
+    pub fn anchors_configured(&self) -> bool {
+        self.anchors.is_some()
     }
 
     /// A runner that publishes every event from the feed to `publisher`; `None` without a feed.
@@ -866,6 +925,18 @@ impl ChronicleBuilder {
     /// Copies of the store's events kept elsewhere (an archive), which `verify` checks too.
     pub fn copies(mut self, copies: Arc<dyn CopyAudit>) -> Self {
         self.inner.copies = Some(copies);
+        self
+    }
+
+    /// The anchor log the store's heads are anchored to: `verify` holds the store to it,
+    /// [`Chronicle::anchor`] adds to it.
+    pub fn anchors(
+        mut self,
+        heads: Arc<dyn StreamHeads>,
+        hashes: Arc<dyn StoredHashes>,
+        log: Arc<dyn AnchorLog>,
+    ) -> Self {
+        self.inner.anchors = Some(Anchoring { heads, hashes, log });
         self
     }
 

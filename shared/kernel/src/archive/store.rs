@@ -237,18 +237,16 @@ impl<E: EventStore + BulkVerify + ?Sized> BulkVerify for ArchivedEventStore<E> {
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<VerifyReport, StoreError> {
-        let report = self.hot.verify_all_chains(progress).await?;
-        // The hot store's bulk path sees only hot events: a stream whose early events expired
-        // looks cut. Check each break again through the merged history.
-        let mut out = VerifyReport {
-            breaks: Vec::new(),
-            ..report
-        };
+        let mut report = self.hot.verify_all_chains(progress).await?;
         if report.breaks.is_empty() {
             return Ok(report);
         }
+        // The hot store's bulk path sees only hot events: a stream whose early events expired
+        // looks cut. Check each break again through the merged history.
+        let breaks = std::mem::take(&mut report.breaks);
+        let mut out = report;
         let cat = self.catalog().await?;
-        for b in report.breaks {
+        for b in breaks {
             let stream = StreamId::new(&b.aggregate_type, &b.aggregate_id);
             // Only a break inside the archived range can be the hot store's expiry; any other
             // (a cut tail held to its snapshot, say) stands as the hot store found it.

@@ -150,8 +150,23 @@ impl ChainCheck {
 pub struct VerifyReport {
     pub streams: u64,
     pub events: u64,
-    /// Every broken stream's first break, ordered by stream.
+    /// Every broken stream's first break, ordered by stream: its chain, its copies, or its
+    /// anchored head missing, shorter or different.
     pub breaks: Vec<ChainBreak>,
+    /// The anchor the store was held to (its sequence), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<u64>,
+    /// Faults of the anchor log itself: a broken anchor chain, heads that don't make their
+    /// root.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anchor_log: Vec<String>,
+}
+
+impl VerifyReport {
+    /// Whether nothing failed.
+    pub fn is_clean(&self) -> bool {
+        self.breaks.is_empty() && self.anchor_log.is_empty()
+    }
 }
 
 impl VerifyReport {

@@ -17,10 +17,13 @@
 //! | [`SnapshotStore`] | latest, save | yes | S3 |
 //! | [`ReadModelStore`] | active_generation, get, find, apply, checkpoint, activate, drop_generation | yes | yes |
 //! | [`Publisher`] | publish | JSON lines | Kinesis |
+//! | [`StreamHeads`] | heads | one query | one Scan |
+//! | [`AnchorLog`] | append, anchors, heads | an append-only file | S3 under Object Lock |
 //! | [`Outbound`] | call | the domain's adapters (a reaction's calls out) | same |
 //!
 //! [`EventLog`] bundles the first three: what the registry holds.
 
+mod anchors;
 mod copies;
 mod events;
 mod feed;
@@ -31,6 +34,7 @@ mod snapshots;
 
 pub use crate::error::{AppendError, PublishError, StoreError};
 pub use crate::raw::{RawBatch, RawEvent};
+pub use anchors::{AnchorLog, StreamHeads};
 pub use copies::{hashes_by_reads, BulkVerify, CopyAudit, Expiry, StoredHashes};
 pub use events::{
     recorded_order, AppendRequest, EventLog, EventStore, IdempotencyRecord, ReadRange,
