@@ -20,21 +20,25 @@ fn db(dir: &Path) -> r2d2_sqlite::rusqlite::Connection {
     conn
 }
 
+/// An event row: position, event id, version, type, schema version, data, metadata, recorded
+/// at, hash.
+type Row = (
+    i64,
+    String,
+    u64,
+    String,
+    u32,
+    String,
+    String,
+    String,
+    String,
+);
+
 /// Rewrites versions `from..` of a stream: new amounts, and hashes recomputed so its chain is
 /// whole again (what a tamperer with the code at hand would do).
 fn rewrite_tail(dir: &Path, id: &str, from: u64) {
     let conn = db(dir);
-    let mut rows: Vec<(
-        i64,
-        String,
-        u64,
-        String,
-        u32,
-        String,
-        String,
-        String,
-        String,
-    )> = conn
+    let mut rows: Vec<Row> = conn
         .prepare(
             "SELECT position, event_id, version, event_type, schema_version, data, metadata, \
              recorded_at, hash FROM events WHERE aggregate_type = 'accounts' AND aggregate_id = ?1 \
