@@ -17,7 +17,7 @@ ensure_venv "$VENV" scripts/requirements-lambda.txt
 export PATH="$PWD/$VENV/bin:$PATH"
 PY="$VENV/bin/python"
 
-FUNCTIONS=(command query projector publisher snapshotter activity archiver reactor)
+FUNCTIONS=(command query projector publisher snapshotter activity archiver reactor anchorer)
 echo "== building the function binaries"
 cargo build --locked -p chronicle $(printf -- '-p %s ' "${FUNCTIONS[@]}")
 # Where cargo put them: CARGO_TARGET_DIR when set (a relative one is relative to here).
@@ -27,6 +27,7 @@ BIN="${CARGO_TARGET_DIR:-target}/debug"
 SUFFIX=$("$PY" -c 'import uuid; print(uuid.uuid4().hex[:10])')
 export CHRONICLE_EVENTS_TABLE="smoke-$SUFFIX-events" CHRONICLE_READ_TABLE="smoke-$SUFFIX-read" \
        CHRONICLE_SNAPSHOT_BUCKET="smoke-$SUFFIX-snapshots" CHRONICLE_ARCHIVE_BUCKET="smoke-$SUFFIX-archive" \
+       CHRONICLE_ANCHOR_BUCKET="smoke-$SUFFIX-anchors" \
        CHRONICLE_EVENT_STREAM="smoke-$SUFFIX-stream" CHRONICLE_SNAPSHOT_EVERY=2 RUST_LOG=info \
        CHRONICLE_ARCHIVE_AFTER=0s CHRONICLE_ARCHIVE_BELOW_SNAPSHOT=false CHRONICLE_EXPIRE_AFTER=7d
 "$BIN/chronicle" aws-setup >/dev/null
@@ -141,6 +142,10 @@ ev["rawPath"] = ev["requestContext"]["http"]["path"] = "/inventory/sku-2"
 json.dump(ev, open(sys.argv[1], "w"))
 PYEOF
 invoke query "$WORK/sku-2.json" "r['statusCode'] == 200 and ($(body "['available']"), $(body "['reserved']")) == (4, 1)"
+
+# The anchorer on its schedule's event: every stream's head under one root, the anchors chained.
+invoke anchorer events/eventbridge/schedule.json "r['sequence'] == 1 and r['streams'] >= 4 and r['previous'] == ''"
+invoke anchorer events/eventbridge/schedule.json "r['sequence'] == 2 and r['streams'] >= 4 and len(r['previous']) == 64"
 
 # Configuration comes from the environment: a bad value stops the function at init, named.
 if CHRONICLE_SNAPSHOT_EVERY=often AWS_LAMBDA_RUNTIME_API="http://127.0.0.1:$PORT/.rt/bad" \

@@ -212,6 +212,7 @@ def test_environment_values_point_at_the_right_resources():
         "CHRONICLE_SNAPSHOT_BUCKET": ("SnapshotBucket", "AWS::S3::Bucket"),
         "CHRONICLE_ARCHIVE_BUCKET": ("ArchiveBucket", "AWS::S3::Bucket"),
         "CHRONICLE_EVENT_STREAM": ("EventStream", "AWS::Kinesis::Stream"),
+        "CHRONICLE_ANCHOR_BUCKET": ("AnchorBucket", "AWS::S3::Bucket"),
     }
     for var, (resource, type_name) in wanted.items():
         assert ref(env.get(var)) == resource, f"{var} = {env.get(var)}, not Ref {resource}"
@@ -322,6 +323,32 @@ def test_buckets_are_private_encrypted_versioned_tls_only():
     # 0 days: no Object Lock.
     assert TEMPLATE["Conditions"]["ArchiveLocked"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "ArchiveObjectLockDays"}, "0"]}]}
+
+
+def test_the_anchor_bucket_is_always_locked():
+    p = RESOURCES["AnchorBucket"]["Properties"]
+    assert p["ObjectLockEnabled"] is True
+    rule = p["ObjectLockConfiguration"]["Rule"]["DefaultRetention"]
+    assert rule == {"Mode": {"Ref": "AnchorLockMode"}, "Days": {"Ref": "AnchorRetentionDays"}}, rule
+    assert set(TEMPLATE["Parameters"]["AnchorLockMode"]["AllowedValues"]) == {"GOVERNANCE", "COMPLIANCE"}
+    assert p["VersioningConfiguration"]["Status"] == "Enabled"
+    assert all(p["PublicAccessBlockConfiguration"].get(k) is True for k in (
+        "BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    assert RESOURCES["AnchorBucket"].get("DeletionPolicy") == "Retain"
+    policies = {ref(x["Properties"]["Bucket"]): x for x in of_type("AWS::S3::BucketPolicy").values()}
+    assert "AnchorBucket" in policies, "no TLS-only policy"
+    # The anchorer runs on its parameter's schedule, and may not delete or re-lock anchors.
+    fn = FUNCTIONS[function_for("anchorer")]["Properties"]
+    (event,) = fn["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert event["Properties"]["Schedule"] == {"Fn::Sub": "rate(${AnchorEveryMinutes} minutes)"}
+    assert fn["EventInvokeConfig"]["MaximumRetryAttempts"] == 0
+    deletes = {"s3:DeleteObject", "s3:DeleteObjectVersion", "s3:PutObjectRetention",
+               "s3:BypassGovernanceRetention", "s3:PutObjectLegalHold"}
+    assert not {a for a, _ in EXPECTED_GRANTS["anchorer"]} & deletes
+    # The code writes each anchor once, in the bucket this variable names.
+    code = rust_source("shared/aws/src/anchors.rs")
+    assert 'if_none_match("*")' in code
 
 
 def test_kinesis_stream():
@@ -476,6 +503,12 @@ EXPECTED_GRANTS = {
           "kinesis:DescribeStreamSummary", "kinesis:ListShards"], [STREAM]),
         (["kinesis:ListStreams"], ["*"]),
         (["sqs:SendMessage"], ["ReactorFailureQueue.Arn"]),
+    ),
+    "anchorer": grants(
+        (["dynamodb:Scan"], [EVENTS]),
+        (["s3:GetObject", "s3:PutObject"], ["${AnchorBucket.Arn}/*"]),
+        (["s3:ListBucket"], ["AnchorBucket.Arn"]),
+        (["kinesis:PutRecord"], [STREAM]),
     ),
     "archiver": grants(
         (["dynamodb:Scan", "dynamodb:Query", "dynamodb:UpdateItem"], [EVENTS]),
@@ -727,7 +760,7 @@ def test_alarms():
 def test_outputs():
     outputs = TEMPLATE["Outputs"]
     values = {json.dumps(plain(o["Value"]), sort_keys=True) for o in outputs.values()}
-    for resource in ("EventsTable", "ReadTable", "SnapshotBucket", "ArchiveBucket", "EventStream"):
+    for resource in ("EventsTable", "ReadTable", "SnapshotBucket", "ArchiveBucket", "EventStream", "AnchorBucket"):
         assert json.dumps({"Ref": resource}) in values, f"no output for {resource}"
     for binary in STREAM_CONSUMERS:
         assert json.dumps({"Ref": failure_queue(binary)}) in values, f"no output for {binary}'s queue"
@@ -738,7 +771,8 @@ def test_parameters():
     params = TEMPLATE["Parameters"]
     for p in ("Stage", "SnapshotEvery", "ArchiveHorizonDays", "LogLevel", "AuthMode", "JwtIssuer",
               "JwtAudience", "KinesisRetentionHours", "ArchiveObjectLockDays", "ArchiveObjectLockMode",
-              "ArchiveAfter", "ArchiveBelowSnapshot", "ExpireAfter", "IdempotencyRetention"):
+              "ArchiveAfter", "ArchiveBelowSnapshot", "ExpireAfter", "IdempotencyRetention",
+              "AnchorEveryMinutes", "AnchorRetentionDays", "AnchorLockMode"):
         assert p in params, f"parameter {p} missing"
     assert params["SnapshotEvery"]["Default"] == 100
     assert set(params["AuthMode"]["AllowedValues"]) == {"jwt", "iam"}

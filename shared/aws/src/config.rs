@@ -25,6 +25,8 @@ pub struct Settings {
     pub archive_bucket: String,
     /// `CHRONICLE_EVENT_STREAM`: the Kinesis stream events are published to.
     pub event_stream: String,
+    /// `CHRONICLE_ANCHOR_BUCKET`: anchors of the store's heads, under S3 Object Lock.
+    pub anchor_bucket: String,
     /// `CHRONICLE_SNAPSHOT_EVERY`: events between snapshots (0: never).
     pub snapshot_every: u64,
     /// `CHRONICLE_IDEMPOTENCY_RETENTION` (humantime, default `7d`): how long a command's
@@ -47,6 +49,7 @@ impl Default for Settings {
             snapshot_bucket: "chronicle-snapshots".into(),
             archive_bucket: "chronicle-archive".into(),
             event_stream: "chronicle-events".into(),
+            anchor_bucket: "chronicle-anchors".into(),
             snapshot_every: 100,
             idempotency_retention: chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION,
         }
@@ -71,12 +74,13 @@ pub fn parse_retention(value: &str) -> Result<Duration, String> {
 
 impl Settings {
     /// Every environment variable the functions and the CLI read, for docs and the template check.
-    pub const ENV_VARS: [&'static str; 7] = [
+    pub const ENV_VARS: [&'static str; 8] = [
         "CHRONICLE_EVENTS_TABLE",
         "CHRONICLE_READ_TABLE",
         "CHRONICLE_SNAPSHOT_BUCKET",
         "CHRONICLE_ARCHIVE_BUCKET",
         "CHRONICLE_EVENT_STREAM",
+        "CHRONICLE_ANCHOR_BUCKET",
         "CHRONICLE_SNAPSHOT_EVERY",
         "CHRONICLE_IDEMPOTENCY_RETENTION",
     ];
@@ -118,6 +122,7 @@ impl Settings {
             snapshot_bucket: name("CHRONICLE_SNAPSHOT_BUCKET", d.snapshot_bucket)?,
             archive_bucket: name("CHRONICLE_ARCHIVE_BUCKET", d.archive_bucket)?,
             event_stream: name("CHRONICLE_EVENT_STREAM", d.event_stream)?,
+            anchor_bucket: name("CHRONICLE_ANCHOR_BUCKET", d.anchor_bucket)?,
             snapshot_every,
             idempotency_retention,
         })

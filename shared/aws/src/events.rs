@@ -91,6 +91,10 @@ impl DynamoEventStore {
         &self.table
     }
 
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The most events one append can carry: the transaction also holds the idempotency
     /// record and, past version 0, the check that the expected version exists.
     pub const MAX_EVENTS_PER_APPEND: usize = MAX_TRANSACTION_ACTIONS - 2;

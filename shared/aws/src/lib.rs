@@ -6,6 +6,7 @@
 //! Everything talks to AWS through the standard settings (`AWS_REGION`, credentials,
 //! `AWS_ENDPOINT_URL` for a local endpoint), so the same code runs on moto, LocalStack or AWS.
 
+mod anchors;
 mod archive;
 mod config;
 mod events;
@@ -19,6 +20,7 @@ mod snapshots;
 pub mod stream_records;
 pub mod testing;
 
+pub use anchors::{S3AnchorLog, ANCHOR_PARTITION};
 pub use archive::S3Archive;
 pub use config::{parse_retention, Clients, ConfigError, Settings};
 pub use events::{DynamoEventStore, MAX_HOURS_PER_PAGE, MAX_TRANSACTION_ACTIONS};

@@ -40,8 +40,68 @@ pub async fn ensure(clients: &Clients, settings: &Settings) -> Result<Report, St
     for bucket in [&settings.snapshot_bucket, &settings.archive_bucket] {
         report.push(ensure_bucket(clients, bucket).await?);
     }
+    report.push(ensure_anchor_bucket(clients, &settings.anchor_bucket).await?);
     report.push(ensure_kinesis_stream(clients, &settings.event_stream).await?);
     Ok(report)
+}
+
+/// The default retention `aws-setup` gives anchors (GOVERNANCE: a principal allowed to bypass
+/// it can still remove them; the template lets a stack choose COMPLIANCE).
+pub const ANCHOR_RETENTION_DAYS: i32 = 365;
+
+/// The anchor bucket: created with S3 Object Lock (which turns on versioning) and a default
+/// retention, so no anchor can be overwritten or deleted by the store's writers.
+async fn ensure_anchor_bucket(clients: &Clients, bucket: &str) -> Result<String, StoreError> {
+    use aws_sdk_s3::types::{
+        DefaultRetention, ObjectLockConfiguration, ObjectLockEnabled, ObjectLockRetentionMode,
+        ObjectLockRule,
+    };
+    if clients.s3.head_bucket().bucket(bucket).send().await.is_ok() {
+        return Ok(format!("bucket {bucket}: exists"));
+    }
+    let mut create = clients
+        .s3
+        .create_bucket()
+        .bucket(bucket)
+        .object_lock_enabled_for_bucket(true);
+    if let Some(region) = clients.sdk.region().map(|r| r.as_ref().to_owned()) {
+        if region != "us-east-1" {
+            create = create.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+    }
+    create
+        .send()
+        .await
+        .map_err(|e| backend("CreateBucket (object lock)", e))?;
+    clients
+        .s3
+        .put_object_lock_configuration()
+        .bucket(bucket)
+        .object_lock_configuration(
+            ObjectLockConfiguration::builder()
+                .object_lock_enabled(ObjectLockEnabled::Enabled)
+                .rule(
+                    ObjectLockRule::builder()
+                        .default_retention(
+                            DefaultRetention::builder()
+                                .mode(ObjectLockRetentionMode::Governance)
+                                .days(ANCHOR_RETENTION_DAYS)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| backend("PutObjectLockConfiguration", e))?;
+    Ok(format!(
+        "bucket {bucket}: created, Object Lock GOVERNANCE {ANCHOR_RETENTION_DAYS} days"
+    ))
 }
 
 async fn table_exists(clients: &Clients, table: &str) -> Result<bool, StoreError> {
@@ -386,6 +446,7 @@ pub async fn remove(clients: &Clients, settings: &Settings) -> Result<(), StoreE
     for bucket in [&settings.snapshot_bucket, &settings.archive_bucket] {
         empty_and_delete_bucket(clients, bucket).await?;
     }
+    empty_and_delete_locked_bucket(clients, &settings.anchor_bucket).await?;
     let r = clients
         .kinesis
         .delete_stream()
@@ -401,6 +462,63 @@ pub async fn remove(clients: &Clients, settings: &Settings) -> Result<(), StoreE
             return Err(backend("DeleteStream", e));
         }
     }
+    Ok(())
+}
+
+/// A bucket under Object Lock (GOVERNANCE): every version deleted, bypassing the retention
+/// (what `remove` is for: the test resources), then the bucket.
+async fn empty_and_delete_locked_bucket(clients: &Clients, bucket: &str) -> Result<(), StoreError> {
+    if clients
+        .s3
+        .head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    loop {
+        let page = clients
+            .s3
+            .list_object_versions()
+            .bucket(bucket)
+            .send()
+            .await
+            .map_err(|e| backend("ListObjectVersions", e))?;
+        let versions: Vec<(String, Option<String>)> = page
+            .versions()
+            .iter()
+            .filter_map(|v| Some((v.key()?.to_owned(), v.version_id().map(str::to_owned))))
+            .chain(
+                page.delete_markers()
+                    .iter()
+                    .filter_map(|m| Some((m.key()?.to_owned(), m.version_id().map(str::to_owned)))),
+            )
+            .collect();
+        if versions.is_empty() {
+            break;
+        }
+        for (key, version) in versions {
+            clients
+                .s3
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .set_version_id(version)
+                .bypass_governance_retention(true)
+                .send()
+                .await
+                .map_err(|e| backend("DeleteObject (locked)", e))?;
+        }
+    }
+    clients
+        .s3
+        .delete_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| backend("DeleteBucket", e))?;
     Ok(())
 }
 

@@ -53,6 +53,7 @@ impl AwsTestEnv {
             snapshot_bucket: format!("{base}-snapshots"),
             archive_bucket: format!("{base}-archive"),
             event_stream: format!("{base}-stream"),
+            anchor_bucket: format!("{base}-anchors"),
             snapshot_every: 100,
             idempotency_retention: chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION,
         };
@@ -72,6 +73,7 @@ impl AwsTestEnv {
             ("CHRONICLE_SNAPSHOT_BUCKET", s.snapshot_bucket.clone()),
             ("CHRONICLE_ARCHIVE_BUCKET", s.archive_bucket.clone()),
             ("CHRONICLE_EVENT_STREAM", s.event_stream.clone()),
+            ("CHRONICLE_ANCHOR_BUCKET", s.anchor_bucket.clone()),
             ("CHRONICLE_SNAPSHOT_EVERY", s.snapshot_every.to_string()),
             (
                 "CHRONICLE_IDEMPOTENCY_RETENTION",

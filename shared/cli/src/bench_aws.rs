@@ -142,6 +142,7 @@ pub(crate) async fn run(bench: AwsBench) -> anyhow::Result<()> {
         snapshot_bucket: format!("{name}-snapshots"),
         archive_bucket: format!("{name}-archive"),
         event_stream: format!("{name}-stream"),
+        anchor_bucket: format!("{name}-anchors"),
         ..Settings::default()
     };
     setup::ensure(&base, &settings)

@@ -23,6 +23,10 @@ where
     let mut first_failed: Option<usize> = None;
     for (i, r) in event.records.iter().enumerate() {
         let partition = r.kinesis.partition_key.as_str();
+        // Anchors share the stream; they are not events.
+        if partition == chronicle_aws::ANCHOR_PARTITION {
+            continue;
+        }
         if stopped.contains(partition) {
             continue; // this aggregate resumes from its failed record on the retry
         }

@@ -13,6 +13,8 @@
 //! - [`activity`]: a Kinesis consumer keeping an activity-feed read model.
 //! - [`reactions`]: the reactor, the domain's reactions fed from Kinesis.
 //! - [`archiver`]: the scheduled archiver (older events to S3 segments, hot copies to expire).
+//! - [`run_anchorer`]: the scheduled anchorer (every stream's head under one root, in the
+//!   anchor bucket under Object Lock).
 //! - [`records`]: stream records as the SDKs return them, converted into the records Lambda
 //!   delivers (what the CLI's pollers and the tests hand the handlers).
 
@@ -26,11 +28,11 @@ pub mod records;
 pub mod streams;
 
 use chronicle_aws::{
-    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher, S3Archive,
-    S3SnapshotStore, Settings,
+    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher, S3AnchorLog,
+    S3Archive, S3SnapshotStore, Settings,
 };
 use chronicle_kernel::archived::ArchivedEventStore;
-use chronicle_kernel::{Chronicle, Domain, HandlerConfig};
+use chronicle_kernel::{Chronicle, Domain, HandlerConfig, StoreError};
 use std::sync::Arc;
 
 pub use error::FunctionError;
@@ -95,8 +97,16 @@ impl App {
         )
         .domain(domain)
         // No one-pass check on DynamoDB: `verify` walks stream by stream; archive segments
-        // are held to the table.
-        .copies(history)
+        // are held to the table, and the table to its anchors.
+        .copies(history.clone())
+        .anchors(
+            events.clone(),
+            history,
+            Arc::new(
+                S3AnchorLog::new(clients.s3.clone(), &settings.anchor_bucket)
+                    .announcing_on(clients.kinesis.clone(), &settings.event_stream),
+            ),
+        )
         .build();
         Self {
             settings,
@@ -234,6 +244,29 @@ pub async fn run_reactor(domain: Domain) -> Result<(), Error> {
             reactions::react(&app, &e).await
         },
     )
+    .await
+}
+
+/// The anchorer function (an EventBridge schedule; the payload is not read): anchors every
+/// stream's head in the anchor bucket and on Kinesis, and answers with the anchor.
+pub async fn run_anchorer(domain: Domain) -> Result<(), Error> {
+    let app = app_or_exit(domain).await?;
+    lambda_runtime::run(lambda_runtime::service_fn(
+        move |_: lambda_runtime::LambdaEvent<serde_json::Value>| {
+            let app = app.clone();
+            async move {
+                let anchor = app.chronicle.anchor().await.map_err(|e| {
+                    let e = match e {
+                        chronicle_kernel::Error::Store(s) => FunctionError::Store(s),
+                        other => FunctionError::Store(StoreError::Backend(other.to_string())),
+                    };
+                    logged(e, "anchoring failed")
+                })?;
+                tracing::info!(anchor = ?anchor, "anchored");
+                Ok::<_, FunctionError>(serde_json::to_value(anchor).unwrap_or_default())
+            }
+        },
+    ))
     .await
 }
 

@@ -300,6 +300,10 @@ pub async fn snapshot_kinesis_with(
 ) -> KinesisEventResponse {
     let mut by_partition: BTreeMap<&str, Vec<Decoded>> = BTreeMap::new();
     for (index, r) in event.records.iter().enumerate() {
+        // Anchors share the stream; they are not events.
+        if r.kinesis.partition_key == chronicle_aws::ANCHOR_PARTITION {
+            continue;
+        }
         let decoded = serde_json::from_slice::<EventEnvelope>(&r.kinesis.data.0)
             .map_err(|e| format!("not an event envelope: {e}"));
         by_partition
