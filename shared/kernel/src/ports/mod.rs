@@ -19,6 +19,7 @@
 //! | [`Publisher`] | publish | JSON lines | Kinesis |
 //! | [`StreamHeads`] | heads | one query | one Scan |
 //! | [`AnchorLog`] | append, anchors, heads | an append-only file | S3 under Object Lock |
+//! | [`KeyStore`] | key_for_writing, keys, forget | a separate SQLite file | a separate table (keys optionally KMS-wrapped) |
 //! | [`Outbound`] | call | the domain's adapters (a reaction's calls out) | same |
 //!
 //! [`EventLog`] bundles the first three: what the registry holds.
@@ -27,6 +28,7 @@ mod anchors;
 mod copies;
 mod events;
 mod feed;
+mod keys;
 mod outbound;
 mod publisher;
 mod read_models;
@@ -41,6 +43,7 @@ pub use events::{
     RecordedFeed, RecordedPage, StreamListing, StreamPage,
 };
 pub use feed::{BulkReplay, EventFeed, FeedEvent};
+pub use keys::{DataKey, Forgetting, KeyStore, SubjectKey};
 pub use outbound::{Outbound, OutboundError};
 pub use publisher::Publisher;
 pub use read_models::{Doc, DocWrite, ModelRef, ReadModelStore};
