@@ -8,7 +8,7 @@ mod projection;
 
 pub use projection::AccountsByOwner;
 
-use chronicle_kernel::{Aggregate, DomainError, DomainEvent, EventSchema, Refusal};
+use chronicle_kernel::{Aggregate, DomainError, DomainEvent, EventSchema, Refusal, SubjectOf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -31,19 +31,33 @@ pub struct Account {
     pub owner: String,
     pub currency: String,
     pub balance: u64,
+    /// Personal data of the owner: as stored, a token (see `chronicle_kernel::personal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
 }
 
 /// A command to an account, tagged by `type`. Amounts are positive integers in minor units.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", deny_unknown_fields)]
 pub enum AccountCommand {
-    /// Opens the account (in EUR unless `currency` says otherwise).
+    /// Opens the account (in EUR unless `currency` says otherwise). `holder_name` and `email`
+    /// are personal data of the data subject `owner` names (then an id: 1 to 128 characters from
+    /// A-Z, a-z, 0-9, '.', '_', ':' and '-'): stored encrypted with the subject's key, erased when
+    /// it is forgotten.
     Open {
         #[schemars(length(min = 1, max = 128))]
         owner: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[schemars(regex(pattern = "^[A-Z]{3}$"))]
         currency: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(min = 1, max = 200))]
+        holder_name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(length(min = 3, max = 254))]
+        email: Option<String>,
     },
     /// Adds to the balance; `currency`, when given, must be the account's.
     Deposit {
@@ -65,9 +79,20 @@ pub enum AccountCommand {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AccountEvent {
-    Opened { owner: String, currency: String },
-    Deposited { amount: u64, currency: String },
-    Withdrawn { amount: u64 },
+    Opened {
+        owner: String,
+        currency: String,
+        /// Personal data of `owner` (a token once stored).
+        holder_name: Option<String>,
+        email: Option<String>,
+    },
+    Deposited {
+        amount: u64,
+        currency: String,
+    },
+    Withdrawn {
+        amount: u64,
+    },
     Closed,
 }
 
@@ -80,6 +105,10 @@ pub const ACCOUNT_CLOSED: &str = "AccountClosed";
 struct OpenedData {
     owner: String,
     currency: String,
+    #[serde(default)]
+    holder_name: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
 }
 #[derive(Serialize, Deserialize)]
 struct DepositedData {
@@ -103,8 +132,20 @@ impl DomainEvent for AccountEvent {
 
     fn to_data(&self) -> Value {
         match self {
-            AccountEvent::Opened { owner, currency } => {
-                json!({"owner": owner, "currency": currency})
+            AccountEvent::Opened {
+                owner,
+                currency,
+                holder_name,
+                email,
+            } => {
+                let mut data = json!({"owner": owner, "currency": currency});
+                // Only when given: events without personal data keep their old shape.
+                for (name, v) in [("holder_name", holder_name), ("email", email)] {
+                    if let Some(v) = v {
+                        data[name] = Value::from(v.as_str());
+                    }
+                }
+                data
             }
             AccountEvent::Deposited { amount, currency } => {
                 json!({"amount": amount, "currency": currency})
@@ -148,6 +189,8 @@ impl AccountEvent {
                 AccountEvent::Opened {
                     owner: d.owner,
                     currency: d.currency,
+                    holder_name: d.holder_name,
+                    email: d.email,
                 }
             }
             DEPOSITED => {
@@ -230,6 +273,11 @@ impl Aggregate for Account {
             .event(DEPOSITED, 2)
             .event(WITHDRAWN, 1)
             .event(ACCOUNT_CLOSED, 1)
+            .personal(
+                ACCOUNT_OPENED,
+                SubjectOf::field("owner"),
+                &["holder_name", "email"],
+            )
             .upcaster(DEPOSITED, 1, |mut data| {
                 let obj = data
                     .as_object_mut()
@@ -242,12 +290,37 @@ impl Aggregate for Account {
 
     fn validate(command: &AccountCommand) -> Result<(), String> {
         match command {
-            AccountCommand::Open { owner, currency } => {
+            AccountCommand::Open {
+                owner,
+                currency,
+                holder_name,
+                email,
+            } => {
                 if owner.trim().is_empty() || owner.chars().count() > 128 {
                     return Err("owner must have 1 to 128 characters".into());
                 }
                 if owner.chars().any(char::is_control) {
                     return Err("owner must not contain control characters".into());
+                }
+                if let Some(n) = holder_name {
+                    if n.trim().is_empty() || n.chars().count() > 200 {
+                        return Err("holder_name must have 1 to 200 characters".into());
+                    }
+                    if n.chars().any(char::is_control) {
+                        return Err("holder_name must not contain control characters".into());
+                    }
+                }
+                if let Some(e) = email {
+                    let shaped = e.len() <= 254
+                        && !e.chars().any(|c| c.is_control() || c.is_whitespace())
+                        && e.split_once('@').is_some_and(|(local, domain)| {
+                            !local.is_empty() && domain.contains('.') && !domain.contains('@')
+                        });
+                    if !shaped {
+                        return Err(format!(
+                            "email must be an address like dana@example.com, not {e:?}"
+                        ));
+                    }
                 }
                 if let Some(c) = currency {
                     if !valid_currency(c) {
@@ -281,12 +354,20 @@ impl Aggregate for Account {
 
     fn decide(&self, command: &AccountCommand) -> Result<Vec<AccountEvent>, AccountError> {
         match (self.status, command) {
-            (Status::Unopened, AccountCommand::Open { owner, currency }) => {
-                Ok(vec![AccountEvent::Opened {
-                    owner: owner.clone(),
-                    currency: currency.clone().unwrap_or_else(|| LEGACY_CURRENCY.into()),
-                }])
-            }
+            (
+                Status::Unopened,
+                AccountCommand::Open {
+                    owner,
+                    currency,
+                    holder_name,
+                    email,
+                },
+            ) => Ok(vec![AccountEvent::Opened {
+                owner: owner.clone(),
+                currency: currency.clone().unwrap_or_else(|| LEGACY_CURRENCY.into()),
+                holder_name: holder_name.clone(),
+                email: email.clone(),
+            }]),
             (Status::Closed, _) => Err(AccountError::Closed),
             (Status::Open, AccountCommand::Open { .. }) => Err(AccountError::AlreadyOpened),
             (Status::Unopened, _) => Err(AccountError::NotOpened),
@@ -322,10 +403,17 @@ impl Aggregate for Account {
 
     fn evolve(&mut self, event: &AccountEvent) {
         match event {
-            AccountEvent::Opened { owner, currency } => {
+            AccountEvent::Opened {
+                owner,
+                currency,
+                holder_name,
+                email,
+            } => {
                 self.status = Status::Open;
                 self.owner = owner.clone();
                 self.currency = currency.clone();
+                self.holder_name = holder_name.clone();
+                self.email = email.clone();
             }
             // decide() checked these; saturating keeps evolve total for any stored history.
             AccountEvent::Deposited { amount, .. } => {
@@ -359,6 +447,15 @@ pub struct AccountView {
     pub status: Status,
     /// The version of the account this view reflects.
     pub version: u64,
+    /// The owner's name and address when given at opening: `null`, and listed under
+    /// `erased`, once the owner is forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// The personal fields erased (present only then).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erased: Vec<String>,
 }
 
 /// What clients see of `account` at `version`.
@@ -370,6 +467,9 @@ pub fn view(id: &str, account: &Account, version: u64) -> AccountView {
         currency: account.currency.clone(),
         status: account.status,
         version,
+        holder_name: account.holder_name.clone(),
+        email: account.email.clone(),
+        erased: Vec::new(),
     }
 }
 

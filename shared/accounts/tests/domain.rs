@@ -118,6 +118,8 @@ fn opened(owner: &str, currency: &str) -> AccountEvent {
     AccountEvent::Opened {
         owner: owner.into(),
         currency: currency.into(),
+        holder_name: None,
+        email: None,
     }
 }
 fn deposited(amount: u64, currency: &str) -> AccountEvent {
@@ -133,6 +135,8 @@ fn open(owner: &str, currency: Option<&str>) -> AccountCommand {
     AccountCommand::Open {
         owner: owner.into(),
         currency: currency.map(Into::into),
+        holder_name: None,
+        email: None,
     }
 }
 fn deposit(amount: u64) -> AccountCommand {
@@ -200,6 +204,7 @@ fn open_a_new_account_defaults_to_eur() {
             owner: "alice".into(),
             currency: "EUR".into(),
             balance: 0,
+            ..Account::default()
         }
     );
     assert!(state.exists());
@@ -627,6 +632,7 @@ fn evolve_folds_a_full_history() {
             owner: "erin".into(),
             currency: "CHF".into(),
             balance: 3,
+            ..Account::default()
         }
     );
     assert_eq!(fold(Account::default(), &history), state);

@@ -32,6 +32,27 @@ fn type_width(events: &[chronicle_kernel::EventEnvelope]) -> usize {
         .max("EVENT TYPE".len())
 }
 
+/// The events' personal fields opened (or shown erased), with one key lookup for them all.
+/// `--raw` output skips this: it is what is stored, and what the chain hashes.
+async fn reveal_events(
+    chronicle: &chronicle_kernel::Chronicle,
+    events: &mut [chronicle_kernel::EventEnvelope],
+) -> anyhow::Result<()> {
+    let mut all = serde_json::Value::Array(
+        events
+            .iter_mut()
+            .map(|e| std::mem::take(&mut e.data))
+            .collect(),
+    );
+    chronicle.reveal(&mut all).await?;
+    if let serde_json::Value::Array(data) = all {
+        for (e, d) in events.iter_mut().zip(data) {
+            e.data = d;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn history(
     domain: &Domain,
     args: &StoreArgs,
@@ -62,6 +83,9 @@ pub(crate) async fn history(
     }
     if events.is_empty() {
         anyhow::bail!("{aggregate_type}/{id} has no events that match");
+    }
+    if !query.raw {
+        reveal_events(&chronicle, &mut events).await?;
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&events)?);
@@ -131,6 +155,9 @@ pub(crate) async fn audit(
         }
     }
     bar.finish_and_clear();
+    if !raw {
+        reveal_events(&chronicle, &mut events).await?;
+    }
     if let Some(store) = store {
         store.close();
     }
@@ -186,7 +213,8 @@ pub(crate) async fn state(
         Some(at) => Some(version_at(svc.as_ref(), id, at).await?),
         None => version,
     };
-    let view = svc.state(id, version).await?;
+    let mut view = svc.state(id, version).await?;
+    chronicle.reveal(&mut view.body).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&view.body)?);
         return Ok(());
@@ -391,6 +419,74 @@ pub(crate) fn check_proof(file: &std::path::Path) -> anyhow::Result<()> {
         chronicle_kernel::envelope::format_timestamp(&proof.anchor.anchored_at)
     );
     Ok(())
+}
+
+/// `chronicle forget SUBJECT`: the subject's key destroyed and the erasure recorded, here, in
+/// the server holding the data directory, or on AWS.
+pub(crate) async fn forget(
+    domain: &Domain,
+    args: &StoreArgs,
+    subject: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let report: serde_json::Value = match args.backend {
+        crate::Backend::Aws => {
+            let app = chronicle_lambda::App::from_env(domain.clone()).await?;
+            serde_json::to_value(app.chronicle.forget(subject).await?)?
+        }
+        crate::Backend::Embedded => {
+            match chronicle_embedded::locked_by(&args.data_dir).and_then(|h| h.url) {
+                Some(url) => forget_through(&url, subject).await?,
+                None => {
+                    let (store, chronicle) = crate::open(domain, args, crate::Access::Write)?;
+                    let done = chronicle.forget(subject).await;
+                    store.close();
+                    serde_json::to_value(done?)?
+                }
+            }
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let at = report["forgotten_at"].as_str().unwrap_or("?");
+    let version = report["version"].as_u64().unwrap_or(0);
+    if report["key_destroyed"] == true || report["recorded"] == true {
+        println!(
+            "forgot {subject} at {at}: key destroyed, erasure recorded as {}/{subject} v{version}; its personal fields now read as erased",
+            chronicle_kernel::personal::SUBJECTS_TYPE
+        );
+    } else {
+        println!("{subject} was forgotten already, at {at}: nothing left to destroy");
+    }
+    Ok(())
+}
+
+/// Asks the server holding the data directory to forget `subject`.
+async fn forget_through(url: &str, subject: &str) -> anyhow::Result<serde_json::Value> {
+    validate_id(subject).map_err(|e| anyhow!("not a data subject id: {e}"))?;
+    let r = reqwest::Client::new()
+        .post(format!("{url}/admin/subjects/{subject}/forget"))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "asking the server at {url}, which holds the data directory, to forget {subject}"
+            )
+        })?;
+    let ok = r.status().is_success();
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    if !ok {
+        return Err(anyhow!(
+            "the server at {url} refused: {}",
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("no reason given")
+        ));
+    }
+    eprintln!("the data directory is in use by the server at {url}: forgotten there");
+    Ok(body)
 }
 
 pub(crate) async fn rebuild(

@@ -192,6 +192,19 @@ enum Command {
         #[arg(long, conflicts_with_all = ["aggregate_type", "id"])]
         check: Option<PathBuf>,
     },
+    /// Forget a data subject (crypto-shredding): destroy its key, so its personal fields read
+    /// as erased everywhere they were copied, and record the erasure (`_subjects/SUBJECT`).
+    /// Nothing else changes: every chain still verifies. Beside a running server it is done
+    /// through the server (`POST /admin/subjects/{subject}/forget`).
+    Forget {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// The data subject's id (what the domain's personal fields name as their subject).
+        subject: String,
+        /// A JSON report instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy older events into compressed, immutable archive segments (`archive/` in the data
     /// directory, or the archive bucket on AWS); reads, verify and replay use both.
     Archive {
@@ -473,6 +486,11 @@ fn run(cli: Cli, domain: &Domain) -> anyhow::Result<()> {
                     inspect::proof(domain, &store, stream).await
                 }
             },
+            Command::Forget {
+                store,
+                subject,
+                json,
+            } => inspect::forget(domain, &store, &subject, json).await,
             Command::Rebuild { store, projection } => {
                 inspect::rebuild(domain, &store, &projection).await
             }

@@ -82,7 +82,8 @@ pub fn router_for(chronicle: Chronicle, routes: Routes) -> Router {
         r = r
             .route("/admin/projections", get(admin_projections))
             .route("/admin/projections/{name}/rebuild", post(admin_rebuild))
-            .route("/admin/reactions", get(admin_reactions));
+            .route("/admin/reactions", get(admin_reactions))
+            .route("/admin/subjects/{subject}/forget", post(admin_forget));
     }
     r.fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -204,6 +205,35 @@ async fn admin_reactions(State(chronicle): State<Chronicle>, RawQuery(raw): RawQ
     query_params(raw, &[])?;
     let statuses = chronicle.reaction_statuses().await?;
     Ok(Json(json!({ "reactions": statuses })).into_response())
+}
+
+/// `POST /admin/subjects/{subject}/forget`: destroys the data subject's key and records the
+/// erasure ([`Chronicle::forget`]); repeating it answers the same.
+async fn admin_forget(
+    State(chronicle): State<Chronicle>,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let checked = path_params(path).and_then(|s| {
+        query_params(raw, &[])?;
+        Ok(s)
+    });
+    let subject = match checked {
+        Ok(s) => s,
+        Err(e) => return Err(e.after_discarding(&headers, body).await),
+    };
+    // No body is needed; one that is sent is read and dropped (within the usual limit).
+    read_body(&headers, body).await?;
+    let forgotten = chronicle.forget(&subject).await?;
+    Ok(Json(forgotten).into_response())
+}
+
+/// An answer about to leave, its personal fields opened (or shown erased).
+async fn revealed(chronicle: &Chronicle, mut body: Value) -> Result<Json<Value>, ApiError> {
+    chronicle.reveal(&mut body).await?;
+    Ok(Json(body))
 }
 
 /// `POST /admin/projections/{name}/rebuild`: starts (or resumes) a rebuild in the background;
@@ -385,7 +415,7 @@ async fn state(
     } else {
         svc.read_model(&id).await?
     };
-    let mut resp = Json(view.body).into_response();
+    let mut resp = revealed(&chronicle, view.body).await?.into_response();
     resp.headers_mut().insert(header::ETAG, etag(view.version));
     Ok(resp)
 }
@@ -442,12 +472,16 @@ async fn history(
         raw: parse_bool(&params, "raw")?,
     };
     let page = history_page(svc.as_ref(), &id, &query).await?;
-    Ok(Json(json!({
+    let body = json!({
         "aggregate_id": id,
         "events": page.events,
         "next_from_version": page.next_from_version,
-    }))
-    .into_response())
+    });
+    if query.raw {
+        // As stored, byte for byte what the chain hashes: personal fields stay tokens.
+        return Ok(Json(body).into_response());
+    }
+    Ok(revealed(&chronicle, body).await?.into_response())
 }
 
 /// `GET /audit/events?from=&to=[&limit=][&after=][&raw=]`: every event recorded from `from` to
@@ -475,11 +509,14 @@ async fn audit(State(chronicle): State<Chronicle>, RawQuery(raw): RawQuery) -> A
         raw: parse_bool(&params, "raw")?,
     };
     let page = audit_page(&chronicle, &query).await?;
-    Ok(Json(json!({
+    let body = json!({
         "events": page.events,
         "next": page.next,
-    }))
-    .into_response())
+    });
+    if query.raw {
+        return Ok(Json(body).into_response());
+    }
+    Ok(revealed(&chronicle, body).await?.into_response())
 }
 
 async fn list(
@@ -525,7 +562,9 @@ async fn list(
         ));
     };
     let items = chronicle.list(&aggregate_type, field, value, limit).await?;
-    Ok(Json(json!({ aggregate_type: items })).into_response())
+    Ok(revealed(&chronicle, json!({ aggregate_type: items }))
+        .await?
+        .into_response())
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
@@ -711,7 +750,9 @@ async fn command(
     };
     let bytes = read_body(&headers, body).await?;
     let outcome = svc.execute(&id, &bytes, opts).await?;
-    let mut resp = Json(&outcome.result).into_response();
+    let result = serde_json::to_value(&outcome.result)
+        .map_err(|e| Error::Decode(format!("command result: {e}")))?;
+    let mut resp = revealed(&chronicle, result).await?.into_response();
     resp.headers_mut()
         .insert(header::ETAG, etag(outcome.result.version));
     if outcome.replayed {

@@ -76,10 +76,13 @@ pub fn document(chronicle: &Chronicle, routes: Routes) -> Value {
             continue;
         };
         let api = svc.describe(&mut generator);
-        paths.insert(
-            format!("/{t}/{{id}}/commands"),
-            command(t, &api, result.clone()),
-        );
+        let personal = svc.schema().personal_data().next().is_some();
+        if accepts_client_commands(&api.command) {
+            paths.insert(
+                format!("/{t}/{{id}}/commands"),
+                command(t, &api, result.clone(), personal),
+            );
+        }
         paths.insert(format!("/{t}/{{id}}"), state(t, api.view.clone()));
         paths.insert(format!("/{t}/{{id}}/events"), history(t, envelope.clone()));
         if let Some(list) = chronicle.list_projection(t) {
@@ -90,7 +93,8 @@ pub fn document(chronicle: &Chronicle, routes: Routes) -> Value {
         }
     }
     if routes == Routes::All {
-        admin(&mut paths);
+        let forgotten = generator.subschema_for::<chronicle_kernel::Forgotten>();
+        admin(&mut paths, forgotten.to_value());
     }
     let mut schemas = generator.take_definitions(true);
     schemas.insert("Error".into(), error_schema());
@@ -229,7 +233,23 @@ fn limit(default: usize) -> Value {
     json!({"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": default})
 }
 
-fn command(t: &str, api: &chronicle_kernel::AggregateApi, result: schemars::Schema) -> Value {
+/// False when every command of the type is internal (Chronicle's own `_subjects`): the route
+/// then refuses every client command, and a schema with no variant left describes nothing.
+fn accepts_client_commands(command: &schemars::Schema) -> bool {
+    !["oneOf", "anyOf"].iter().any(|k| {
+        command
+            .get(*k)
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty)
+    })
+}
+
+fn command(
+    t: &str,
+    api: &chronicle_kernel::AggregateApi,
+    result: schemars::Schema,
+    personal: bool,
+) -> Value {
     let mut op = operation(
         &format!("{t}_command"),
         &format!("Run a command on a {t} aggregate"),
@@ -285,12 +305,16 @@ fn command(t: &str, api: &chronicle_kernel::AggregateApi, result: schemars::Sche
         ),
     );
     responses.insert("413".into(), error(413, "The body is over the limit", &[]));
+    let mut refusals = api.refusals.to_vec();
+    if personal {
+        refusals.push("subject_forgotten");
+    }
     responses.insert(
         "422".into(),
         error(
             422,
-            "A domain rule refused the command, or the idempotency key was used with another command (nothing stored)",
-            api.refusals,
+            "A domain rule refused the command, the idempotency key was used with another command, or the command carries personal data of a forgotten subject (nothing stored)",
+            &refusals,
         ),
     );
     json!({"post": op})
@@ -424,7 +448,7 @@ fn openapi() -> Value {
 }
 
 /// The operators' routes of the local server.
-fn admin(paths: &mut Map<String, Value>) {
+fn admin(paths: &mut Map<String, Value>, forgotten: Value) {
     paths.insert(
         "/admin/projections".into(),
         json!({"get": operation(
@@ -472,6 +496,25 @@ fn admin(paths: &mut Map<String, Value>) {
     paths.insert(
         "/admin/projections/{name}/rebuild".into(),
         json!({ "post": rebuild }),
+    );
+    let mut forget = operation(
+        "admin_forget_subject",
+        "Forget a data subject: destroy its key, record the erasure",
+        &["operations"],
+        ok(
+            "Forgotten (repeats answer the same, with `key_destroyed` and `recorded` false). Its personal fields now read null, listed under `erased`; commands carrying personal data for it are refused with 422 subject_forgotten.",
+            forgotten,
+        ),
+        vec![json!({
+            "name": "subject", "in": "path", "required": true,
+            "description": "The data subject's id (what the domain's personal fields name as their subject).",
+            "schema": {"type": "string", "pattern": ID_PATTERN},
+        })],
+    );
+    forget["description"] = json!("Crypto-shredding: docs/erasure.md.");
+    paths.insert(
+        "/admin/subjects/{subject}/forget".into(),
+        json!({ "post": forget }),
     );
 }
 

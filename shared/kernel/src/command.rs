@@ -6,8 +6,8 @@ use crate::chain;
 use crate::envelope::{self, EventEnvelope, Metadata, StreamId};
 use crate::error::Error;
 use crate::ports::{
-    AppendError, AppendRequest, EventStore, IdempotencyRecord, ReadRange, Snapshot, SnapshotStore,
-    StoreError,
+    AppendError, AppendRequest, EventStore, IdempotencyRecord, KeyStore, ReadRange, Snapshot,
+    SnapshotStore, StoreError,
 };
 use crate::schema::EventSchema;
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,8 @@ pub struct CommandHandler<A: Aggregate, E: ?Sized, S: ?Sized> {
     /// Commands for one aggregate in this process take turns instead of conflicting;
     /// striped so memory stays bounded. Other processes are still handled by the version check.
     stripes: Vec<tokio::sync::Mutex<()>>,
+    /// The data subjects' keys, for event types with personal fields.
+    keys: Option<Arc<dyn KeyStore>>,
 }
 
 const STRIPES: usize = 1024;
@@ -127,7 +129,15 @@ impl<A: Aggregate, E: EventStore + ?Sized, S: SnapshotStore + ?Sized> CommandHan
             cache: Mutex::new(Generations::new(config.cache_capacity)),
             config,
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            keys: None,
         }
+    }
+
+    /// The key store personal fields are sealed with (see [`crate::personal`]); without one,
+    /// a command that would store personal data fails.
+    pub fn with_keys(mut self, keys: Option<Arc<dyn KeyStore>>) -> Self {
+        self.keys = keys;
+        self
     }
 
     pub fn schema(&self) -> &Arc<EventSchema> {
@@ -412,10 +422,17 @@ impl<A: Aggregate, E: EventStore + ?Sized, S: SnapshotStore + ?Sized> CommandHan
                 causation_id: opts.causation_id.clone(),
                 idempotency_key: opts.idempotency_key.clone(),
             };
+            let mut data: Vec<serde_json::Value> = decided.iter().map(|e| e.to_data()).collect();
+            let sealed = self.seal_personal(id, &decided, &mut data).await?;
             let mut new_state = state;
             let mut envelopes = Vec::with_capacity(decided.len());
-            for (i, event) in decided.iter().enumerate() {
-                new_state.evolve(event);
+            for (i, (event, data)) in decided.iter().zip(data).enumerate() {
+                // The state holds what is stored: the tokens, never the plaintext (it is
+                // cached and snapshotted).
+                match sealed.get(i).and_then(Option::as_ref) {
+                    Some(stored) => new_state.evolve(stored),
+                    None => new_state.evolve(event),
+                }
                 let event_type = event.event_type();
                 envelopes.push(EventEnvelope {
                     // v7: time-ordered, so ids sort by creation and index cheaply in any store.
@@ -427,7 +444,7 @@ impl<A: Aggregate, E: EventStore + ?Sized, S: SnapshotStore + ?Sized> CommandHan
                     schema_version: self.schema.current_version(event_type).ok_or_else(|| {
                         Error::Decode(format!("event type `{event_type}` is not in the schema"))
                     })?,
-                    data: event.to_data(),
+                    data,
                     metadata: metadata.clone(),
                     recorded_at,
                     hash: String::new(),
@@ -532,6 +549,49 @@ impl<A: Aggregate, E: EventStore + ?Sized, S: SnapshotStore + ?Sized> CommandHan
                 }
             }
         }
+    }
+
+    /// Seals the personal fields in `data` (the decided events' data, in order) and returns,
+    /// for each event that had some, the event as stored (tokens in place of the values), for
+    /// the state to fold. Nothing to do, and no allocation, for event types without personal
+    /// fields.
+    async fn seal_personal(
+        &self,
+        id: &str,
+        decided: &[A::Event],
+        data: &mut [serde_json::Value],
+    ) -> Result<Vec<Option<A::Event>>, Error> {
+        let declared: Vec<_> = decided
+            .iter()
+            .map(|e| self.schema.personal_fields(e.event_type()))
+            .collect();
+        if declared.iter().all(Option::is_none) {
+            return Ok(Vec::new());
+        }
+        let before: Vec<serde_json::Value> = data.to_vec();
+        let work = declared
+            .iter()
+            .zip(data.iter_mut())
+            .filter_map(|(d, v)| d.map(|d| (d, id, v)))
+            .collect();
+        crate::personal::seal_events(self.keys.as_deref(), work).await?;
+        decided
+            .iter()
+            .zip(data.iter())
+            .zip(before)
+            .map(|((event, now), before)| {
+                if *now == before {
+                    return Ok(None);
+                }
+                A::Event::from_data(event.event_type(), now).map(Some).map_err(|e| {
+                    Error::Decode(format!(
+                        "{} event `{}` with its personal fields sealed does not decode (personal fields hold strings in the domain's types): {e}",
+                        A::TYPE,
+                        event.event_type()
+                    ))
+                })
+            })
+            .collect()
     }
 
     /// Folds the aggregate up to `max_version` and saves a snapshot of that state: the

@@ -14,7 +14,7 @@
 
 use crate::aggregate::Aggregate;
 use crate::command::HandlerConfig;
-use crate::ports::{EventStore, Outbound, ReadModelStore, SnapshotStore};
+use crate::ports::{EventStore, KeyStore, Outbound, ReadModelStore, SnapshotStore};
 use crate::projection::{state_projection_name, Projection, StateProjection};
 use crate::reaction::{check_name, Reaction, ReactionKind, Typed};
 use crate::schema::EventSchema;
@@ -36,6 +36,7 @@ pub(crate) trait AggregateKind: Send + Sync + 'static {
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
         read_models: Arc<dyn ReadModelStore>,
+        keys: Option<Arc<dyn KeyStore>>,
         config: HandlerConfig,
     ) -> Arc<dyn AggregateService>;
     /// The state read model every aggregate type gets.
@@ -46,7 +47,7 @@ pub(crate) trait AggregateKind: Send + Sync + 'static {
     fn unknown_internal_commands(&self) -> Vec<&'static str>;
 }
 
-struct Kind<A>(PhantomData<fn() -> A>);
+pub(crate) struct Kind<A>(pub(crate) PhantomData<fn() -> A>);
 
 impl<A: Aggregate> AggregateKind for Kind<A> {
     fn aggregate_type(&self) -> &'static str {
@@ -58,9 +59,16 @@ impl<A: Aggregate> AggregateKind for Kind<A> {
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
         read_models: Arc<dyn ReadModelStore>,
+        keys: Option<Arc<dyn KeyStore>>,
         config: HandlerConfig,
     ) -> Arc<dyn AggregateService> {
-        Arc::new(Service::<A>::new(events, snapshots, read_models, config))
+        Arc::new(Service::<A>::new(
+            events,
+            snapshots,
+            read_models,
+            keys,
+            config,
+        ))
     }
 
     fn state_projection(&self) -> Arc<dyn Projection> {
@@ -164,6 +172,13 @@ impl Domain {
         self
     }
 
+    /// Whether any registered event type has personal fields.
+    pub fn declares_personal_data(&self) -> bool {
+        self.aggregates
+            .iter()
+            .any(|a| a.schema().personal_data().next().is_some())
+    }
+
     /// The registered reactions' names.
     pub fn reaction_names(&self) -> impl Iterator<Item = &str> + '_ {
         self.reactions.iter().map(|r| r.name())
@@ -196,6 +211,31 @@ impl Domain {
                 return Err(format!(
                     "aggregate type `{t}` is reserved: the HTTP API serves /{t} itself"
                 ));
+            }
+            if t.starts_with('_') {
+                return Err(format!(
+                    "aggregate type `{t}`: names starting with `_` are Chronicle's own"
+                ));
+            }
+            let schema = a.schema();
+            for (event_type, personal) in schema.personal_data() {
+                if schema.current_version(event_type).is_none() {
+                    return Err(format!(
+                        "aggregate type `{t}` declares personal fields of event `{event_type}`, which its schema does not declare"
+                    ));
+                }
+                if personal.fields.is_empty() {
+                    return Err(format!(
+                        "aggregate type `{t}`: event `{event_type}` declares no personal fields"
+                    ));
+                }
+                if let crate::personal::SubjectOf::Field(f) = &personal.subject {
+                    if personal.fields.contains(f) {
+                        return Err(format!(
+                            "aggregate type `{t}`: event `{event_type}` names its subject by `{f}`, which is also one of its personal fields (the subject id is stored in clear)"
+                        ));
+                    }
+                }
             }
             if let Err(e) = crate::validate_id(t) {
                 return Err(format!(

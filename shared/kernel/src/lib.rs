@@ -12,6 +12,7 @@ pub mod command;
 pub mod domain;
 pub mod envelope;
 pub mod error;
+pub mod personal;
 pub mod ports;
 pub mod projection;
 pub mod publishing;
@@ -40,6 +41,7 @@ pub use command::{
 pub use domain::Domain;
 pub use envelope::{EventEnvelope, Metadata, StreamId};
 pub use error::Error;
+pub use personal::SubjectOf;
 pub use ports::*;
 pub use projection::{
     doc_write, fold_event, index_values, Projection, ProjectionError, ProjectionRunner, Rebuilt,
@@ -50,7 +52,8 @@ pub use reaction::{Dispatch, Reaction, ReactionRunner};
 pub use schema::{EventSchema, UpcastError};
 pub use schemars;
 pub use service::{
-    AggregateApi, AggregateService, Chronicle, ChronicleBuilder, StartRebuildError, StateView,
+    AggregateApi, AggregateService, Chronicle, ChronicleBuilder, Forgotten, StartRebuildError,
+    StateView,
 };
 
 /// Aggregate ids: 1 to 128 characters from `[A-Za-z0-9._:-]`, safe as a key everywhere.

@@ -1,6 +1,7 @@
 //! Schema evolution: current versions per event type, and upcasters chained on read.
 
 use crate::envelope::EventEnvelope;
+use crate::personal::{PersonalFields, SubjectOf};
 use serde_json::Value;
 // Fx: these maps are probed once per event on replay, with short trusted keys.
 use rustc_hash::FxHashMap as HashMap;
@@ -17,6 +18,7 @@ pub use crate::error::UpcastError;
 pub struct EventSchema {
     current: HashMap<String, u32>,
     upcasters: HashMap<(String, u32), Upcaster>,
+    personal: HashMap<String, PersonalFields>,
 }
 
 impl EventSchema {
@@ -40,6 +42,32 @@ impl EventSchema {
         self.upcasters
             .insert((event_type.to_owned(), from_version), Arc::new(f));
         self
+    }
+
+    /// Declares `fields` (top-level fields of the event's data) of `event_type` personal data
+    /// of the subject `subject` names: they are encrypted with that subject's key before the
+    /// event is stored, and read back as `null` (listed under `"erased"`) once the subject is
+    /// forgotten (see [`crate::personal`]). In the domain's own event and state types they
+    /// hold strings (the token), whatever their type in commands.
+    pub fn personal(mut self, event_type: &str, subject: SubjectOf, fields: &[&str]) -> Self {
+        self.personal.insert(
+            event_type.to_owned(),
+            PersonalFields {
+                subject,
+                fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            },
+        );
+        self
+    }
+
+    /// The personal fields of `event_type`, if it has any.
+    pub fn personal_fields(&self, event_type: &str) -> Option<&PersonalFields> {
+        self.personal.get(event_type)
+    }
+
+    /// Every event type with personal fields, and the fields.
+    pub fn personal_data(&self) -> impl Iterator<Item = (&str, &PersonalFields)> + '_ {
+        self.personal.iter().map(|(t, p)| (t.as_str(), p))
     }
 
     /// The declared event types.
@@ -118,6 +146,7 @@ impl std::fmt::Debug for EventSchema {
         f.debug_struct("EventSchema")
             .field("current", &self.current)
             .field("upcasters", &self.upcasters.keys().collect::<Vec<_>>())
+            .field("personal", &self.personal)
             .finish()
     }
 }

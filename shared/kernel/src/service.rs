@@ -8,8 +8,8 @@ use crate::domain::Domain;
 use crate::envelope::{EventEnvelope, StreamId};
 use crate::error::Error;
 use crate::ports::{
-    AnchorLog, BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, ModelRef, Outbound,
-    OutboundError, ReadModelStore, ReadRange, SnapshotStore, StoredHashes, StreamHeads,
+    AnchorLog, BulkVerify, CopyAudit, EventFeed, EventLog, EventStore, KeyStore, ModelRef,
+    Outbound, OutboundError, ReadModelStore, ReadRange, SnapshotStore, StoredHashes, StreamHeads,
 };
 use crate::projection::{state_projection_name, Projection, ProjectionRunner};
 use crate::reaction::runner::ReactionStatus;
@@ -83,10 +83,11 @@ impl<A: Aggregate> Service<A> {
         events: Arc<dyn EventStore>,
         snapshots: Arc<dyn SnapshotStore>,
         read_models: Arc<dyn ReadModelStore>,
+        keys: Option<Arc<dyn KeyStore>>,
         config: HandlerConfig,
     ) -> Self {
         Self {
-            handler: CommandHandler::new(events, snapshots, config),
+            handler: CommandHandler::new(events, snapshots, config).with_keys(keys),
             read_models,
             state_model: state_projection_name(A::TYPE),
         }
@@ -395,6 +396,21 @@ fn not_found(aggregate_type: &str, id: &str) -> Error {
     Error::not_found("not_found", format!("{aggregate_type}/{id} does not exist"))
 }
 
+/// What [`Chronicle::forget`] did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct Forgotten {
+    pub subject: String,
+    /// When the subject was forgotten (the first time).
+    pub forgotten_at: String,
+    /// This call destroyed a live key (false: it was gone already, or the subject never had
+    /// personal data stored).
+    pub key_destroyed: bool,
+    /// This call recorded the erasure (false: it was recorded already).
+    pub recorded: bool,
+    /// The erasure record's version (`_subjects/{subject}`).
+    pub version: u64,
+}
+
 /// Everything registered: aggregate services, projections and the ports they run on.
 #[derive(Clone)]
 pub struct Chronicle {
@@ -417,6 +433,8 @@ pub struct Chronicle {
     /// Where the store's heads are anchored, and how to read them ([`ChronicleBuilder::anchors`]).
     anchors: Option<Anchoring>,
     snapshots: Arc<dyn SnapshotStore>,
+    /// The data subjects' keys ([`ChronicleBuilder::keys`]).
+    keys: Option<Arc<dyn KeyStore>>,
     /// Projections this process is rebuilding in the background (admin route).
     rebuilding: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
@@ -512,6 +530,7 @@ impl Chronicle {
                 copies: None,
                 anchors: None,
                 snapshots: snapshots.clone(),
+                keys: None,
                 rebuilding: Default::default(),
             },
             events,
@@ -817,6 +836,60 @@ impl Chronicle {
         self.anchors.is_some()
     }
 
+    /// Opens the personal-field tokens in `value` (an answer about to leave: a state, events,
+    /// a read model): the plaintext while the subject's key lives, `null` listed under
+    /// `"erased"` once the subject is forgotten. Returns how many fields were erased.
+    pub async fn reveal(&self, value: &mut Value) -> Result<usize, Error> {
+        crate::personal::reveal(self.keys.as_deref(), value).await
+    }
+
+    /// Whether this registry holds personal data: a key store, and a domain declaring some.
+    pub fn personal_data(&self) -> bool {
+        self.keys.is_some() && self.aggregates.contains_key(crate::personal::SUBJECTS_TYPE)
+    }
+
+    /// Forgets a data subject: destroys its key (every copy of its personal fields, in events,
+    /// snapshots, read models, archives and streams, can no longer be opened; nothing stored is
+    /// changed, so every chain still verifies) and records the erasure as `SubjectForgotten` on
+    /// `_subjects/{subject}`. Repeating it changes nothing and answers the same.
+    pub async fn forget(&self, subject: &str) -> Result<Forgotten, Error> {
+        crate::personal::validate_subject(subject)?;
+        let (Some(keys), Some(record)) = (
+            self.keys.as_ref(),
+            self.aggregates.get(crate::personal::SUBJECTS_TYPE),
+        ) else {
+            return Err(Error::not_found(
+                "no_personal_data",
+                "this registry has no personal data to forget (no key store, or a domain that declares no personal fields)",
+            ));
+        };
+        // The key first: the erasure that matters. A failure after it leaves the record to
+        // a repeat, which finds the key gone and records it then.
+        let forgetting = keys.forget(subject, crate::envelope::now()).await?;
+        let command = serde_json::to_vec(&serde_json::json!({
+            "type": "Forget",
+            "forgotten_at": crate::envelope::format_timestamp(&forgetting.at),
+        }))
+        .map_err(|e| Error::Decode(e.to_string()))?;
+        let outcome = record
+            .execute(
+                subject,
+                &command,
+                CommandOptions {
+                    origin: Origin::Reaction,
+                    ..CommandOptions::default()
+                },
+            )
+            .await?;
+        Ok(Forgotten {
+            subject: subject.to_owned(),
+            forgotten_at: crate::envelope::format_timestamp(&forgetting.at),
+            key_destroyed: forgetting.destroyed,
+            recorded: !outcome.result.events.is_empty(),
+            version: outcome.result.version,
+        })
+    }
+
     /// A runner that publishes every event from the feed to `publisher`; `None` without a feed.
     pub fn publish_runner(
         &self,
@@ -940,6 +1013,13 @@ impl ChronicleBuilder {
         self
     }
 
+    /// The key store personal fields are sealed with ([`crate::personal`]). A domain that
+    /// declares personal data needs one: its commands carrying personal data fail without.
+    pub fn keys(mut self, keys: Arc<dyn KeyStore>) -> Self {
+        self.inner.keys = Some(keys);
+        self
+    }
+
     /// The registry.
     ///
     /// # Panics
@@ -950,11 +1030,19 @@ impl ChronicleBuilder {
             panic!("invalid domain registration: {why}");
         }
         let mut inner = self.inner;
-        for kind in &self.domain.aggregates {
+        let mut kinds = self.domain.aggregates.clone();
+        if self.domain.declares_personal_data() {
+            // Where erasures are recorded.
+            kinds.push(Arc::new(crate::domain::Kind::<
+                crate::personal::subjects::Subject,
+            >(std::marker::PhantomData)));
+        }
+        for kind in &kinds {
             let service = kind.service(
                 self.events.clone(),
                 self.snapshots.clone(),
                 inner.read_models.clone(),
+                inner.keys.clone(),
                 self.config.clone(),
             );
             inner.aggregates.insert(kind.aggregate_type(), service);

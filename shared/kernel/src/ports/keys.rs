@@ -43,7 +43,9 @@ pub enum SubjectKey {
     Live(DataKey),
     /// The key was destroyed: what it encrypted can never be read again, and nothing new is
     /// written for the subject.
-    Forgotten { at: DateTime<Utc> },
+    Forgotten {
+        at: DateTime<Utc>,
+    },
 }
 
 /// What [`KeyStore::forget`] found.
@@ -62,8 +64,11 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The subject's key for writing: the stored one, or `fresh`, stored now if the subject
     /// has none (two writers racing both get the one stored first); `Forgotten` once the
     /// subject was forgotten.
-    async fn key_for_writing(&self, subject: &str, fresh: DataKey)
-        -> Result<SubjectKey, StoreError>;
+    async fn key_for_writing(
+        &self,
+        subject: &str,
+        fresh: DataKey,
+    ) -> Result<SubjectKey, StoreError>;
     /// The keys of `subjects` as they stand; a subject that never had a key is absent.
     async fn keys(&self, subjects: &[&str]) -> Result<HashMap<String, SubjectKey>, StoreError>;
     /// Destroys the subject's key for good (no copy of it stays in the store) and keeps a
