@@ -27,7 +27,7 @@ BIN="${CARGO_TARGET_DIR:-target}/debug"
 SUFFIX=$("$PY" -c 'import uuid; print(uuid.uuid4().hex[:10])')
 export CHRONICLE_EVENTS_TABLE="smoke-$SUFFIX-events" CHRONICLE_READ_TABLE="smoke-$SUFFIX-read" \
        CHRONICLE_SNAPSHOT_BUCKET="smoke-$SUFFIX-snapshots" CHRONICLE_ARCHIVE_BUCKET="smoke-$SUFFIX-archive" \
-       CHRONICLE_ANCHOR_BUCKET="smoke-$SUFFIX-anchors" \
+       CHRONICLE_ANCHOR_BUCKET="smoke-$SUFFIX-anchors" CHRONICLE_KEY_TABLE="smoke-$SUFFIX-keys" \
        CHRONICLE_EVENT_STREAM="smoke-$SUFFIX-stream" CHRONICLE_SNAPSHOT_EVERY=2 RUST_LOG=info \
        CHRONICLE_ARCHIVE_AFTER=0s CHRONICLE_ARCHIVE_BELOW_SNAPSHOT=false CHRONICLE_EXPIRE_AFTER=7d
 "$BIN/chronicle" aws-setup >/dev/null

@@ -35,7 +35,7 @@ async fn aws_setup_then_serve_backend_aws_end_to_end() {
             "aws-setup failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(stdout.lines().count(), 6, "one line per resource: {stdout}");
+        assert_eq!(stdout.lines().count(), 7, "one line per resource: {stdout}");
         assert!(
             stdout.lines().all(|l| l.contains(want)),
             "every resource {want}: {stdout}"

@@ -27,6 +27,11 @@ pub struct Settings {
     pub event_stream: String,
     /// `CHRONICLE_ANCHOR_BUCKET`: anchors of the store's heads, under S3 Object Lock.
     pub anchor_bucket: String,
+    /// `CHRONICLE_KEY_TABLE`: data subjects' keys (no stream, no point-in-time recovery).
+    pub key_table: String,
+    /// `CHRONICLE_KEY_KMS_KEY` (unset by default): a KMS key (id, ARN or alias) that wraps
+    /// each data subject's key before it is stored in the key table.
+    pub key_kms_key: Option<String>,
     /// `CHRONICLE_SNAPSHOT_EVERY`: events between snapshots (0: never).
     pub snapshot_every: u64,
     /// `CHRONICLE_IDEMPOTENCY_RETENTION` (humantime, default `7d`): how long a command's
@@ -50,6 +55,8 @@ impl Default for Settings {
             archive_bucket: "chronicle-archive".into(),
             event_stream: "chronicle-events".into(),
             anchor_bucket: "chronicle-anchors".into(),
+            key_table: "chronicle-keys".into(),
+            key_kms_key: None,
             snapshot_every: 100,
             idempotency_retention: chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION,
         }
@@ -74,13 +81,15 @@ pub fn parse_retention(value: &str) -> Result<Duration, String> {
 
 impl Settings {
     /// Every environment variable the functions and the CLI read, for docs and the template check.
-    pub const ENV_VARS: [&'static str; 8] = [
+    pub const ENV_VARS: [&'static str; 10] = [
         "CHRONICLE_EVENTS_TABLE",
         "CHRONICLE_READ_TABLE",
         "CHRONICLE_SNAPSHOT_BUCKET",
         "CHRONICLE_ARCHIVE_BUCKET",
         "CHRONICLE_EVENT_STREAM",
         "CHRONICLE_ANCHOR_BUCKET",
+        "CHRONICLE_KEY_TABLE",
+        "CHRONICLE_KEY_KMS_KEY",
         "CHRONICLE_SNAPSHOT_EVERY",
         "CHRONICLE_IDEMPOTENCY_RETENTION",
     ];
@@ -123,6 +132,11 @@ impl Settings {
             archive_bucket: name("CHRONICLE_ARCHIVE_BUCKET", d.archive_bucket)?,
             event_stream: name("CHRONICLE_EVENT_STREAM", d.event_stream)?,
             anchor_bucket: name("CHRONICLE_ANCHOR_BUCKET", d.anchor_bucket)?,
+            key_table: name("CHRONICLE_KEY_TABLE", d.key_table)?,
+            key_kms_key: match get("CHRONICLE_KEY_KMS_KEY") {
+                None => None,
+                Some(_) => Some(name("CHRONICLE_KEY_KMS_KEY", String::new())?),
+            },
             snapshot_every,
             idempotency_retention,
         })
@@ -135,6 +149,8 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub s3: aws_sdk_s3::Client,
     pub kinesis: aws_sdk_kinesis::Client,
+    /// Wraps data subjects' keys when `CHRONICLE_KEY_KMS_KEY` is set.
+    pub kms: aws_sdk_kms::Client,
     pub sdk: aws_config::SdkConfig,
 }
 
@@ -159,6 +175,7 @@ impl Clients {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
             s3: aws_sdk_s3::Client::from_conf(s3),
             kinesis: aws_sdk_kinesis::Client::new(&sdk),
+            kms: aws_sdk_kms::Client::new(&sdk),
             sdk,
         }
     }
@@ -202,9 +219,18 @@ mod tests {
         .unwrap();
         assert_eq!(s.events_table, "ev");
         assert_eq!(s.snapshot_every, 25);
+        assert_eq!(s.key_table, "chronicle-keys");
+        assert_eq!(s.key_kms_key, None);
         assert_eq!(s.idempotency_retention, Duration::from_secs(7 * 86_400));
         let s = from(&[("CHRONICLE_IDEMPOTENCY_RETENTION", "12h 30m")]).unwrap();
         assert_eq!(s.idempotency_retention, Duration::from_secs(45_000));
+        let s = from(&[
+            ("CHRONICLE_KEY_TABLE", "keys"),
+            ("CHRONICLE_KEY_KMS_KEY", "alias/chronicle-keys"),
+        ])
+        .unwrap();
+        assert_eq!(s.key_table, "keys");
+        assert_eq!(s.key_kms_key.as_deref(), Some("alias/chronicle-keys"));
     }
 
     #[test]
@@ -243,6 +269,9 @@ mod tests {
         assert_eq!(e.name, "CHRONICLE_SNAPSHOT_EVERY");
         let e = from(&[("CHRONICLE_READ_TABLE", " ")]).unwrap_err();
         assert_eq!(e.name, "CHRONICLE_READ_TABLE");
+        // Set but empty is a mistake, not "no KMS": unset it to store keys unwrapped.
+        let e = from(&[("CHRONICLE_KEY_KMS_KEY", "")]).unwrap_err();
+        assert_eq!(e.name, "CHRONICLE_KEY_KMS_KEY");
         for bad in ["0s", "0d 0h", "", "7x", "-1d", "forever"] {
             let e = from(&[("CHRONICLE_IDEMPOTENCY_RETENTION", bad)]).unwrap_err();
             assert_eq!(e.name, "CHRONICLE_IDEMPOTENCY_RETENTION", "{bad}");

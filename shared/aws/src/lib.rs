@@ -1,7 +1,9 @@
 //! Chronicle's ports on AWS: events and idempotency records in DynamoDB ([`DynamoEventStore`]),
 //! read models in DynamoDB ([`DynamoReadModelStore`]), snapshots in S3 ([`S3SnapshotStore`]),
-//! archived event segments in S3 ([`S3Archive`]) and distribution through Kinesis
-//! ([`KinesisPublisher`]). Each passes the same contract suite as its embedded counterpart.
+//! archived event segments in S3 ([`S3Archive`]), distribution through Kinesis
+//! ([`KinesisPublisher`]) and data subjects' keys in a DynamoDB table of their own, optionally
+//! wrapped with KMS ([`DynamoKeyStore`]). Each passes the same contract suite as its embedded
+//! counterpart.
 //!
 //! Everything talks to AWS through the standard settings (`AWS_REGION`, credentials,
 //! `AWS_ENDPOINT_URL` for a local endpoint), so the same code runs on moto, LocalStack or AWS.
@@ -11,6 +13,7 @@ mod archive;
 mod config;
 mod events;
 pub mod item;
+pub mod keys;
 pub mod metering;
 mod outcome;
 mod publisher;
@@ -24,6 +27,7 @@ pub use anchors::{S3AnchorLog, ANCHOR_PARTITION};
 pub use archive::S3Archive;
 pub use config::{parse_retention, Clients, ConfigError, Settings};
 pub use events::{DynamoEventStore, MAX_HOURS_PER_PAGE, MAX_TRANSACTION_ACTIONS};
+pub use keys::DynamoKeyStore;
 pub use publisher::KinesisPublisher;
 pub use read_models::DynamoReadModelStore;
 pub use snapshots::S3SnapshotStore;

@@ -140,6 +140,8 @@ impl Meter {
                     .interceptor(interceptor)
                     .build(),
             ),
+            // KMS calls are priced per request, not in DynamoDB's units: not counted here.
+            kms: base.kms.clone(),
             sdk: base.sdk.clone(),
         }
     }

@@ -2,7 +2,7 @@
 //! endpoint and for tests. Production resources come from the SAM template instead.
 
 use crate::{backend, Clients, Settings};
-use crate::{item, read_models};
+use crate::{item, keys, read_models};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
     GlobalSecondaryIndexUpdate, IndexStatus, KeySchemaElement, KeyType, Projection, ProjectionType,
@@ -37,6 +37,7 @@ pub async fn ensure(clients: &Clients, settings: &Settings) -> Result<Report, St
     let mut report = Vec::new();
     report.push(ensure_events_table(clients, &settings.events_table).await?);
     report.push(ensure_read_table(clients, &settings.read_table).await?);
+    report.push(ensure_key_table(clients, &settings.key_table).await?);
     for bucket in [&settings.snapshot_bucket, &settings.archive_bucket] {
         report.push(ensure_bucket(clients, bucket).await?);
     }
@@ -354,6 +355,29 @@ async fn ensure_read_table(clients: &Clients, table: &str) -> Result<String, Sto
     Ok(format!("read-model table {table}: created"))
 }
 
+/// The data subjects' keys: no stream (nothing consumes changes to keys), and deliberately no
+/// point-in-time recovery, which would keep a restorable copy of every forgotten key for up to
+/// 35 days; on-demand backups of this table would do the same.
+async fn ensure_key_table(clients: &Clients, table: &str) -> Result<String, StoreError> {
+    if table_exists(clients, table).await? {
+        return Ok(format!("key table {table}: exists"));
+    }
+    clients
+        .dynamodb
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr(keys::SUBJECT, ScalarAttributeType::S)?)
+        .key_schema(key(keys::SUBJECT, KeyType::Hash)?)
+        .send()
+        .await
+        .map_err(|e| backend("CreateTable", e))?;
+    wait_table_active(clients, table).await?;
+    Ok(format!(
+        "key table {table}: created (no stream, no point-in-time recovery)"
+    ))
+}
+
 async fn ensure_bucket(clients: &Clients, bucket: &str) -> Result<String, StoreError> {
     if clients.s3.head_bucket().bucket(bucket).send().await.is_ok() {
         return Ok(format!("bucket {bucket}: exists"));
@@ -427,7 +451,11 @@ async fn ensure_kinesis_stream(clients: &Clients, stream: &str) -> Result<String
 
 /// Removes everything `ensure` creates (tests clean up after themselves this way).
 pub async fn remove(clients: &Clients, settings: &Settings) -> Result<(), StoreError> {
-    for table in [&settings.events_table, &settings.read_table] {
+    for table in [
+        &settings.events_table,
+        &settings.read_table,
+        &settings.key_table,
+    ] {
         let r = clients
             .dynamodb
             .delete_table()

@@ -54,6 +54,8 @@ impl AwsTestEnv {
             archive_bucket: format!("{base}-archive"),
             event_stream: format!("{base}-stream"),
             anchor_bucket: format!("{base}-anchors"),
+            key_table: format!("{base}-keys"),
+            key_kms_key: None,
             snapshot_every: 100,
             idempotency_retention: chronicle_kernel::DEFAULT_IDEMPOTENCY_RETENTION,
         };
@@ -67,19 +69,24 @@ impl AwsTestEnv {
     /// The same settings as environment variables, for a child process.
     pub fn env_vars(&self) -> Vec<(&'static str, String)> {
         let s = &self.settings;
-        vec![
+        let mut vars = vec![
             ("CHRONICLE_EVENTS_TABLE", s.events_table.clone()),
             ("CHRONICLE_READ_TABLE", s.read_table.clone()),
             ("CHRONICLE_SNAPSHOT_BUCKET", s.snapshot_bucket.clone()),
             ("CHRONICLE_ARCHIVE_BUCKET", s.archive_bucket.clone()),
             ("CHRONICLE_EVENT_STREAM", s.event_stream.clone()),
             ("CHRONICLE_ANCHOR_BUCKET", s.anchor_bucket.clone()),
+            ("CHRONICLE_KEY_TABLE", s.key_table.clone()),
             ("CHRONICLE_SNAPSHOT_EVERY", s.snapshot_every.to_string()),
             (
                 "CHRONICLE_IDEMPOTENCY_RETENTION",
                 humantime::format_duration(s.idempotency_retention).to_string(),
             ),
-        ]
+        ];
+        if let Some(key) = &s.key_kms_key {
+            vars.push(("CHRONICLE_KEY_KMS_KEY", key.clone()));
+        }
+        vars
     }
 
     pub async fn remove(mut self) {

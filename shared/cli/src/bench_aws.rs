@@ -143,6 +143,7 @@ pub(crate) async fn run(bench: AwsBench) -> anyhow::Result<()> {
         archive_bucket: format!("{name}-archive"),
         event_stream: format!("{name}-stream"),
         anchor_bucket: format!("{name}-anchors"),
+        key_table: format!("{name}-keys"),
         ..Settings::default()
     };
     setup::ensure(&base, &settings)

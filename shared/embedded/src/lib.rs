@@ -13,7 +13,8 @@
 //! directories (what `setup.rs` creates on AWS), `writer.rs` is the one writer thread,
 //! `heads.rs` the stream tables, `idempotency.rs` the records and their pruning, `lock.rs` one
 //! writing process per directory, `verify.rs` the whole-store chain check and `anchors.rs` the
-//! heads listing and the anchor log's files.
+//! heads listing and the anchor log's files. `keys.rs` is the data subjects' keys, in a SQLite
+//! file of their own (`keys.sqlite`).
 
 mod anchors;
 mod archive;
@@ -21,6 +22,7 @@ mod events;
 mod feed;
 mod heads;
 mod idempotency;
+mod keys;
 mod lock;
 mod publisher;
 mod read_models;
@@ -33,6 +35,7 @@ mod writer;
 pub use anchors::{DirAnchorLog, ANCHOR_LOG};
 pub use archive::DirArchive;
 pub use idempotency::{PRUNE_BATCH, PRUNE_EVERY};
+pub use keys::{SqliteKeyStore, KEYS_FILE};
 pub use lock::{locked_by, Holder, LOCK_FILE};
 pub use publisher::JsonlPublisher;
 pub use store::{EmbeddedStore, DB_FILE};

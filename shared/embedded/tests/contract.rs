@@ -2,7 +2,7 @@
 //! what only the embedded adapter promises: durability across reopening and an append-only
 //! events table.
 
-use chronicle_embedded::{EmbeddedStore, DB_FILE};
+use chronicle_embedded::{EmbeddedStore, DB_FILE, KEYS_FILE};
 use chronicle_kernel::{
     AppendError, AppendRequest, DocWrite, EventFeed, EventStore, ModelRef, ReadModelStore,
     ReadRange, SnapshotStore, StoreError,
@@ -262,4 +262,12 @@ async fn archived_reads_contract() {
         }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_key_store_passes_the_key_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = chronicle_embedded::SqliteKeyStore::open(dir.path().join(KEYS_FILE))
+        .expect("opening the key store");
+    kit::key_store_contract(Arc::new(store)).await;
 }

@@ -1,9 +1,10 @@
 //! Port contract suites: every adapter of a port must pass the same tests.
 //!
 //! Each suite is one public async function taking the adapter behind an [`Arc`]; it panics with
-//! a message naming the violated rule. The suites only ever touch streams, idempotency keys and
-//! projections they create under fresh uuid-suffixed names, so they may run against a shared,
-//! non-empty store (a real DynamoDB table), concurrently with each other and with other writers.
+//! a message naming the violated rule. The suites only ever touch streams, idempotency keys,
+//! projections and data subjects they create under fresh uuid-suffixed names, so they may run
+//! against a shared, non-empty store (a real DynamoDB table), concurrently with each other and
+//! with other writers.
 //! Where another writer could make an exact check impossible (the feed's head, the wait timeout),
 //! the check is written to hold on a busy store and to be exact on a quiet one.
 //!
@@ -17,6 +18,7 @@
 //! - [`archive_contract`] checks [`Archive`];
 //! - [`archived_reads_contract`] checks reads through an [`ArchivedEventStore`] while the hot
 //!   store loses the events the archiver copied;
+//! - [`key_store_contract`] checks [`KeyStore`] (data subjects' keys, forgetting);
 //! - [`given`] and [`given_reaction`] (`given.rs`) are no suite: they run a domain's own
 //!   given/when/then tests of its aggregates and reactions.
 //!
@@ -37,6 +39,7 @@
 //! [`Publisher`]: chronicle_kernel::Publisher
 //! [`Archive`]: chronicle_kernel::archive::Archive
 //! [`ArchivedEventStore`]: chronicle_kernel::archived::ArchivedEventStore
+//! [`KeyStore`]: chronicle_kernel::KeyStore
 
 mod archive;
 mod archived;
@@ -45,6 +48,7 @@ mod events;
 mod feed;
 mod fixtures;
 mod given;
+mod keys;
 mod publisher;
 mod read_models;
 mod snapshots;
@@ -71,6 +75,11 @@ pub use fixtures::{
 pub use given::{
     envelope, envelope_of, given, given_reaction, Given, GivenReaction, NotAccepted, Then,
     ThenReaction,
+};
+pub use keys::{
+    key_store_contract, ks_concurrent_writers_get_one_key, ks_first_key_wins,
+    ks_forget_destroys_for_good, ks_forget_races_writers, ks_forget_unknown_keeps_a_tombstone,
+    ks_keys_in_batches, ks_subjects_are_opaque, KEY_BATCH,
 };
 pub use publisher::publisher_contract;
 pub use read_models::{
