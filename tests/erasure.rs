@@ -42,7 +42,11 @@ fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| {
             std::fs::read(p)
-                .map(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+                .map(|bytes| {
+                    common::readable(&p.display().to_string(), &bytes)
+                        .windows(needle.len())
+                        .any(|w| w == needle)
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -52,7 +56,10 @@ fn holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 fn nowhere_in(dir: &Path, plain: &[&str]) {
     for p in plain {
         let found = holding(dir, p.as_bytes());
-        assert!(found.is_empty(), "{p:?} is stored in the clear in {found:?}");
+        assert!(
+            found.is_empty(),
+            "{p:?} is stored in the clear in {found:?}"
+        );
     }
 }
 
@@ -75,18 +82,26 @@ async fn a_forgotten_subject_reads_as_erased_everywhere_and_every_chain_still_ve
     let publish_log = dir.join("published.jsonl");
     let log_arg = publish_log.display().to_string();
     let serve_args = ["--publish-log", log_arg.as_str(), "--snapshot-every", "2"];
-    let mut server = Server::start_in_with(&dir, &serve_args).await;
+    let server = Server::start_in_with(&dir, &serve_args).await;
 
     // Dana's account, with her personal data, and Fox's.
     let opened = server
-        .command("acc-dana", open_with_personal_data("dana", NAME, EMAIL), &[])
+        .command(
+            "acc-dana",
+            open_with_personal_data("dana", NAME, EMAIL),
+            &[],
+        )
         .await;
     opened.expect_status(200);
     // The command's answer is a read edge too: the plaintext, to the client that sent it.
     assert_eq!(opened.body["events"][0]["data"]["holder_name"], NAME);
     for amount in [100, 20, 3] {
         server
-            .command("acc-dana", json!({"type": "Deposit", "amount": amount}), &[])
+            .command(
+                "acc-dana",
+                json!({"type": "Deposit", "amount": amount}),
+                &[],
+            )
             .await
             .expect_status(200);
     }
@@ -148,6 +163,15 @@ async fn a_forgotten_subject_reads_as_erased_everywhere_and_every_chain_still_ve
     // Nowhere in the clear, from the first write: the store and its WAL, snapshots, read
     // models, archive segments, the publish log, the key file.
     nowhere_in(&dir, &[NAME, EMAIL, FOX_NAME]);
+    // The search sees inside the archive's compressed segments: the token is found there.
+    assert!(
+        !holding(&dir.join("archive"), token.as_bytes()).is_empty(),
+        "the archive segments hold the sealed field"
+    );
+    assert!(
+        dir.join("keys.sqlite").is_file(),
+        "the key store is its own file"
+    );
     let (ok, out, err) = chronicle(&dir, &["verify", "--all"]);
     assert!(ok, "verify before forgetting: {out} {err}");
 
@@ -192,7 +216,10 @@ async fn a_forgotten_subject_reads_as_erased_everywhere_and_every_chain_still_ve
         .clone();
     erased(&dana_opened["data"]);
     // Fox is untouched.
-    assert_eq!(server.consistent("acc-fox").await.body["holder_name"], FOX_NAME);
+    assert_eq!(
+        server.consistent("acc-fox").await.body["holder_name"],
+        FOX_NAME
+    );
 
     // Personal data for her is refused, and stores nothing; the rest goes on.
     server
@@ -203,7 +230,13 @@ async fn a_forgotten_subject_reads_as_erased_everywhere_and_every_chain_still_ve
         )
         .await
         .expect_error(422, "subject_forgotten");
-    assert_eq!(server.get("/accounts/acc-dana-2?consistent=true").await.status, 404);
+    assert_eq!(
+        server
+            .get("/accounts/acc-dana-2?consistent=true")
+            .await
+            .status,
+        404
+    );
     server
         .command("acc-dana", json!({"type": "Deposit", "amount": 1}), &[])
         .await
@@ -279,10 +312,17 @@ async fn bad_personal_data_and_bad_subjects_are_refused_naming_the_problem() {
         )
         .await
         .expect_error(400, "invalid_command");
-    assert_eq!(server.get("/accounts/acc-1?consistent=true").await.status, 404);
+    assert_eq!(
+        server.get("/accounts/acc-1?consistent=true").await.status,
+        404
+    );
     // Without personal data any owner goes, as before.
     server
-        .command("acc-1", json!({"type": "Open", "owner": "Dana Scully"}), &[])
+        .command(
+            "acc-1",
+            json!({"type": "Open", "owner": "Dana Scully"}),
+            &[],
+        )
         .await
         .expect_status(200);
     server
@@ -313,11 +353,7 @@ async fn bad_personal_data_and_bad_subjects_are_refused_naming_the_problem() {
     never.expect_status(200);
     assert_eq!(never.body["key_destroyed"], false);
     server
-        .command(
-            "acc-3",
-            open_with_personal_data("nobody", NAME, EMAIL),
-            &[],
-        )
+        .command("acc-3", open_with_personal_data("nobody", NAME, EMAIL), &[])
         .await
         .expect_error(422, "subject_forgotten");
     // Erasure records are Chronicle's: a client can't write one.

@@ -213,6 +213,7 @@ def test_environment_values_point_at_the_right_resources():
         "CHRONICLE_ARCHIVE_BUCKET": ("ArchiveBucket", "AWS::S3::Bucket"),
         "CHRONICLE_EVENT_STREAM": ("EventStream", "AWS::Kinesis::Stream"),
         "CHRONICLE_ANCHOR_BUCKET": ("AnchorBucket", "AWS::S3::Bucket"),
+        "CHRONICLE_KEY_TABLE": ("KeyTable", "AWS::DynamoDB::Table"),
     }
     for var, (resource, type_name) in wanted.items():
         assert ref(env.get(var)) == resource, f"{var} = {env.get(var)}, not Ref {resource}"
@@ -220,6 +221,11 @@ def test_environment_values_point_at_the_right_resources():
     assert ref(env.get("CHRONICLE_SNAPSHOT_EVERY")) == "SnapshotEvery"
     assert ref(env.get("CHRONICLE_IDEMPOTENCY_RETENTION")) == "IdempotencyRetention"
     assert ref(env.get(LOG_LEVEL_VAR)) == "LogLevel"
+    # The KMS key only when one is given: the code refuses CHRONICLE_KEY_KMS_KEY set but empty.
+    kms = plain(env.get("CHRONICLE_KEY_KMS_KEY"))
+    assert kms == {"Fn::If": ["HasKeyKmsKey", {"Ref": "KeyKmsKeyArn"}, {"Ref": "AWS::NoValue"}]}, kms
+    assert plain(TEMPLATE["Conditions"]["HasKeyKmsKey"]) == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "KeyKmsKeyArn"}, ""]}]}
 
 
 def test_log_level_variable_is_read_by_the_code():
@@ -292,6 +298,30 @@ def test_read_table_matches_the_code():
     assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     assert p["DeletionProtectionEnabled"] is True
     assert p["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_key_table_keeps_no_copy_of_a_key():
+    """Forgetting removes a key's item: no stream, no point-in-time recovery may keep it."""
+    src = rust_source("shared/aws/src/keys.rs")
+    t = RESOURCES["KeyTable"]
+    p = t["Properties"]
+    subject = rust_str_const(src, "SUBJECT")
+    assert key_schema(t) == {subject: "HASH"}, key_schema(t)
+    assert attribute_types(t) == {subject: "S"}, attribute_types(t)
+    assert "StreamSpecification" not in p, "a stream would carry every key (and its removal) to readers"
+    assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is False
+    assert "GlobalSecondaryIndexes" not in p and "TimeToLiveSpecification" not in p
+    assert p["BillingMode"] == "PAY_PER_REQUEST"
+    assert p["DeletionProtectionEnabled"] is True
+    assert p["SSESpecification"]["SSEEnabled"] is True
+    assert t.get("DeletionPolicy") == "Retain" and t.get("UpdateReplacePolicy") == "Retain"
+    # No event source reads it, no function but those that seal or reveal is granted it.
+    for fn in FUNCTIONS.values():
+        for e in fn["Properties"].get("Events", {}).values():
+            assert "KeyTable" not in json.dumps(plain(e)), e
+    # aws-setup creates it the same way.
+    setup = rust_source("shared/aws/src/setup.rs")
+    assert "fn ensure_key_table" in setup and "stream_specification" not in setup.split("fn ensure_key_table")[1].split("\nasync fn ")[0]
 
 
 def test_buckets_are_private_encrypted_versioned_tls_only():
@@ -442,6 +472,11 @@ ARCHIVE_BUCKET = "ArchiveBucket.Arn"
 # condition compares (checked against item.rs in test_events_table_matches_the_code).
 ARCHIVER_UPDATABLE = {"stream", "version", "expires_at", "hash"}
 STREAM = "EventStream.Arn"
+KEYS = "KeyTable.Arn"
+# A subject's key: read or created once (sealing), read in batches (revealing answers).
+KEYS_WRITE = (["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:BatchGetItem"], [KEYS])
+# With KeyKmsKeyArn: the statements under Fn::If HasKeyKmsKey (see role_grants).
+KMS_WRAP = (["kms:Encrypt", "kms:Decrypt"], ["KeyKmsKeyArn"])
 STREAM_READ = {("dynamodb:DescribeStream", EVENTS_STREAM), ("dynamodb:GetRecords", EVENTS_STREAM),
                ("dynamodb:GetShardIterator", EVENTS_STREAM), ("dynamodb:ListStreams", "*")}
 
@@ -461,12 +496,16 @@ EXPECTED_GRANTS = {
         (["dynamodb:PutItem", "dynamodb:ConditionCheckItem", "dynamodb:GetItem", "dynamodb:Query"], [EVENTS]),
         (["s3:GetObject"], [SNAPSHOT_OBJECTS, ARCHIVE_OBJECTS]),
         (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
+        KEYS_WRITE,
+        KMS_WRAP,
     ),
     "query": grants(
         (["dynamodb:GetItem", "dynamodb:Query"], [EVENTS, READ, READ_INDEXES]),
         (["dynamodb:Query"], [EVENTS_TIME_INDEX]),
         (["s3:GetObject"], [SNAPSHOT_OBJECTS, ARCHIVE_OBJECTS]),
         (["s3:ListBucket"], [SNAPSHOT_BUCKET, ARCHIVE_BUCKET]),
+        (["dynamodb:BatchGetItem"], [KEYS]),
+        (["kms:Decrypt"], ["KeyKmsKeyArn"]),
     ),
     "projector": grants(
         (["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query"], [READ, READ_INDEXES]),
@@ -503,6 +542,8 @@ EXPECTED_GRANTS = {
           "kinesis:DescribeStreamSummary", "kinesis:ListShards"], [STREAM]),
         (["kinesis:ListStreams"], ["*"]),
         (["sqs:SendMessage"], ["ReactorFailureQueue.Arn"]),
+        KEYS_WRITE,
+        KMS_WRAP,
     ),
     "anchorer": grants(
         (["dynamodb:Scan"], [EVENTS]),
@@ -530,6 +571,8 @@ def resource_key(r):
         return ".".join(att)
     if isinstance(r, dict) and "Fn::Sub" in r and isinstance(r["Fn::Sub"], str):
         return r["Fn::Sub"]
+    if ref(r) == "KeyKmsKeyArn":
+        return "KeyKmsKeyArn"
     raise AssertionError(f"unexpected resource form {r!r} (hard-coded ARN?)")
 
 
@@ -542,6 +585,18 @@ def role_grants(role_name):
     out = set()
     for policy in role["Properties"]["Policies"]:
         for s in policy["PolicyDocument"]["Statement"]:
+            if "Fn::If" in s:
+                # Only the KMS grants are conditional, on a KMS key given; without one the
+                # statement is not there.
+                cond, s, otherwise = s["Fn::If"]
+                assert cond == "HasKeyKmsKey" and ref(otherwise) == "AWS::NoValue", (role_name, cond)
+                assert all(a.startswith("kms:") for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))
+                # Bound to the subject context the code sets (KMS_CONTEXT in keys.rs).
+                context = rust_str_const(rust_source("shared/aws/src/keys.rs"), "KMS_CONTEXT")
+                assert plain(s["Condition"]) == {
+                    "ForAllValues:StringEquals": {"kms:EncryptionContextKeys": [context]},
+                    "Null": {"kms:EncryptionContextKeys": "false"},
+                }, (role_name, s["Condition"])
             assert s["Effect"] == "Allow", f"{role_name}: {s}"
             assert "NotAction" not in s and "NotResource" not in s, role_name
             actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
@@ -575,7 +630,11 @@ def test_least_privilege():
     # Explicitly: commands never update or delete events, queries never write.
     forbidden = {"dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
     assert not {a for a, _ in EXPECTED_GRANTS["command"]} & forbidden
-    assert all(a.split(":")[1].startswith(("Get", "Query", "List")) for a, _ in EXPECTED_GRANTS["query"])
+    assert all(a.split(":")[1].startswith(("Get", "BatchGet", "Query", "List", "Decrypt"))
+               for a, _ in EXPECTED_GRANTS["query"])
+    # Only the operator forgets (chronicle forget --backend aws): no function can destroy a key.
+    for binary, expected in EXPECTED_GRANTS.items():
+        assert not {a for a, r in expected if r == KEYS} & {"dynamodb:UpdateItem", "dynamodb:DeleteItem"}, binary
     # The archiver deletes nothing: hot copies expire through TTL, segments stay.
     deletes = {"dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:PutItem", "s3:DeleteObject",
                "s3:DeleteObjectVersion", "s3:PutObjectRetention", "s3:BypassGovernanceRetention"}
@@ -760,7 +819,8 @@ def test_alarms():
 def test_outputs():
     outputs = TEMPLATE["Outputs"]
     values = {json.dumps(plain(o["Value"]), sort_keys=True) for o in outputs.values()}
-    for resource in ("EventsTable", "ReadTable", "SnapshotBucket", "ArchiveBucket", "EventStream", "AnchorBucket"):
+    for resource in ("EventsTable", "ReadTable", "SnapshotBucket", "ArchiveBucket", "EventStream", "AnchorBucket",
+                     "KeyTable"):
         assert json.dumps({"Ref": resource}) in values, f"no output for {resource}"
     for binary in STREAM_CONSUMERS:
         assert json.dumps({"Ref": failure_queue(binary)}) in values, f"no output for {binary}'s queue"
@@ -772,7 +832,7 @@ def test_parameters():
     for p in ("Stage", "SnapshotEvery", "ArchiveHorizonDays", "LogLevel", "AuthMode", "JwtIssuer",
               "JwtAudience", "KinesisRetentionHours", "ArchiveObjectLockDays", "ArchiveObjectLockMode",
               "ArchiveAfter", "ArchiveBelowSnapshot", "ExpireAfter", "IdempotencyRetention",
-              "AnchorEveryMinutes", "AnchorRetentionDays", "AnchorLockMode"):
+              "AnchorEveryMinutes", "AnchorRetentionDays", "AnchorLockMode", "KeyKmsKeyArn"):
         assert p in params, f"parameter {p} missing"
     assert params["SnapshotEvery"]["Default"] == 100
     assert set(params["AuthMode"]["AllowedValues"]) == {"jwt", "iam"}

@@ -558,3 +558,25 @@ pub fn chronicle(dir: &Path, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A stored file's bytes as a reader of it would see them: an archive segment's frames
+/// decompressed (lz4 would hide a plaintext from a byte search), an `.lz4` object unpacked,
+/// anything else as it is. The raw bytes come first, so a search finds what is stored either
+/// way.
+pub fn readable(name: &str, bytes: &[u8]) -> Vec<u8> {
+    use chronicle_kernel::archive::segment::{frame_bytes, index_of, unpack_frame};
+    let mut out = bytes.to_vec();
+    if let Ok(index) = index_of(name, bytes) {
+        for frame in &index.frames {
+            let raw = frame_bytes(name, bytes, frame)
+                .and_then(|b| unpack_frame(name, frame, b))
+                .unwrap_or_else(|e| panic!("segment {name}: {e}"));
+            out.extend_from_slice(&raw);
+        }
+    } else if name.ends_with(".lz4") {
+        if let Ok(raw) = lz4_flex::decompress_size_prepended(bytes) {
+            out.extend_from_slice(&raw);
+        }
+    }
+    out
+}

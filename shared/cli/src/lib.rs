@@ -303,6 +303,13 @@ pub(crate) fn open_with(
         Access::Read => chronicle_embedded::DirArchive::read_only(archive_dir(args)),
     };
     let events = Arc::new(ArchivedEventStore::new(store.clone(), Arc::new(archive)));
+    // Data subjects' keys, in a file of their own so forgetting one changes no event.
+    let keys_path = args.data_dir.join(chronicle_embedded::KEYS_FILE);
+    let keys = match access {
+        Access::Write => chronicle_embedded::SqliteKeyStore::open(&keys_path),
+        Access::Read => chronicle_embedded::SqliteKeyStore::open_read_only(&keys_path),
+    }
+    .with_context(|| format!("opening the key store {}", keys_path.display()))?;
     let chronicle = Chronicle::builder(
         events.clone(),
         store.clone(),
@@ -320,6 +327,7 @@ pub(crate) fn open_with(
         events,
         Arc::new(chronicle_embedded::DirAnchorLog::new(anchor_dir(args))),
     )
+    .keys(Arc::new(keys))
     .build();
     Ok((store, chronicle))
 }

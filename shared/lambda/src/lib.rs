@@ -28,8 +28,8 @@ pub mod records;
 pub mod streams;
 
 use chronicle_aws::{
-    Clients, ConfigError, DynamoEventStore, DynamoReadModelStore, KinesisPublisher, S3AnchorLog,
-    S3Archive, S3SnapshotStore, Settings,
+    Clients, ConfigError, DynamoEventStore, DynamoKeyStore, DynamoReadModelStore, KinesisPublisher,
+    S3AnchorLog, S3Archive, S3SnapshotStore, Settings,
 };
 use chronicle_kernel::archived::ArchivedEventStore;
 use chronicle_kernel::{Chronicle, Domain, HandlerConfig, StoreError};
@@ -107,6 +107,9 @@ impl App {
                     .announcing_on(clients.kinesis.clone(), &settings.event_stream),
             ),
         )
+        // Data subjects' keys: only the functions that seal or reveal personal data call it
+        // (and only they are granted the key table).
+        .keys(Arc::new(DynamoKeyStore::from_settings(&clients, &settings)))
         .build();
         Self {
             settings,
