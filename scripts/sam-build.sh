@@ -16,29 +16,38 @@ rustup target list --installed | grep -qx aarch64-unknown-linux-gnu || rustup ta
 export PATH="$PWD/.venv-lambda/bin:$PWD/.venv-infra/bin:$PATH"
 export SAM_CLI_TELEMETRY=0
 # One target directory for every function: the dependencies compile once.
-export CARGO_TARGET_DIR="$PWD/target"
-# Deployed binaries carry no debug info or symbols (the local release profile keeps line
-# tables for profiling): smaller zips, faster cold starts.
-export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+BUILD_DIR=${SAM_BUILD_DIR:-.aws-sam/build}
+
+# Built for size and a short cold start: scripts/lib.sh's lambda_build_env.
+lambda_build_env
 
 START=$(date +%s)
 echo "== sam build"
-sam build --template-file infra/template.yaml --build-dir .aws-sam/build
+sam build --template-file infra/template.yaml --build-dir "$BUILD_DIR"
 echo "== sam build took $(( $(date +%s) - START )) s"
 
+# Each bootstrap against the size budget (docs/deploy.md): 8 MB.
+BUDGET=8000000
+OVER=0
 printf '%-20s %10s  %s\n' FUNCTION BYTES "NEWEST GLIBC SYMBOL"
-for dir in .aws-sam/build/*/; do
+for dir in "$BUILD_DIR"/*/; do
     b="$dir/bootstrap"
     [ -f "$b" ] || continue
     glibc=$(readelf --dyn-syms --wide "$b" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
-    printf '%-20s %10s  %s\n' "$(basename "$dir")" "$(stat -c %s "$b")" "$glibc"
+    size=$(stat -c %s "$b")
+    printf '%-20s %10s  %s\n' "$(basename "$dir")" "$size" "$glibc"
+    [ "$size" -le "$BUDGET" ] || OVER=1
 done
 
 # The deployed artifacts themselves, run as Lambda runs them (scripts/lambda-smoke.sh), where
 # this machine can execute arm64 code.
 if command -v qemu-aarch64 >/dev/null && [ -e "${QEMU_LD_PREFIX:-/usr/aarch64-linux-gnu}/lib/ld-linux-aarch64.so.1" ]; then
     if [ -z "${AWS_ENDPOINT_URL:-}" ]; then start_moto; fi
-    SMOKE_BOOTSTRAPS=.aws-sam/build ./scripts/lambda-smoke.sh
+    SMOKE_BOOTSTRAPS="$BUILD_DIR" ./scripts/lambda-smoke.sh
 else
     echo "== not running the arm64 bootstraps: install qemu-user and libc6-arm64-cross (Debian) to run them here"
+fi
+if [ "$OVER" != 0 ]; then
+    echo "WARNING a bootstrap is above the size budget of $BUDGET bytes (docs/deploy.md)" >&2
 fi
