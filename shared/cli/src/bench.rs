@@ -34,6 +34,10 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object instead of a report.
     #[arg(long)]
     json: bool,
+    /// Each account's Open carries personal data (holder_name and email, of a subject per
+    /// account): sealed with the subject's key, which the first command creates.
+    #[arg(long, conflicts_with = "reactions")]
+    personal_data: bool,
     /// Skip the append phase and replay the existing store in --data-dir (written by an
     /// earlier `bench --data-dir` with the same workload flags).
     #[arg(long, requires = "data_dir")]
@@ -470,6 +474,7 @@ async fn append(
         // append phase's peak RSS, which measures the store.
         let (accounts, writers) = (args.accounts, args.writers);
         let rounds = args.events_per_account;
+        let personal_data = args.personal_data;
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
             let mut id = String::new();
@@ -479,6 +484,13 @@ async fn append(
                     id.clear();
                     std::fmt::Write::write_fmt(&mut id, format_args!("acct-{i:06}"))?;
                     let id = id.as_str();
+                    let personal = (personal_data && round == 0).then(|| {
+                        json!({"type": "Open", "owner": format!("subject-{i:06}"),
+                               "holder_name": format!("Holder {i:06}"),
+                               "email": format!("holder-{i:06}@example.com")})
+                        .to_string()
+                    });
+                    let command = personal.as_deref().unwrap_or(&command);
                     let t = Instant::now();
                     svc.execute(id, command.as_bytes(), CommandOptions::default())
                         .await
