@@ -53,14 +53,13 @@ else
         aarch64) ARCH=--arm64 ;;
         *) echo "unsupported host architecture $(uname -m)" >&2; exit 1 ;;
     esac
-    # As sam build does it, one function at a time, for this machine's architecture, into a
-    # directory of its own so that the arm64 bootstraps in $TARGET/lambda stay.
+    # With sam build's settings, for this machine's architecture, into a directory of its own
+    # so that the arm64 bootstraps in $TARGET/lambda stay; every function in one build.
     lambda_build_env
-    for f in "${FUNCTIONS[@]}"; do
-        echo "== cargo lambda build --release $ARCH --bin $f"
-        cargo lambda build --release "$ARCH" --lambda-dir "$TARGET/lambda-host" --bin "$f"
-        SPECS+=("$f=$TARGET/lambda-host/$f/bootstrap")
-    done
+    BINS=()
+    for f in "${FUNCTIONS[@]}"; do BINS+=(--bin "$f"); SPECS+=("$f=$TARGET/lambda-host/$f/bootstrap"); done
+    echo "== cargo lambda build --release $ARCH ${BINS[*]}"
+    cargo lambda build --release "$ARCH" --lambda-dir "$TARGET/lambda-host" "${BINS[@]}"
 fi
 
 echo "== $RUNS cold starts per function: process spawn to the first GET .../invocation/next"
