@@ -9,7 +9,7 @@ mod common;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use chronicle_aws::testing::AwsTestEnv;
-use common::Server;
+use common::{erased, open_with_personal_data, Server};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::process::Command;
@@ -161,17 +161,6 @@ fn nowhere(stored: &[(String, Vec<u8>)], plain: &[&str]) {
     }
 }
 
-#[track_caller]
-fn erased(v: &Value) {
-    assert_eq!(v["holder_name"], Value::Null, "{v}");
-    assert_eq!(v["email"], Value::Null, "{v}");
-    assert_eq!(v["erased"], json!(["email", "holder_name"]), "{v}");
-}
-
-fn open(owner: &str, name: &str, email: &str) -> Value {
-    json!({"type": "Open", "owner": owner, "holder_name": name, "email": email})
-}
-
 /// Waits (bounded) until `found` holds of everything stored.
 async fn until_stored(env: &AwsTestEnv, what: &str, found: impl Fn(&[(String, Vec<u8>)]) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -197,7 +186,11 @@ async fn on_aws_personal_data_is_ciphertext_everywhere_and_forgetting_erases_eve
     }
     let server = Server::start_aws(&vars).await;
     server
-        .command("acc-dana", open("dana", NAME, EMAIL), &[])
+        .command(
+            "acc-dana",
+            open_with_personal_data("dana", NAME, EMAIL),
+            &[],
+        )
         .await
         .expect_status(200);
     for amount in [100, 20, 3] {
@@ -211,7 +204,11 @@ async fn on_aws_personal_data_is_ciphertext_everywhere_and_forgetting_erases_eve
             .expect_status(200);
     }
     server
-        .command("acc-fox", open("fox", FOX_NAME, FOX_EMAIL), &[])
+        .command(
+            "acc-fox",
+            open_with_personal_data("fox", FOX_NAME, FOX_EMAIL),
+            &[],
+        )
         .await
         .expect_status(200);
 
@@ -304,7 +301,11 @@ async fn on_aws_personal_data_is_ciphertext_everywhere_and_forgetting_erases_eve
     );
     // No new personal data for her; other commands go on.
     server
-        .command("acc-dana-2", open("dana", NAME, EMAIL), &[])
+        .command(
+            "acc-dana-2",
+            open_with_personal_data("dana", NAME, EMAIL),
+            &[],
+        )
         .await
         .expect_error(422, "subject_forgotten");
     server

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{chronicle, Server};
+use common::{chronicle, erased, open_with_personal_data, Server};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -61,18 +61,6 @@ fn nowhere_in(dir: &Path, plain: &[&str]) {
             "{p:?} is stored in the clear in {found:?}"
         );
     }
-}
-
-/// The erased fields of an account's view or event data.
-#[track_caller]
-fn erased(v: &Value) {
-    assert_eq!(v["holder_name"], Value::Null, "{v}");
-    assert_eq!(v["email"], Value::Null, "{v}");
-    assert_eq!(v["erased"], json!(["email", "holder_name"]), "{v}");
-}
-
-fn open_with_personal_data(owner: &str, name: &str, email: &str) -> Value {
-    json!({"type": "Open", "owner": owner, "holder_name": name, "email": email})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -580,3 +580,18 @@ pub fn readable(name: &str, bytes: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// Asserts an account's view or event data shows its personal fields erased: `null`, listed
+/// under `erased`.
+#[track_caller]
+pub fn erased(v: &serde_json::Value) {
+    use serde_json::{json, Value};
+    assert_eq!(v["holder_name"], Value::Null, "{v}");
+    assert_eq!(v["email"], Value::Null, "{v}");
+    assert_eq!(v["erased"], json!(["email", "holder_name"]), "{v}");
+}
+
+/// An accounts `Open` with personal data (holder_name, email) of the subject `owner`.
+pub fn open_with_personal_data(owner: &str, name: &str, email: &str) -> serde_json::Value {
+    serde_json::json!({"type": "Open", "owner": owner, "holder_name": name, "email": email})
+}
