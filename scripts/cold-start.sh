@@ -8,8 +8,8 @@
 # is needed.
 #
 # By default it builds the functions for this machine with the deployed build's settings
-# (`cargo lambda build --release` with scripts/lib.sh's lambda_build_env, as sam-build.sh
-# builds them, for the host's architecture) into $CARGO_TARGET_DIR/lambda-host. With COLD_START_BOOTSTRAPS=DIR (a
+# (`cargo lambda build --release`, which applies the workspace's
+# [workspace.metadata.lambda.build] as sam build does, for the host's architecture) into $CARGO_TARGET_DIR/lambda-host. With COLD_START_BOOTSTRAPS=DIR (a
 # `sam build` directory, as scripts/sam-build.sh writes) it times the arm64 bootstraps there
 # instead, under qemu-aarch64 (emulated: several times slower than on Lambda's CPUs).
 #
@@ -55,7 +55,6 @@ else
     esac
     # With sam build's settings, for this machine's architecture, into a directory of its own
     # so that the arm64 bootstraps in $TARGET/lambda stay; every function in one build.
-    lambda_build_env
     BINS=()
     for f in "${FUNCTIONS[@]}"; do BINS+=(--bin "$f"); SPECS+=("$f=$TARGET/lambda-host/$f/bootstrap"); done
     echo "== cargo lambda build --release $ARCH ${BINS[*]}"

@@ -160,14 +160,3 @@ aws_suite_on_dynamodb_local() {
     echo "== the AWS suite on DynamoDB Local took $((SECONDS - start)) s"
     stop_dynamodb_local
 }
-
-# lambda_build_env: how the deployed binaries are built (sam-build.sh, cold-start.sh): for size
-# and a short cold start (docs/deploy.md has the measurements): opt-level "z" and fat LTO, no
-# debug info, stripped; cargo lambda itself adds codegen-units = 1 and panic = "abort" to the
-# release profile. Through the environment, so the workspace's release profile (local builds,
-# the bench) is left alone, and so are its per-package opt-levels of the AWS SDK crates (an
-# override the environment can't set).
-lambda_build_env() {
-    export CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=fat \
-           CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols
-}

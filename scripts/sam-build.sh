@@ -19,8 +19,8 @@ export SAM_CLI_TELEMETRY=0
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 BUILD_DIR=${SAM_BUILD_DIR:-.aws-sam/build}
 
-# Built for size and a short cold start: scripts/lib.sh's lambda_build_env.
-lambda_build_env
+# Built for size and a short cold start: the workspace's [workspace.metadata.lambda.build]
+# (Cargo.toml), which cargo lambda, and so sam build, applies to every function.
 
 START=$(date +%s)
 echo "== sam build"

@@ -230,10 +230,8 @@ def test_environment_values_point_at_the_right_resources():
 
 def test_log_level_variable_is_read_by_the_code():
     lib = rust_source("shared/lambda/src/lib.rs")
-    reads = set()
-    if "try_from_default_env" in lib:  # tracing_subscriber::EnvFilter reads RUST_LOG
-        reads.add("RUST_LOG")
-    reads |= set(re.findall(r'env::var\("(AWS_LAMBDA_LOG_LEVEL)"\)', lib))
+    # log_filter_from_env reads both by name.
+    reads = set(re.findall(r'var\("(RUST_LOG|AWS_LAMBDA_LOG_LEVEL)"\)', lib))
     assert LOG_LEVEL_VAR in reads, f"the code reads {sorted(reads)}, the template sets {LOG_LEVEL_VAR}"
     levels = TEMPLATE["Parameters"]["LogLevel"]["AllowedValues"]
     assert set(levels) <= {"error", "warn", "info", "debug", "trace"}, levels

@@ -157,7 +157,10 @@ pub struct Clients {
 impl Clients {
     /// Loads region, credentials and endpoint from the standard `AWS_*` settings.
     pub async fn from_env() -> Self {
-        let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(https_client())
+            .load()
+            .await;
         Self::new(sdk)
     }
 
@@ -179,6 +182,16 @@ impl Clients {
             sdk,
         }
     }
+}
+
+/// The HTTP client of every SDK client: rustls with ring, the one TLS stack in the functions
+/// (the SDK's default would add AWS-LC, about a megabyte per bootstrap), and the system's root
+/// certificates.
+pub fn https_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// The SDK config's timeouts, with `attempt` as the attempt timeout unless one is set.

@@ -25,7 +25,7 @@ pub mod testing;
 
 pub use anchors::{S3AnchorLog, ANCHOR_PARTITION};
 pub use archive::S3Archive;
-pub use config::{parse_retention, Clients, ConfigError, Settings};
+pub use config::{https_client, parse_retention, Clients, ConfigError, Settings};
 pub use events::{DynamoEventStore, MAX_HOURS_PER_PAGE, MAX_TRANSACTION_ACTIONS};
 pub use keys::DynamoKeyStore;
 pub use publisher::KinesisPublisher;

@@ -27,12 +27,9 @@ const GET_RECORDS: &str = "DynamoDBStreams_20120810.GetRecords";
 /// The HTTP client for a DynamoDB Streams client made from `sdk`: `sdk`'s own (a test's fault
 /// injector, say), or the SDK's default one, with `GetRecords` answers repaired as above.
 pub fn http_client(sdk: &aws_config::SdkConfig) -> SharedHttpClient {
-    let inner = sdk.http_client().unwrap_or_else(|| {
-        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-            .build_https()
-    });
+    let inner = sdk
+        .http_client()
+        .unwrap_or_else(crate::config::https_client);
     SharedHttpClient::new(RepairingClient { inner })
 }
 

@@ -130,29 +130,60 @@ impl App {
     }
 }
 
-/// Structured logs: JSON inside Lambda (CloudWatch parses it), plain text elsewhere. The
-/// level comes from `RUST_LOG` (or `AWS_LAMBDA_LOG_LEVEL`), `info` by default.
+/// The log filter from `RUST_LOG`, else `AWS_LAMBDA_LOG_LEVEL`: target directives as in
+/// `info` or `chronicle_kernel=debug,warn` (a level alone sets the default); `info` when both
+/// are unset or unreadable. `Targets` rather than `EnvFilter`: no regex engine in every
+/// bootstrap (docs/deploy.md), at the price of span and field directives nobody sets here.
+pub fn log_filter(
+    rust_log: Option<&str>,
+    lambda_level: Option<&str>,
+) -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    // Every directive a level or `target=level`: Targets alone would take a misspelt level
+    // for a target name and log nothing.
+    let parse = |s: &str| {
+        let s = s.trim().to_lowercase();
+        let level = |l: &str| l.trim().parse::<LevelFilter>().is_ok();
+        let valid = s.split(',').all(|d| match d.split_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(d),
+        });
+        valid.then(|| s.parse::<Targets>().ok()).flatten()
+    };
+    rust_log
+        .and_then(parse)
+        .or_else(|| lambda_level.and_then(parse))
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO))
+}
+
+/// [`log_filter`] of this process's environment.
+pub fn log_filter_from_env() -> tracing_subscriber::filter::Targets {
+    let var = |name| std::env::var(name).ok();
+    log_filter(
+        var("RUST_LOG").as_deref(),
+        var("AWS_LAMBDA_LOG_LEVEL").as_deref(),
+    )
+}
+
+/// Structured logs: JSON inside Lambda (CloudWatch parses it), plain text elsewhere; the level
+/// from [`log_filter_from_env`].
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| {
-            std::env::var("AWS_LAMBDA_LOG_LEVEL")
-                .map_err(|e| e.to_string())
-                .and_then(|l| {
-                    tracing_subscriber::EnvFilter::try_new(l.to_lowercase())
-                        .map_err(|e| e.to_string())
-                })
-        })
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+    let filter = log_filter_from_env();
+    let registry = tracing_subscriber::registry();
     let result = if std::env::var_os("AWS_LAMBDA_FUNCTION_NAME").is_some() {
-        builder
+        let json = tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
             .with_span_list(true)
-            .without_time() // CloudWatch stamps each line
-            .try_init()
+            .without_time(); // CloudWatch stamps each line
+        registry.with(json.with_filter(filter)).try_init()
     } else {
-        builder.try_init()
+        registry
+            .with(tracing_subscriber::fmt::layer().with_filter(filter))
+            .try_init()
     };
     // Already initialised (tests, or the CLI set it up): keep that one.
     let _ = result;
@@ -290,4 +321,30 @@ pub async fn run_archiver(domain: Domain) -> Result<(), Error> {
         },
     ))
     .await
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::log_filter;
+    use tracing::Level;
+
+    #[test]
+    fn rust_log_then_the_lambda_level_then_info() {
+        let f = log_filter(Some("chronicle_kernel=debug,warn"), Some("error"));
+        assert!(f.would_enable("chronicle_kernel::command", &Level::DEBUG));
+        assert!(f.would_enable("aws_smithy_runtime", &Level::WARN));
+        assert!(!f.would_enable("aws_smithy_runtime", &Level::INFO));
+        let f = log_filter(None, Some("DEBUG"));
+        assert!(f.would_enable("anything", &Level::DEBUG));
+        let f = log_filter(Some("infoo"), None);
+        assert!(
+            f.would_enable("anything", &Level::INFO),
+            "a misspelt level: info"
+        );
+        let f = log_filter(Some("not a [filter"), None);
+        assert!(f.would_enable("anything", &Level::INFO));
+        assert!(!f.would_enable("anything", &Level::DEBUG));
+        let f = log_filter(None, None);
+        assert!(f.would_enable("anything", &Level::INFO));
+    }
 }

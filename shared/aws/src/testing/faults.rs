@@ -224,10 +224,7 @@ impl Faults {
 
     /// The HTTP client: the SDK's default one (rustls), behind the rules.
     pub fn http_client(self: &Arc<Self>) -> SharedHttpClient {
-        use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
-        let inner = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-            .build_https();
+        let inner = crate::config::https_client();
         SharedHttpClient::new(FaultClient {
             inner,
             faults: self.clone(),
