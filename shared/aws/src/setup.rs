@@ -60,21 +60,8 @@ async fn ensure_anchor_bucket(clients: &Clients, bucket: &str) -> Result<String,
     if clients.s3.head_bucket().bucket(bucket).send().await.is_ok() {
         return Ok(format!("bucket {bucket}: exists"));
     }
-    let mut create = clients
-        .s3
-        .create_bucket()
-        .bucket(bucket)
-        .object_lock_enabled_for_bucket(true);
-    if let Some(region) = clients.sdk.region().map(|r| r.as_ref().to_owned()) {
-        if region != "us-east-1" {
-            create = create.create_bucket_configuration(
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
-                    .build(),
-            );
-        }
-    }
-    create
+    create_bucket(clients, bucket)
+        .object_lock_enabled_for_bucket(true)
         .send()
         .await
         .map_err(|e| backend("CreateBucket (object lock)", e))?;
@@ -378,22 +365,28 @@ async fn ensure_key_table(clients: &Clients, table: &str) -> Result<String, Stor
     ))
 }
 
+/// A CreateBucket request in the clients' region.
+fn create_bucket(
+    clients: &Clients,
+    bucket: &str,
+) -> aws_sdk_s3::operation::create_bucket::builders::CreateBucketFluentBuilder {
+    let create = clients.s3.create_bucket().bucket(bucket);
+    // us-east-1 is the one region that refuses an explicit location constraint.
+    match clients.sdk.region().map(|r| r.as_ref().to_owned()) {
+        Some(region) if region != "us-east-1" => create.create_bucket_configuration(
+            CreateBucketConfiguration::builder()
+                .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                .build(),
+        ),
+        _ => create,
+    }
+}
+
 async fn ensure_bucket(clients: &Clients, bucket: &str) -> Result<String, StoreError> {
     if clients.s3.head_bucket().bucket(bucket).send().await.is_ok() {
         return Ok(format!("bucket {bucket}: exists"));
     }
-    let mut create = clients.s3.create_bucket().bucket(bucket);
-    // us-east-1 is the one region that refuses an explicit location constraint.
-    if let Some(region) = clients.sdk.region().map(|r| r.as_ref().to_owned()) {
-        if region != "us-east-1" {
-            create = create.create_bucket_configuration(
-                CreateBucketConfiguration::builder()
-                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
-                    .build(),
-            );
-        }
-    }
-    create
+    create_bucket(clients, bucket)
         .send()
         .await
         .map_err(|e| backend("CreateBucket", e))?;
