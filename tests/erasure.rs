@@ -354,3 +354,49 @@ async fn bad_personal_data_and_bad_subjects_are_refused_naming_the_problem() {
         .await
         .expect_error(400, "invalid_command");
 }
+
+/// Forgetting destroys the key, then records the erasure: a process killed between the two
+/// (the key store written, `_subjects/{subject}` not) leaves a subject whose fields already
+/// read as erased, and a repeat of the forget records it then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_cut_off_after_the_key_is_completed_by_its_repeat() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().to_path_buf();
+    let server = Server::start_in_with(&dir, &[]).await;
+    server
+        .command(
+            "acc-dana",
+            open_with_personal_data("dana", NAME, EMAIL),
+            &[],
+        )
+        .await
+        .expect_status(200);
+    drop(server);
+
+    // What the first step of a forget leaves when the process dies right after it.
+    let keys = chronicle_embedded::SqliteKeyStore::open(dir.join(chronicle_embedded::KEYS_FILE))
+        .expect("the key store");
+    let cut = chronicle_kernel::KeyStore::forget(&keys, "dana", chronicle_kernel::envelope::now())
+        .await
+        .expect("the key destroyed");
+    assert!(cut.destroyed);
+    drop(keys);
+
+    let server = Server::start_in_with(&dir, &[]).await;
+    erased(&server.consistent("acc-dana").await.body);
+    assert_eq!(server.get("/_subjects/dana/events").await.status, 404);
+    let repeat = server
+        .post_raw("/admin/subjects/dana/forget", "", &[])
+        .await;
+    repeat.expect_status(200);
+    assert_eq!(
+        (&repeat.body["key_destroyed"], &repeat.body["recorded"]),
+        (&json!(false), &json!(true)),
+        "{}",
+        repeat.body
+    );
+    let record = server.get("/_subjects/dana/events").await;
+    assert_eq!(record.body["events"][0]["event_type"], "SubjectForgotten");
+    let (ok, out, err) = chronicle(&dir, &["verify", "--all"]);
+    assert!(ok, "verify: {out} {err}");
+}
